@@ -1,0 +1,54 @@
+//! Locating the cgroup v2 hierarchy.
+//!
+//! Capture programs attach to the mesh's own subtree of it. Its mount point
+//! differs between hybrid (`/sys/fs/cgroup/unified`) and unified
+//! (`/sys/fs/cgroup`) systems, so it is read from the mount table rather than
+//! assumed.
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("reading /proc/self/mountinfo: {0}")]
+    MountInfo(#[source] std::io::Error),
+    #[error(
+        "no cgroup v2 filesystem is mounted (looked for type `cgroup2` in /proc/self/mountinfo); \
+         nodemesh attaches its capture programs to cgroup v2 — mount one with \
+         `mount -t cgroup2 none /sys/fs/cgroup/unified`"
+    )]
+    NotMounted,
+}
+
+/// Mount point of the cgroup v2 hierarchy.
+pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+    find_cgroup2(&table).ok_or(CgroupError::NotMounted)
+}
+
+/// The mount point of the first `cgroup2` entry in a mountinfo table.
+fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // Fields: id parent major:minor root mount-point options [optional…] - fstype source super-options
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        if fstype != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_hybrid_and_unified_mounts() {
+        let hybrid = "25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw\n";
+        assert_eq!(find_cgroup2(hybrid), Some("/sys/fs/cgroup/unified".into()));
+        let unified = "35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev shared:9 - cgroup2 cgroup2 rw\n";
+        assert_eq!(find_cgroup2(unified), Some("/sys/fs/cgroup".into()));
+        let v1_only = "26 25 0:23 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(find_cgroup2(v1_only), None);
+    }
+}

@@ -1,0 +1,121 @@
+//! `mesh-traffic`: the test and demo traffic tool. Prints one JSON line per
+//! event (see `nodemesh_tests::traffic::Event`), so tests parse what happened.
+use std::{
+    io::Write as _,
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+use nodemesh_tests::traffic::{Event, exchange};
+
+#[derive(Parser)]
+#[command(about = "Send and check seeded traffic: a server and a client that hash every byte")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Accept connections; on each, send `--reply-bytes` and read to EOF.
+    Serve {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 0)]
+        reply_bytes: u64,
+        #[arg(long, default_value_t = 2)]
+        seed: u64,
+    },
+    /// Connect, send `--send-bytes` and read to EOF.
+    Connect {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 0)]
+        send_bytes: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Give up connecting after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        connect_timeout: u64,
+    },
+}
+
+fn main() {
+    let ok = match Cli::parse().command {
+        Command::Serve {
+            listen,
+            reply_bytes,
+            seed,
+        } => serve(listen, reply_bytes, seed),
+        Command::Connect {
+            to,
+            send_bytes,
+            seed,
+            connect_timeout,
+        } => connect(to, send_bytes, seed, Duration::from_secs(connect_timeout)),
+    };
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+fn emit(event: &Event) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string(event).expect("events serialize")
+    );
+    let _ = out.flush();
+}
+
+fn serve(listen: SocketAddr, reply_bytes: u64, seed: u64) -> bool {
+    let listener = match TcpListener::bind(listen) {
+        Ok(l) => l,
+        Err(e) => {
+            emit(&Event::Error {
+                error: format!("bind {listen}: {e}"),
+            });
+            return false;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(listen);
+    emit(&Event::Listening { addr });
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                std::thread::spawn(move || report(exchange(&stream, reply_bytes, seed)));
+            }
+            Err(e) => emit(&Event::Error {
+                error: format!("accept: {e}"),
+            }),
+        }
+    }
+    true
+}
+
+fn connect(to: SocketAddr, send_bytes: u64, seed: u64, timeout: Duration) -> bool {
+    match TcpStream::connect_timeout(&to, timeout) {
+        Ok(stream) => report(exchange(&stream, send_bytes, seed)),
+        Err(e) => {
+            emit(&Event::Error {
+                error: format!("connect {to}: {e}"),
+            });
+            false
+        }
+    }
+}
+
+fn report(result: std::io::Result<nodemesh_tests::traffic::Exchange>) -> bool {
+    match result {
+        Ok(done) => {
+            emit(&Event::Done(done));
+            true
+        }
+        Err(e) => {
+            emit(&Event::Error {
+                error: e.to_string(),
+            });
+            false
+        }
+    }
+}

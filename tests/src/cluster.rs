@@ -1,0 +1,471 @@
+//! Building and tearing down a simulated cluster (see the crate docs for the
+//! topology).
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use mesh_agent::capture::{cgroup::cgroup2_mount, netns};
+
+use crate::process::{self, PodChild};
+
+/// Prefix of everything this test process creates; [`crate::leaks`] looks for it.
+pub fn suite_prefix() -> String {
+    format!("nmt-{}-", std::process::id())
+}
+
+/// What to build: nodes, and pods placed on them.
+#[derive(Default, Clone)]
+pub struct ClusterSpec {
+    nodes: Vec<String>,
+    pods: Vec<(String, String)>,
+}
+
+impl ClusterSpec {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a node; node `i` (from 1, in order) gets pod subnet `10.i.0.0/24`.
+    pub fn node(mut self, name: &str) -> Self {
+        self.nodes.push(name.to_owned());
+        self
+    }
+
+    /// Adds a pod on `node`; pods get `.11`, `.12`, … of their node's subnet.
+    pub fn pod(mut self, name: &str, node: &str) -> Self {
+        self.pods.push((name.to_owned(), node.to_owned()));
+        self
+    }
+
+    /// Creates everything. On error, whatever was created is removed again.
+    pub fn build(self) -> anyhow::Result<Cluster> {
+        crate::require_root()?;
+        if self.nodes.is_empty() || self.nodes.len() > 250 {
+            bail!("a cluster needs 1 to 250 nodes, got {}", self.nodes.len());
+        }
+        let mut cluster = Cluster::empty()?;
+        cluster.make_underlay()?;
+        for (i, name) in self.nodes.iter().enumerate() {
+            cluster.make_node(name, i as u8 + 1)?;
+        }
+        cluster.route_between_nodes()?;
+        for (pod, node) in &self.pods {
+            cluster.make_pod(pod, node)?;
+        }
+        Ok(cluster)
+    }
+}
+
+/// A node or a pod: one network namespace with its addresses and cgroup.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Name given in the spec (`"a"`, `"n1"`).
+    pub name: String,
+    /// Name under /run/netns.
+    pub netns: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    /// The cgroup v2 directory processes spawned here join.
+    pub cgroup: PathBuf,
+    /// Index of the node this host is (nodes) or runs on (pods).
+    pub node: u8,
+}
+
+impl Host {
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.netns)
+    }
+}
+
+/// A built cluster. Dropping it removes everything it made.
+pub struct Cluster {
+    prefix: String,
+    cgroup_root: PathBuf,
+    /// Namespaces in creation order (removed in reverse).
+    namespaces: Vec<String>,
+    nodes: Vec<Host>,
+    pods: Vec<Host>,
+}
+
+static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
+
+const UNDERLAY_V4: &str = "172.30.0";
+const UNDERLAY_V6: &str = "fd00:30::";
+
+impl Cluster {
+    fn empty() -> anyhow::Result<Self> {
+        // Fixed width, so one cluster's prefix is never a prefix of another's.
+        let prefix = format!(
+            "{}c{:03}",
+            suite_prefix(),
+            NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let cgroup_root = cgroup2_mount()?.join(&prefix);
+        for dir in ["", "nodes", "pods"] {
+            std::fs::create_dir(cgroup_root.join(dir))
+                .with_context(|| format!("creating cgroup {}", cgroup_root.join(dir).display()))?;
+        }
+        Ok(Self {
+            prefix,
+            cgroup_root,
+            namespaces: Vec::new(),
+            nodes: Vec::new(),
+            pods: Vec::new(),
+        })
+    }
+
+    /// Prefix of this cluster's namespaces and cgroup root.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Root of this cluster's cgroups; pods live under `pods/`, node
+    /// processes under `nodes/`.
+    pub fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
+    }
+
+    /// The cgroup all pods live under (the mesh's "pod slice").
+    pub fn pods_cgroup(&self) -> PathBuf {
+        self.cgroup_root.join("pods")
+    }
+
+    pub fn node(&self, name: &str) -> &Host {
+        Self::find(&self.nodes, name, "node")
+    }
+
+    pub fn pod(&self, name: &str) -> &Host {
+        Self::find(&self.pods, name, "pod")
+    }
+
+    fn find<'a>(hosts: &'a [Host], name: &str, kind: &str) -> &'a Host {
+        hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no {kind} named {name:?} in this cluster"))
+    }
+
+    /// Starts `cmd` inside `host`'s network namespace and cgroup.
+    pub fn spawn(&self, host: &Host, cmd: Command) -> anyhow::Result<PodChild> {
+        process::spawn_in(host, cmd)
+    }
+
+    /// Runs `cmd` in `host` to completion (bounded by `timeout`), failing
+    /// unless it exits 0; returns its stdout.
+    pub fn run(&self, host: &Host, cmd: Command, timeout: Duration) -> anyhow::Result<String> {
+        self.spawn(host, cmd)?.wait_success(timeout)
+    }
+
+    /// The kernel cookie of a host's network namespace (the enrolment key).
+    pub fn netns_cookie(&self, host: &Host) -> anyhow::Result<u64> {
+        Ok(netns::netns_cookie(&host.netns_path())?)
+    }
+
+    fn add_netns(&mut self, suffix: &str) -> anyhow::Result<String> {
+        let name = format!("{}-{suffix}", self.prefix);
+        ip(&["netns", "add", &name])?;
+        self.namespaces.push(name.clone());
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        // Duplicate address detection would leave IPv6 addresses tentative
+        // for a second or two; these links are private and can't collide.
+        set_sysctls(
+            &name,
+            &[
+                ("net/ipv6/conf/all/accept_dad", "0"),
+                ("net/ipv6/conf/default/accept_dad", "0"),
+            ],
+        )?;
+        Ok(name)
+    }
+
+    fn underlay(&self) -> String {
+        format!("{}-underlay", self.prefix)
+    }
+
+    fn make_underlay(&mut self) -> anyhow::Result<()> {
+        let ns = self.add_netns("underlay")?;
+        ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &ns, "link", "set", "br0", "up"])
+    }
+
+    fn make_node(&mut self, name: &str, index: u8) -> anyhow::Result<()> {
+        let ns = self.add_netns(&format!("node-{name}"))?;
+        let underlay = self.underlay();
+        let port = format!("n{index}");
+        ip(&[
+            "-n", &underlay, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ])?;
+        ip(&["-n", &underlay, "link", "set", &port, "master", "br0", "up"])?;
+        let ipv4 = Ipv4Addr::new(172, 30, 0, index);
+        let ipv6: Ipv6Addr = format!("{UNDERLAY_V6}{index:x}").parse()?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ipv4}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ipv6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        // The node's bridge is its pods' gateway.
+        ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("10.{index}.0.1/24"),
+            "dev",
+            "br0",
+        ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("fd00:10:{index:x}::1/64"),
+            "dev",
+            "br0",
+            "nodad",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "br0", "up"])?;
+        set_sysctls(
+            &ns,
+            &[
+                ("net/ipv4/ip_forward", "1"),
+                ("net/ipv6/conf/all/forwarding", "1"),
+            ],
+        )?;
+        let cgroup = self.cgroup_root.join("nodes").join(name);
+        std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
+        self.nodes.push(Host {
+            name: name.to_owned(),
+            netns: ns,
+            ipv4,
+            ipv6,
+            cgroup,
+            node: index,
+        });
+        Ok(())
+    }
+
+    fn route_between_nodes(&self) -> anyhow::Result<()> {
+        for from in &self.nodes {
+            for to in self.nodes.iter().filter(|n| n.node != from.node) {
+                let j = to.node;
+                ip(&[
+                    "-n",
+                    &from.netns,
+                    "route",
+                    "add",
+                    &format!("10.{j}.0.0/24"),
+                    "via",
+                    &format!("{UNDERLAY_V4}.{j}"),
+                ])?;
+                ip(&[
+                    "-n",
+                    &from.netns,
+                    "-6",
+                    "route",
+                    "add",
+                    &format!("fd00:10:{j:x}::/64"),
+                    "via",
+                    &to.ipv6.to_string(),
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn make_pod(&mut self, name: &str, node_name: &str) -> anyhow::Result<()> {
+        let Some(node) = self.nodes.iter().find(|n| n.name == node_name).cloned() else {
+            bail!("pod {name:?} is placed on node {node_name:?}, which the spec does not declare");
+        };
+        if self.pods.iter().any(|p| p.name == name) {
+            bail!("pod name {name:?} is used twice in the spec");
+        }
+        let host_id = 11 + self.pods.iter().filter(|p| p.node == node.node).count();
+        let host_id = u8::try_from(host_id).context("too many pods on one node (max 240)")?;
+        let ns = self.add_netns(&format!("pod-{name}"))?;
+        let port = format!("p{host_id}");
+        let i = node.node;
+        ip(&[
+            "-n",
+            &node.netns,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns,
+        ])?;
+        ip(&[
+            "-n",
+            &node.netns,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        let ipv4 = Ipv4Addr::new(10, i, 0, host_id);
+        let ipv6: Ipv6Addr = format!("fd00:10:{i:x}::{host_id:x}").parse()?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ipv4}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ipv6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.{i}.0.1"),
+        ])?;
+        ip(&[
+            "-n",
+            &ns,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("fd00:10:{i:x}::1"),
+        ])?;
+        let cgroup = self.pods_cgroup().join(name);
+        std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
+        self.pods.push(Host {
+            name: name.to_owned(),
+            netns: ns,
+            ipv4,
+            ipv6,
+            cgroup,
+            node: i,
+        });
+        Ok(())
+    }
+
+    /// Removes everything; returns what could not be removed.
+    fn teardown(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Err(e) = remove_cgroup_tree(&self.cgroup_root) {
+            errors.push(format!("{e:#}"));
+        }
+        for ns in self.namespaces.drain(..).rev() {
+            if let Err(e) = ip(&["netns", "del", &ns]) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        errors
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for error in self.teardown() {
+            eprintln!("cluster {} teardown: {error}", self.prefix);
+        }
+    }
+}
+
+/// Kills every process in a cgroup subtree, then removes its directories.
+pub fn remove_cgroup_tree(root: &Path) -> anyhow::Result<()> {
+    if !root.exists() {
+        return Ok(());
+    }
+    // cgroup.kill (Linux 5.14+) SIGKILLs the whole subtree atomically, so no
+    // process can fork its way out of the cleanup.
+    std::fs::write(root.join("cgroup.kill"), "1")
+        .with_context(|| format!("killing processes of {}", root.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while populated(root)? {
+        if Instant::now() > deadline {
+            bail!("processes in {} survived SIGKILL for 10 s", root.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    remove_dirs_bottom_up(root)
+}
+
+fn populated(cgroup: &Path) -> anyhow::Result<bool> {
+    let events = std::fs::read_to_string(cgroup.join("cgroup.events"))
+        .with_context(|| format!("reading {}/cgroup.events", cgroup.display()))?;
+    Ok(events.lines().any(|l| l == "populated 1"))
+}
+
+fn remove_dirs_bottom_up(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_dirs_bottom_up(&entry.path())?;
+        }
+    }
+    std::fs::remove_dir(dir).with_context(|| format!("removing cgroup {}", dir.display()))
+}
+
+/// Runs `ip ARGS…`, failing with its stderr.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (is iproute2 installed? `cargo xtask setup` installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Writes sysctls as seen from inside namespace `ns` (/proc/sys/net is per
+/// network namespace of the thread that opens it).
+fn set_sysctls(ns: &str, values: &[(&str, &str)]) -> anyhow::Result<()> {
+    let path = Path::new("/run/netns").join(ns);
+    netns::in_netns(&path, || {
+        values.iter().try_for_each(|(key, value)| {
+            std::fs::write(Path::new("/proc/sys").join(key), value)
+                .with_context(|| format!("setting {key}={value} in {ns}"))
+        })
+    })?
+}

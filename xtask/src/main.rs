@@ -1,0 +1,38 @@
+//! `cargo xtask …`: the project's own commands, so a fresh machine needs
+//! nothing but cargo to build, test and run nodemesh.
+use clap::{Parser, Subcommand};
+
+#[path = "../../mesh-agent/ebpf_toolchain.rs"]
+mod ebpf_toolchain;
+mod run;
+mod setup;
+mod test;
+
+#[derive(Parser)]
+#[command(
+    about = "nodemesh developer commands",
+    after_help = "Examples:\n  \
+        cargo xtask setup     # install every prerequisite (idempotent)\n  \
+        sudo -E cargo xtask test   # the whole test suite, as CI runs it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install every prerequisite (apt packages, bpf-linker, the eBPF Rust
+    /// toolchain, bpffs). Checks before installing: a second run does nothing.
+    Setup,
+    /// Run everything CI runs: setup, rustfmt, clippy (host and eBPF),
+    /// unit tests, and the end-to-end tests on real network namespaces (root).
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run().map(|_| ()),
+        Command::Test(args) => test::run(&args),
+    }
+}

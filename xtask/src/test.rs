@@ -1,0 +1,101 @@
+//! `cargo xtask test`: the one test command, locally and in CI.
+//!
+//! Order is cheapest first, so a formatting slip fails in seconds rather than
+//! after the end-to-end suite.
+use std::{process::Command, time::Instant};
+
+use anyhow::bail;
+
+use crate::{ebpf_toolchain, run, setup};
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip rustfmt and clippy.
+    #[arg(long)]
+    no_lint: bool,
+    /// Arguments for the test binaries, e.g. `-- capture` to run only tests
+    /// whose name contains "capture".
+    #[arg(last = true)]
+    test_args: Vec<String>,
+}
+
+pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let root = run::workspace_root();
+    let cargo = || {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(&root);
+        cmd
+    };
+
+    stage("setup", || setup::run().map(|_| ()))?;
+    if !args.no_lint {
+        stage("rustfmt", || {
+            run::status(cargo().args(["fmt", "--all", "--check"]))
+        })?;
+        stage("clippy (host crates)", || {
+            run::status(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))
+        })?;
+        stage("clippy (eBPF crate, BPF target)", || lint_ebpf(&root))?;
+    }
+    stage("unit tests", || {
+        run::status(
+            cargo()
+                .args(["test", "--lib", "--bins", "--"])
+                .args(&args.test_args),
+        )
+    })?;
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "the end-to-end tests need root (they create network namespaces, cgroups and load \
+             eBPF programs); nothing was skipped silently. Run: sudo -E cargo xtask test"
+        );
+    }
+    stage(
+        "end-to-end tests (namespaces, eBPF, real processes)",
+        || {
+            run::status(
+                cargo()
+                    .args(["test", "--package", "nodemesh-tests", "--test", "e2e", "--"])
+                    .args(&args.test_args),
+            )
+        },
+    )?;
+    println!("xtask test: all stages passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Lints `mesh-ebpf` for the BPF target with the toolchain that builds it;
+/// linting it inside the host workspace would unify `mesh-common`'s `user`
+/// feature into it and give it two panic handlers.
+fn lint_ebpf(root: &std::path::Path) -> anyhow::Result<()> {
+    let Some(tc) = ebpf_toolchain::find() else {
+        bail!("no eBPF toolchain found after setup; run `cargo xtask setup` and read its output");
+    };
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(root)
+        .args(["run", &tc.name, "cargo", "clippy", "--package", "mesh-ebpf"])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+        ])
+        .args(["--target-dir", "target/ebpf-lint", "--", "-D", "warnings"])
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    if tc.needs_bootstrap {
+        cmd.env("RUSTC_BOOTSTRAP", "1");
+    }
+    run::status(&mut cmd)
+}
+
+fn stage(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    println!("==> {name}");
+    let started = Instant::now();
+    let result = f();
+    let verdict = if result.is_ok() { "ok" } else { "FAILED" };
+    println!("<== {name}: {verdict} in {:.1?}", started.elapsed());
+    result
+}
