@@ -94,7 +94,6 @@ pub struct Cluster {
 
 static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
 
-const UNDERLAY_V4: &str = "172.30.0";
 const UNDERLAY_V6: &str = "fd00:30::";
 
 impl Cluster {
@@ -170,7 +169,7 @@ impl Cluster {
         let name = format!("{}-{suffix}", self.prefix);
         ip(&["netns", "add", &name])?;
         self.namespaces.push(name.clone());
-        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        ip_in(&name, "link set lo up")?;
         // Duplicate address detection would leave IPv6 addresses tentative
         // for a second or two; these links are private and can't collide.
         set_sysctls(
@@ -189,63 +188,23 @@ impl Cluster {
 
     fn make_underlay(&mut self) -> anyhow::Result<()> {
         let ns = self.add_netns("underlay")?;
-        ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &ns, "link", "set", "br0", "up"])
+        ip_in(&ns, "link add br0 type bridge")?;
+        ip_in(&ns, "link set br0 up")
     }
 
     fn make_node(&mut self, name: &str, index: u8) -> anyhow::Result<()> {
         let ns = self.add_netns(&format!("node-{name}"))?;
-        let underlay = self.underlay();
-        let port = format!("n{index}");
-        ip(&[
-            "-n", &underlay, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
-            &ns,
-        ])?;
-        ip(&["-n", &underlay, "link", "set", &port, "master", "br0", "up"])?;
         let ipv4 = Ipv4Addr::new(172, 30, 0, index);
         let ipv6: Ipv6Addr = format!("{UNDERLAY_V6}{index:x}").parse()?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{ipv4}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{ipv6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        plug(&self.underlay(), &format!("n{index}"), &ns, ipv4, ipv6)?;
         // The node's bridge is its pods' gateway.
-        ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
-        ip(&[
-            "-n",
+        ip_in(&ns, "link add br0 type bridge")?;
+        ip_in(&ns, &format!("addr add 10.{index}.0.1/24 dev br0"))?;
+        ip_in(
             &ns,
-            "addr",
-            "add",
-            &format!("10.{index}.0.1/24"),
-            "dev",
-            "br0",
-        ])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("fd00:10:{index:x}::1/64"),
-            "dev",
-            "br0",
-            "nodad",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "br0", "up"])?;
+            &format!("addr add fd00:10:{index:x}::1/64 dev br0 nodad"),
+        )?;
+        ip_in(&ns, "link set br0 up")?;
         set_sysctls(
             &ns,
             &[
@@ -270,25 +229,14 @@ impl Cluster {
         for from in &self.nodes {
             for to in self.nodes.iter().filter(|n| n.node != from.node) {
                 let j = to.node;
-                ip(&[
-                    "-n",
+                ip_in(
                     &from.netns,
-                    "route",
-                    "add",
-                    &format!("10.{j}.0.0/24"),
-                    "via",
-                    &format!("{UNDERLAY_V4}.{j}"),
-                ])?;
-                ip(&[
-                    "-n",
+                    &format!("route add 10.{j}.0.0/24 via {}", to.ipv4),
+                )?;
+                ip_in(
                     &from.netns,
-                    "-6",
-                    "route",
-                    "add",
-                    &format!("fd00:10:{j:x}::/64"),
-                    "via",
-                    &to.ipv6.to_string(),
-                ])?;
+                    &format!("-6 route add fd00:10:{j:x}::/64 via {}", to.ipv6),
+                )?;
             }
         }
         Ok(())
@@ -304,73 +252,12 @@ impl Cluster {
         let host_id = 11 + self.pods.iter().filter(|p| p.node == node.node).count();
         let host_id = u8::try_from(host_id).context("too many pods on one node (max 240)")?;
         let ns = self.add_netns(&format!("pod-{name}"))?;
-        let port = format!("p{host_id}");
         let i = node.node;
-        ip(&[
-            "-n",
-            &node.netns,
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &ns,
-        ])?;
-        ip(&[
-            "-n",
-            &node.netns,
-            "link",
-            "set",
-            &port,
-            "master",
-            "br0",
-            "up",
-        ])?;
         let ipv4 = Ipv4Addr::new(10, i, 0, host_id);
         let ipv6: Ipv6Addr = format!("fd00:10:{i:x}::{host_id:x}").parse()?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{ipv4}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{ipv6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("10.{i}.0.1"),
-        ])?;
-        ip(&[
-            "-n",
-            &ns,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("fd00:10:{i:x}::1"),
-        ])?;
+        plug(&node.netns, &format!("p{host_id}"), &ns, ipv4, ipv6)?;
+        ip_in(&ns, &format!("route add default via 10.{i}.0.1"))?;
+        ip_in(&ns, &format!("-6 route add default via fd00:10:{i:x}::1"))?;
         let cgroup = self.pods_cgroup().join(name);
         std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
         self.pods.push(Host {
@@ -440,6 +327,34 @@ fn remove_dirs_bottom_up(dir: &Path) -> anyhow::Result<()> {
         }
     }
     std::fs::remove_dir(dir).with_context(|| format!("removing cgroup {}", dir.display()))
+}
+
+/// Connects namespace `ns` to the bridge `br0` of `bridge_ns`: a veth whose
+/// bridge end is `port` and whose other end is `ns`'s `eth0`, addressed.
+fn plug(
+    bridge_ns: &str,
+    port: &str,
+    ns: &str,
+    ipv4: Ipv4Addr,
+    ipv6: Ipv6Addr,
+) -> anyhow::Result<()> {
+    ip_in(
+        bridge_ns,
+        &format!("link add {port} type veth peer name eth0 netns {ns}"),
+    )?;
+    ip_in(bridge_ns, &format!("link set {port} master br0 up"))?;
+    ip_in(ns, &format!("addr add {ipv4}/24 dev eth0"))?;
+    ip_in(ns, &format!("addr add {ipv6}/64 dev eth0 nodad"))?;
+    ip_in(ns, "link set eth0 up")
+}
+
+/// Runs `ip -n NS COMMAND…` (`command` split on whitespace).
+pub fn ip_in(ns: &str, command: &str) -> anyhow::Result<()> {
+    let args: Vec<&str> = ["-n", ns]
+        .into_iter()
+        .chain(command.split_whitespace())
+        .collect();
+    ip(&args)
 }
 
 /// Runs `ip ARGS…`, failing with its stderr.
