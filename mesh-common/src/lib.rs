@@ -10,6 +10,17 @@
 /// from looping back into itself (ztunnel uses the same value).
 pub const AGENT_MARK: u32 = 0x539;
 
+/// Mark of the agent's inbound delivery sockets (transparent, bound to the
+/// client's address). It shares [`AGENT_MARK`]'s low 12 bits, so capture
+/// skips it too, and differs above them so a policy route can send the
+/// app's replies to these sockets alone.
+pub const DELIVERY_MARK: u32 = 0x1539;
+
+/// True for any socket the agent marked as its own.
+pub const fn is_agent_mark(mark: u32) -> bool {
+    mark & 0xfff == AGENT_MARK
+}
+
 /// Ports the agent listens on, numbered as in ztunnel so operators can reuse
 /// their firewall rules and muscle memory.
 pub mod ports {
@@ -35,6 +46,30 @@ pub mod maps {
     pub const ORIG_DST_BY_COOKIE: &str = "ORIG_DST_BY_COOKIE";
     /// Per-CPU `u64` counters, indexed by [`crate::counter_index`].
     pub const CAPTURE_STATS: &str = "CAPTURE_STATS";
+    /// [`crate::TupleKey`] → [`crate::OrigDst`]: the handoff from the app's
+    /// socket (known by cookie) to the agent's accepted socket (known by tuple).
+    pub const ORIG_DST_BY_TUPLE: &str = "ORIG_DST_BY_TUPLE";
+    /// Per-CPU `u64` netns cookie → [`crate::PodStats`]; rows made by the agent.
+    pub const POD_STATS: &str = "POD_STATS";
+    /// Ring buffer of [`crate::CaptureEvent`].
+    pub const EVENTS: &str = "EVENTS";
+    /// `[u8; 16]` pod IP (v4-mapped for IPv4) → [`crate::InboundPod`].
+    pub const IN_PODS: &str = "IN_PODS";
+    /// SOCKHASH `[u8; 16]` pod IP → the agent's inbound listening socket.
+    pub const IN_LISTENERS: &str = "IN_LISTENERS";
+    /// [`crate::Endpoint`] → `u8`: source endpoints of the agent's own
+    /// in-flight delivery connections, which sk_lookup must not steer.
+    pub const DELIVERIES: &str = "DELIVERIES";
+}
+
+/// Programs in the eBPF object, by function name.
+pub mod programs {
+    pub const CONNECT4: &str = "capture_connect4";
+    pub const CONNECT6: &str = "capture_connect6";
+    pub const SOCKOPS: &str = "track_sockets";
+    pub const GETPEERNAME4: &str = "restore_peer4";
+    pub const GETPEERNAME6: &str = "restore_peer6";
+    pub const SK_LOOKUP: &str = "steer_inbound";
 }
 
 /// Value of the `ENROLLED` map. Presence of the key is what enrols a
@@ -48,6 +83,132 @@ pub struct EnrolFlags {
 impl EnrolFlags {
     /// Capture outbound connections of this namespace.
     pub const OUTBOUND: u32 = 1;
+}
+
+/// Maps an IPv4 address (network order, as the kernel stores it in a `u32`)
+/// to `::ffff:a.b.c.d`, the one key shape used for both families.
+pub const fn v4_mapped(ip_be: u32) -> [u8; 16] {
+    let o = ip_be.to_ne_bytes();
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
+    ]
+}
+
+/// The bytes of an IPv6 address held as four network-order `u32` words.
+pub const fn v6_bytes(words: [u32; 4]) -> [u8; 16] {
+    let (a, b, c, d) = (
+        words[0].to_ne_bytes(),
+        words[1].to_ne_bytes(),
+        words[2].to_ne_bytes(),
+        words[3].to_ne_bytes(),
+    );
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
+}
+
+/// Inverse of [`v6_bytes`].
+pub const fn v6_words(bytes: [u8; 16]) -> [u32; 4] {
+    let b = bytes;
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+/// True for `::ffff:a.b.c.d`.
+pub const fn is_v4_mapped(addr: &[u8; 16]) -> bool {
+    addr[0] == 0
+        && addr[1] == 0
+        && addr[2] == 0
+        && addr[3] == 0
+        && addr[4] == 0
+        && addr[5] == 0
+        && addr[6] == 0
+        && addr[7] == 0
+        && addr[8] == 0
+        && addr[9] == 0
+        && addr[10] == 0xff
+        && addr[11] == 0xff
+}
+
+/// True for destinations that never leave the pod: `127.0.0.0/8` (also
+/// v4-mapped) and `::1`.
+pub const fn is_loopback(addr: &[u8; 16]) -> bool {
+    if is_v4_mapped(addr) {
+        return addr[12] == 127;
+    }
+    let mut i = 0;
+    while i < 15 {
+        if addr[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    addr[15] == 1
+}
+
+/// Key of `ORIG_DST_BY_TUPLE`: a captured connection as seen from the
+/// agent's accepted socket (`src` = the app's address, `dst` = the agent's
+/// listener), qualified by the pod's network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    pub netns: u64,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Host order.
+    pub src_port: u16,
+    /// Host order.
+    pub dst_port: u16,
+    pub _pad: u32,
+}
+
+/// An address and port (address v4-mapped for IPv4; port in host order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Per-pod capture proof: how often each hook fired for this pod and when it
+/// last did (`bpf_ktime_get_ns`, CLOCK_MONOTONIC), indexed by [`Hook`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodStats {
+    pub captured: [u64; 3],
+    pub last_ns: [u64; 3],
+}
+
+/// Value of `IN_PODS`: an enrolled pod address whose inbound traffic the
+/// agent takes. Present with no listener in `IN_LISTENERS` means the agent
+/// is down: the SYN is dropped rather than delivered around the mesh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InboundPod {
+    pub netns: u64,
+}
+
+/// One capture, sent to the agent through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub netns: u64,
+    /// The app's socket (outbound); 0 for `sk_lookup`, which has no socket yet.
+    pub socket_cookie: u64,
+    /// Where the connection was going.
+    pub orig: OrigDst,
+    /// The remote peer (inbound only; zero for outbound).
+    pub peer: [u8; 16],
+    pub peer_port: u16,
+    pub _pad: [u8; 6],
 }
 
 /// Address family tag stored in [`OrigDst::family`], matching `AF_INET`/`AF_INET6`.
@@ -72,18 +233,26 @@ impl OrigDst {
     /// Builds the record for an IPv4 destination given as the kernel holds it
     /// (`user_ip4`: network order in a native `u32`).
     pub fn v4(ip_be: u32, port: u16, hook: Hook) -> Self {
-        let o = ip_be.to_ne_bytes();
-        let mut addr = [0u8; 16];
-        addr[10] = 0xff;
-        addr[11] = 0xff;
-        addr[12] = o[0];
-        addr[13] = o[1];
-        addr[14] = o[2];
-        addr[15] = o[3];
+        Self {
+            addr: v4_mapped(ip_be),
+            port,
+            family: FAMILY_INET,
+            hook: hook as u32,
+        }
+    }
+
+    /// Builds the record for an address given as 16 bytes; v4-mapped
+    /// addresses are recorded as IPv4.
+    pub fn from_bytes(addr: [u8; 16], port: u16, hook: Hook) -> Self {
+        let family = if is_v4_mapped(&addr) {
+            FAMILY_INET
+        } else {
+            FAMILY_INET6
+        };
         Self {
             addr,
             port,
-            family: FAMILY_INET,
+            family,
             hook: hook as u32,
         }
     }
@@ -174,6 +343,18 @@ mod user {
     unsafe impl aya::Pod for super::OrigDst {}
     // SAFETY: a single `u32`, valid for every bit pattern.
     unsafe impl aya::Pod for super::EnrolFlags {}
+    // SAFETY: `#[repr(C)]` integers and byte arrays, explicit padding field,
+    // no implicit padding (8 + 16 + 16 + 2 + 2 + 4 bytes).
+    unsafe impl aya::Pod for super::TupleKey {}
+    // SAFETY: `#[repr(C)]` arrays of `u64`, valid for every bit pattern.
+    unsafe impl aya::Pod for super::PodStats {}
+    // SAFETY: `#[repr(C)]` bytes and `u16`s, padding explicit (16 + 2 + 2).
+    unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: a single `u64`.
+    unsafe impl aya::Pod for super::InboundPod {}
+    // SAFETY: `#[repr(C)]` integers, byte arrays and an `OrigDst` (itself
+    // Pod), with the padding spelled out (8+8+8+24+16+2+6 bytes).
+    unsafe impl aya::Pod for super::CaptureEvent {}
 }
 
 #[cfg(test)]
@@ -189,6 +370,37 @@ mod tests {
         assert_eq!(&o.addr[12..], &[10, 2, 0, 11]);
         assert_eq!((o.port, o.family, o.hook), (7000, FAMILY_INET, 0));
         assert_eq!(o.socket_addr(), "10.2.0.11:7000".parse().unwrap());
+    }
+
+    #[test]
+    fn address_helpers_agree() {
+        let v6: core::net::Ipv6Addr = "fd00:10:2::b".parse().unwrap();
+        let words = v6_words(v6.octets());
+        assert_eq!(v6_bytes(words), v6.octets());
+        assert!(!is_v4_mapped(&v6.octets()));
+        let lo4 = v4_mapped(u32::from_ne_bytes([127, 0, 0, 53]));
+        assert!(is_v4_mapped(&lo4) && is_loopback(&lo4));
+        assert!(is_loopback(&core::net::Ipv6Addr::LOCALHOST.octets()));
+        assert!(!is_loopback(&v6.octets()));
+        assert!(!is_loopback(&v4_mapped(u32::from_ne_bytes([10, 1, 0, 11]))));
+        let o = OrigDst::from_bytes(v6.octets(), 80, Hook::Connect6);
+        assert_eq!(o.socket_addr(), "[fd00:10:2::b]:80".parse().unwrap());
+        let m = OrigDst::from_bytes(
+            v4_mapped(u32::from_ne_bytes([10, 2, 0, 11])),
+            80,
+            Hook::Connect6,
+        );
+        assert_eq!(m.socket_addr(), "10.2.0.11:80".parse().unwrap());
+    }
+
+    #[test]
+    fn shared_layouts_have_no_implicit_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<OrigDst>(), 24);
+        assert_eq!(size_of::<TupleKey>(), 48);
+        assert_eq!(size_of::<CaptureEvent>(), 72);
+        assert_eq!(size_of::<PodStats>(), 48);
+        assert_eq!(size_of::<Endpoint>(), 20);
     }
 
     #[test]

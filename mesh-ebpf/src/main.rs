@@ -8,7 +8,10 @@
 #![no_main]
 
 mod connect;
+mod getpeername;
 mod maps;
+mod sk_lookup;
+mod sockops;
 mod stats;
 
 /// Helpers such as `bpf_get_netns_cookie` are GPL-only in the kernel.

@@ -1,19 +1,18 @@
-//! The agent's embedded eBPF object in the kernel: `cgroup/connect4`
-//! attached to one pod's cgroup captures that pod's connects and no one
-//! else's.
+//! Capture, hook by hook: first the agent's embedded eBPF object driven
+//! directly (no agent process), then real agents on a simulated cluster.
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::ensure;
 use libtest_mimic::Trial;
-use mesh_agent::capture::Capture;
-use mesh_common::{Counter, Hook, ports};
+use mesh_agent::capture::{Capture, object::ip_key};
+use mesh_common::{Counter, Hook, TupleKey, ports};
 use nodemesh_tests::ClusterSpec;
 
 use crate::support::{assert_intact, connect, next_done, serve, trial};
 
 pub fn trials() -> Vec<Trial> {
     vec![trial(
-        "capture::connect4_captures_only_the_attached_pod",
+        "capture::kernel_connect4_captures_only_the_attached_pod",
         connect4_captures_only_the_attached_pod,
     )]
 }
@@ -28,7 +27,7 @@ fn connect4_captures_only_the_attached_pod() -> anyhow::Result<()> {
         .build()?;
     let (a, b, c) = (cluster.pod("a"), cluster.pod("b"), cluster.pod("c"));
 
-    let mut capture = Capture::load()?;
+    let mut capture = Capture::open(&cluster.bpffs_dir("capture"))?;
     capture.attach_cgroup(&a.cgroup)?;
     // Both pods are enrolled, so the only difference between them is where
     // the program is attached.
@@ -41,21 +40,41 @@ fn connect4_captures_only_the_attached_pod() -> anyhow::Result<()> {
     let mut agent = serve(&cluster, a, &listener, 100, 9)?;
     let target = SocketAddr::new(b.ipv4.into(), 7000);
 
-    // Pod a: captured. The connection lands on a's local 15001 listener and
-    // the map remembers where it was really going.
+    // Pod a: captured. The connection lands on a's local 15001 listener, the
+    // app still sees the address it asked for (getpeername4), and the maps
+    // remember where it was really going — by the app's socket cookie and by
+    // the tuple the agent's accepted socket sees (sockops hand-off).
     let from_a = connect(&cluster, a, target, 5000, 1)?;
+    let at_agent = next_done(&mut agent)?;
+    assert_intact(&from_a, &at_agent)?;
     ensure!(
-        from_a.peer == listener.parse()?,
-        "pod a's connect was not redirected: peer {}",
+        at_agent.local == listener.parse()?,
+        "pod a's connect was not redirected to the agent's listener: {at_agent:?}"
+    );
+    ensure!(
+        from_a.peer == target,
+        "getpeername() in pod a shows {} instead of the original {target}",
         from_a.peer
     );
-    assert_intact(&from_a, &next_done(&mut agent)?)?;
+    let key = TupleKey {
+        netns: cluster.netns_cookie(a)?,
+        src: ip_key(at_agent.peer.ip()),
+        dst: ip_key(at_agent.local.ip()),
+        src_port: at_agent.peer.port(),
+        dst_port: at_agent.local.port(),
+        _pad: 0,
+    };
+    let handed_over = capture.take_original_destination(&key)?;
+    ensure!(
+        handed_over.map(|o| o.socket_addr()) == Some(target),
+        "sockops hand-off by tuple gave {handed_over:?}"
+    );
+    // The cookie entry lives exactly as long as the app's socket: sockops
+    // removed it when the connection closed.
     let originals = capture.original_destinations()?;
     ensure!(
-        originals
-            .iter()
-            .any(|(_, o)| o.socket_addr() == target && o.hook == Hook::Connect4 as u32),
-        "no original destination {target} recorded; map holds {originals:?}"
+        originals.is_empty(),
+        "original destinations outlived their sockets: {originals:?}"
     );
     let counters = capture.counters()?;
     ensure!(
@@ -81,10 +100,6 @@ fn connect4_captures_only_the_attached_pod() -> anyhow::Result<()> {
         capture.counters()? == counters,
         "pod c's connect moved the counters: {:?}",
         capture.counters()?
-    );
-    ensure!(
-        capture.original_destinations()?.len() == originals.len(),
-        "pod c's connect added an original-destination entry"
     );
     // And pod a's connection never reached the server directly.
     ensure!(

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use libtest_mimic::Arguments;
 use nodemesh_tests::{cluster::suite_prefix, leaks, require_root};
 
+mod agent;
 mod capture;
 mod harness;
 mod network;
@@ -19,10 +20,15 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    let trials = [harness::trials(), network::trials(), capture::trials()]
-        .into_iter()
-        .flatten()
-        .collect();
+    let trials = [
+        harness::trials(),
+        network::trials(),
+        capture::trials(),
+        agent::trials(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let conclusion = libtest_mimic::run(&args, trials);
 
     match leaks::find(&suite_prefix()) {

@@ -1,7 +1,7 @@
 //! Small helpers shared by the end-to-end test modules.
 use std::{net::SocketAddr, process::Command, time::Duration};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use libtest_mimic::Trial;
 use nodemesh_tests::{
     Cluster, Host, PodChild,
@@ -47,12 +47,35 @@ pub fn connect(
     send_bytes: u64,
     seed: u64,
 ) -> anyhow::Result<Exchange> {
+    let mut all = connect_parallel(cluster, host, to, send_bytes, seed, 1)?;
+    all.pop().context("no report from mesh-traffic")?
+}
+
+/// Runs `mesh-traffic connect --parallel n`: one result per connection, an
+/// `Err` carrying the tool's error text for each that failed.
+pub fn connect_parallel(
+    cluster: &Cluster,
+    host: &Host,
+    to: SocketAddr,
+    send_bytes: u64,
+    seed: u64,
+    n: u32,
+) -> anyhow::Result<Vec<anyhow::Result<Exchange>>> {
     let mut cmd = traffic_tool();
     cmd.args(["connect", "--to", &to.to_string()])
         .args(["--send-bytes", &send_bytes.to_string()])
-        .args(["--seed", &seed.to_string()]);
+        .args(["--seed", &seed.to_string()])
+        .args(["--parallel", &n.to_string(), "--connect-timeout", "3"]);
     let out = cluster.spawn(host, cmd)?.wait_output(WAIT)?.1;
-    expect_done(out.lines().next().unwrap_or_default())
+    out.lines()
+        .map(|line| {
+            Ok(match Event::parse(line)? {
+                Event::Done(done) => Ok(done),
+                Event::Error { error } => Err(anyhow::anyhow!("{error}")),
+                other => Err(anyhow::anyhow!("unexpected {other:?}")),
+            })
+        })
+        .collect()
 }
 
 /// The next finished connection a server reports.

@@ -90,6 +90,8 @@ pub struct Cluster {
     namespaces: Vec<String>,
     nodes: Vec<Host>,
     pods: Vec<Host>,
+    /// bpffs directories handed out by [`Cluster::bpffs_dir`].
+    pins: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
@@ -115,6 +117,7 @@ impl Cluster {
             namespaces: Vec::new(),
             nodes: Vec::new(),
             pods: Vec::new(),
+            pins: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -129,6 +132,21 @@ impl Cluster {
         &self.cgroup_root
     }
 
+    /// A bpffs directory for this cluster (e.g. one agent's pins), removed
+    /// at teardown — which detaches every link pinned in it.
+    pub fn bpffs_dir(&self, name: &str) -> PathBuf {
+        let dir = Path::new(BPFFS).join(format!("{}-{name}", self.prefix));
+        self.pins.lock().expect("pins").push(dir.clone());
+        dir
+    }
+
+    /// A scratch directory on disk (config, status files), removed at teardown.
+    pub fn scratch_dir(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = std::env::temp_dir().join(&self.prefix).join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
     /// The cgroup all pods live under (the mesh's "pod slice").
     pub fn pods_cgroup(&self) -> PathBuf {
         self.cgroup_root.join("pods")
@@ -140,6 +158,14 @@ impl Cluster {
 
     pub fn pod(&self, name: &str) -> &Host {
         Self::find(&self.pods, name, "pod")
+    }
+
+    /// The node a host is on (a node is on itself).
+    pub fn node_of(&self, host: &Host) -> &Host {
+        self.nodes
+            .iter()
+            .find(|n| n.node == host.node)
+            .expect("every host belongs to a node of its cluster")
     }
 
     fn find<'a>(hosts: &'a [Host], name: &str, kind: &str) -> &'a Host {
@@ -274,8 +300,21 @@ impl Cluster {
     /// Removes everything; returns what could not be removed.
     fn teardown(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
+        // Processes first (agents hold links and listeners), then pins, then
+        // the namespaces they pointed into.
         if let Err(e) = remove_cgroup_tree(&self.cgroup_root) {
             errors.push(format!("{e:#}"));
+        }
+        for dir in self.pins.lock().expect("pins").drain(..) {
+            if let Err(e) = remove_pins(&dir) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        let scratch = std::env::temp_dir().join(&self.prefix);
+        if scratch.exists()
+            && let Err(e) = std::fs::remove_dir_all(&scratch)
+        {
+            errors.push(format!("removing {}: {e}", scratch.display()));
         }
         for ns in self.namespaces.drain(..).rev() {
             if let Err(e) = ip(&["netns", "del", &ns]) {
@@ -291,6 +330,17 @@ impl Drop for Cluster {
         for error in self.teardown() {
             eprintln!("cluster {} teardown: {error}", self.prefix);
         }
+    }
+}
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Removes a bpffs directory and everything pinned in it.
+pub fn remove_pins(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing pins {}", dir.display())),
     }
 }
 

@@ -5,7 +5,7 @@ use std::{fmt, path::PathBuf};
 use anyhow::Context as _;
 use mesh_agent::capture::cgroup::cgroup2_mount;
 
-use crate::cluster::{ip, remove_cgroup_tree};
+use crate::cluster::{ip, remove_cgroup_tree, remove_pins};
 
 const NETNS_DIR: &str = "/run/netns";
 const BPFFS: &str = "/sys/fs/bpf";
@@ -71,11 +71,10 @@ pub fn sweep(found: &Leftovers) -> anyhow::Result<()> {
     }
     for pin in &found.pins {
         if pin.is_dir() {
-            std::fs::remove_dir_all(pin)
+            remove_pins(pin)?;
         } else {
-            std::fs::remove_file(pin)
+            std::fs::remove_file(pin).with_context(|| format!("removing pin {}", pin.display()))?;
         }
-        .with_context(|| format!("removing pin {}", pin.display()))?;
     }
     Ok(())
 }

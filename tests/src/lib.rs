@@ -23,6 +23,7 @@
 //! - [`leaks`] finds anything a test left behind under the suite's prefix.
 pub mod cluster;
 pub mod leaks;
+pub mod mesh;
 pub mod process;
 pub mod traffic;
 

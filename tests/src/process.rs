@@ -101,6 +101,29 @@ impl PodChild {
         self.stderr.lock().expect("stderr buffer").clone()
     }
 
+    /// Waits (bounded) until a line of stderr satisfies `wanted`; returns it.
+    pub fn wait_stderr_line(
+        &self,
+        timeout: Duration,
+        what: &str,
+        wanted: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.stderr().lines().find(|l| wanted(l)) {
+                return Ok(line.to_owned());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{}: no {what} within {timeout:?}; stderr:\n{}",
+                    self.label,
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The next line of stdout, waiting at most `timeout`.
     pub fn next_line(&mut self, timeout: Duration) -> anyhow::Result<String> {
         match self.lines.recv_timeout(timeout) {

@@ -54,6 +54,9 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     stage(
         "end-to-end tests (namespaces, eBPF, real processes)",
         || {
+            // The tests start the real agent binary, which `cargo test` of
+            // the tests package does not build by itself.
+            run::status(cargo().args(["build", "--package", "mesh-agent", "--bins"]))?;
             run::status(
                 cargo()
                     .args(["test", "--package", "nodemesh-tests", "--test", "e2e", "--"])

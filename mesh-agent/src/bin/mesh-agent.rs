@@ -1,12 +1,37 @@
 //! `mesh-agent`: the per-node nodemesh agent.
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use mesh_agent::capture::{Capture, cgroup};
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-/// The nodemesh node agent: captures enrolled pods' TCP with eBPF and carries
-/// it over mutual TLS to the destination node's agent.
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use mesh_agent::{
+    capture::{
+        Capture, cgroup,
+        enrol::{Enrolment, PodCaptureStatus, PodPlacement},
+        events, kernel,
+        object::{self, Attached},
+    },
+    state::{self, Snapshot},
+};
+
+const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/nodemesh";
+const DEFAULT_RUN_DIR: &str = "/run/nodemesh";
+
+/// The nodemesh node agent: captures enrolled pods' TCP with eBPF and hands
+/// it to the mesh.
 #[derive(Parser)]
-#[command(version, about, long_about = None, after_help = "Examples:\n  mesh-agent check        # can this kernel run nodemesh?")]
+#[command(
+    version,
+    about,
+    after_help = "Examples:\n  \
+      mesh-agent check\n  \
+      mesh-agent run --config-dir /etc/nodemesh/local --node node-1 \\\n      \
+          --pods-cgroup /sys/fs/cgroup/kubepods.slice\n  \
+      mesh-agent uninstall      # detach every capture program from this node"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -14,34 +39,266 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check that this machine can run the agent: loads every capture program
-    /// through the kernel verifier (attaching nothing) and finds cgroup v2.
-    Check,
+    /// Check that this machine can run the agent: kernel version, cgroup v2,
+    /// and every capture program through the kernel verifier (attaches nothing).
+    Check {
+        #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+        bpffs_dir: PathBuf,
+    },
+    /// Run the node agent in local mode: cluster objects come from YAML files
+    /// in a directory, re-read when they change.
+    Run(RunArgs),
+    /// Remove the mesh from this node: detach every capture program and
+    /// delete the pinned maps. Enrolled pods go back to direct connections.
+    Uninstall {
+        #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+        bpffs_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Directory of Kubernetes-style YAML (Namespace, Pod, Service); each Pod
+    /// names its network namespace and cgroup in the annotations
+    /// `nodemesh.io/netns` and `nodemesh.io/cgroup`.
+    #[arg(long)]
+    config_dir: PathBuf,
+    /// This node's name; only pods whose spec.nodeName matches are served.
+    #[arg(long)]
+    node: String,
+    /// The cgroup v2 directory that contains every pod on this node (e.g. the
+    /// kubelet's kubepods slice). Outbound capture attaches here, never to
+    /// the machine's root cgroup.
+    #[arg(long)]
+    pods_cgroup: PathBuf,
+    /// bpffs directory owning this agent's pinned programs, maps and links.
+    #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+    bpffs_dir: PathBuf,
+    /// Directory for the agent's status file (status.json).
+    #[arg(long, default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    /// How often the config directory is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    reload_interval_ms: u64,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
-        Command::Check => check(),
+    let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Run(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    init_logging(format);
+    match cli.command {
+        Command::Check { bpffs_dir } => check(&bpffs_dir),
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(run(args)),
+        Command::Uninstall { bpffs_dir } => {
+            object::uninstall(&bpffs_dir)?;
+            println!("removed {}: capture programs detached", bpffs_dir.display());
+            Ok(())
+        }
     }
 }
 
-fn check() -> anyhow::Result<()> {
-    let kernel = nix::sys::utsname::uname().context("uname")?;
-    println!("kernel        {}", kernel.release().to_string_lossy());
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn check(bpffs_dir: &Path) -> anyhow::Result<()> {
+    let release = nix::sys::utsname::uname().context("uname")?;
+    println!("kernel        {}", release.release().to_string_lossy());
+    kernel::check()?;
     let mount = cgroup::cgroup2_mount()?;
     println!("cgroup v2     {}", mount.display());
-    let capture = Capture::load()?;
-    let counters = capture.counters()?;
+    // Loading needs a bpffs directory for the maps; leave none behind unless
+    // an agent already owns it.
+    let existed = bpffs_dir.exists();
+    let loaded = Capture::open(bpffs_dir);
+    if !existed {
+        object::uninstall(bpffs_dir)?;
+    }
+    let counters = loaded?.counters()?;
     println!(
-        "eBPF          programs load and verify ({} counters readable)",
+        "eBPF          every program loads and verifies ({} counters readable)",
         counters.iter().count()
     );
     println!("ok: this machine can run mesh-agent");
     Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    kernel::check()?;
+    check_pods_cgroup(&args.pods_cgroup)?;
+    let mut capture = Capture::open(&args.bpffs_dir)?;
+    match capture.attach_cgroup(&args.pods_cgroup)? {
+        Attached::Created => {
+            tracing::info!(cgroup = %args.pods_cgroup.display(), "outbound capture attached")
+        }
+        Attached::Adopted => tracing::info!(
+            cgroup = %args.pods_cgroup.display(),
+            "adopted capture programs pinned by a previous run"
+        ),
+    }
+    events::spawn_reader(capture.take_events()?).context("reading capture events")?;
+    let capture = Arc::new(Mutex::new(capture));
+    let mut enrolment = Enrolment::new(Arc::clone(&capture), &args.pods_cgroup);
+    std::fs::create_dir_all(&args.run_dir)
+        .with_context(|| format!("creating {}", args.run_dir.display()))?;
+
+    let (mut config, _watcher) = state::watch(
+        args.config_dir.clone(),
+        Duration::from_millis(args.reload_interval_ms),
+    );
+    let mut config_errors = reconcile(&args, &mut enrolment, &capture, &mut config).await?;
+    tracing::info!(node = %args.node, "ready");
+    let mut status_tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            changed = config.changed() => {
+                changed.context("the config watcher stopped")?;
+                config_errors = reconcile(&args, &mut enrolment, &capture, &mut config).await?;
+            }
+            _ = status_tick.tick() => write_status(&args, &enrolment, &capture, &config_errors)?,
+            _ = shutdown_signal() => {
+                tracing::info!(
+                    "stopping; capture stays pinned, so enrolled pods' new connections are \
+                     refused until an agent runs again (`mesh-agent uninstall` removes the mesh)"
+                );
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Brings enrolment in line with the newest config; returns its errors.
+async fn reconcile(
+    args: &RunArgs,
+    enrolment: &mut Enrolment,
+    capture: &Mutex<Capture>,
+    config: &mut tokio::sync::watch::Receiver<Arc<state::Loaded>>,
+) -> anyhow::Result<Vec<String>> {
+    let loaded = Arc::clone(&config.borrow_and_update());
+    let wanted = placements(&loaded.snapshot, &args.node);
+    for error in enrolment.reconcile(&wanted).await {
+        tracing::error!("{error}");
+    }
+    let config_errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    write_status(args, enrolment, capture, &config_errors)?;
+    Ok(config_errors)
+}
+
+/// Refuses a capture cgroup that would catch processes outside the mesh.
+fn check_pods_cgroup(pods_cgroup: &Path) -> anyhow::Result<()> {
+    let mount = cgroup::cgroup2_mount()?;
+    let canonical = pods_cgroup
+        .canonicalize()
+        .with_context(|| format!("--pods-cgroup {}: no such directory", pods_cgroup.display()))?;
+    if canonical == mount {
+        bail!(
+            "--pods-cgroup {} is the machine's root cgroup: capture would take every process on \
+             the node. Pass the cgroup that holds only the pods (e.g. the kubepods slice).",
+            pods_cgroup.display()
+        );
+    }
+    if !canonical.starts_with(&mount) {
+        bail!(
+            "--pods-cgroup {} is not on the cgroup v2 mount {}",
+            pods_cgroup.display(),
+            mount.display()
+        );
+    }
+    Ok(())
+}
+
+/// The pods of this node that should be captured.
+fn placements(snapshot: &Snapshot, node: &str) -> Vec<PodPlacement> {
+    snapshot
+        .enrolled_pods_on(node)
+        .map(|pod| PodPlacement {
+            pod: format!("{}/{}", pod.namespace, pod.name),
+            netns: pod.netns.clone(),
+            cgroup: pod.cgroup.clone(),
+            ips: pod.ips.clone(),
+        })
+        .collect()
+}
+
+#[derive(serde::Serialize)]
+struct Status<'a> {
+    node: &'a str,
+    version: &'static str,
+    pods: Vec<PodCaptureStatus>,
+    counters: Vec<Counter>,
+    config_errors: &'a [String],
+}
+
+#[derive(serde::Serialize)]
+struct Counter {
+    hook: &'static str,
+    counter: &'static str,
+    value: u64,
+}
+
+/// Writes status.json atomically (write, then rename), so readers never see
+/// half a file.
+fn write_status(
+    args: &RunArgs,
+    enrolment: &Enrolment,
+    capture: &Mutex<Capture>,
+    config_errors: &[String],
+) -> anyhow::Result<()> {
+    let counters = capture
+        .lock()
+        .expect("capture lock")
+        .counters()?
+        .iter()
+        .map(|(hook, counter, value)| Counter {
+            hook: hook.name(),
+            counter: counter.name(),
+            value: *value,
+        })
+        .collect();
+    let status = Status {
+        node: &args.node,
+        version: env!("CARGO_PKG_VERSION"),
+        pods: enrolment.status(),
+        counters,
+        config_errors,
+    };
+    let path = args.run_dir.join("status.json");
+    let tmp = args.run_dir.join(".status.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&status)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

@@ -90,3 +90,89 @@ pub fn netns_cookie(path: &Path) -> Result<u64, NetnsError> {
         socket_netns_cookie(&probe)
     })?
 }
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread that lives inside one pod's network namespace and creates the
+/// agent's sockets there (listeners, upstream and delivery sockets), so they
+/// carry the pod's addresses. Sockets keep their namespace for life; only
+/// creation needs the thread. The thread ends when the worker is dropped.
+pub struct NetnsWorker {
+    jobs: std::sync::mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+impl NetnsWorker {
+    pub fn spawn(path: &Path) -> Result<Self, NetnsError> {
+        let ns = File::open(path).map_err(|source| NetnsError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let owned = path.to_owned();
+        std::thread::Builder::new()
+            .name("netns-worker".into())
+            .spawn(move || {
+                let entered = setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
+                    NetnsError::Enter {
+                        path: owned,
+                        source,
+                    }
+                });
+                let ok = entered.is_ok();
+                let _ = ready_tx.send(entered);
+                if ok {
+                    for job in queue {
+                        job();
+                    }
+                }
+            })
+            .map_err(NetnsError::Socket)?;
+        ready
+            .recv()
+            .map_err(|_| NetnsError::Panicked(path.to_owned()))??;
+        Ok(Self {
+            jobs,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Runs `f` inside the namespace and waits for its result (async).
+    pub async fn run<T, F>(&self, f: F) -> Result<T, NetnsError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(f, move |out| {
+            let _ = tx.send(out);
+        })?;
+        rx.await
+            .map_err(|_| NetnsError::Panicked(self.path.clone()))
+    }
+
+    /// Runs `f` inside the namespace, blocking the caller until it is done.
+    pub fn run_blocking<T, F>(&self, f: F) -> Result<T, NetnsError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.submit(f, move |out| {
+            let _ = tx.send(out);
+        })?;
+        rx.recv()
+            .map_err(|_| NetnsError::Panicked(self.path.clone()))
+    }
+
+    fn submit<T, F, R>(&self, f: F, reply: R) -> Result<(), NetnsError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        R: FnOnce(T) + Send + 'static,
+    {
+        self.jobs
+            .send(Box::new(move || reply(f())))
+            .map_err(|_| NetnsError::Panicked(self.path.clone()))
+    }
+}

@@ -38,6 +38,10 @@ enum Command {
         /// Give up connecting after this many seconds.
         #[arg(long, default_value_t = 10)]
         connect_timeout: u64,
+        /// Open this many connections at once (one report line each); the
+        /// exit code is 0 only if all of them succeeded.
+        #[arg(long, default_value_t = 1)]
+        parallel: u32,
     },
 }
 
@@ -53,7 +57,14 @@ fn main() {
             send_bytes,
             seed,
             connect_timeout,
-        } => connect(to, send_bytes, seed, Duration::from_secs(connect_timeout)),
+            parallel,
+        } => {
+            let timeout = Duration::from_secs(connect_timeout);
+            let workers: Vec<_> = (0..parallel)
+                .map(|_| std::thread::spawn(move || connect(to, send_bytes, seed, timeout)))
+                .collect();
+            workers.into_iter().all(|w| w.join().unwrap_or(false))
+        }
     };
     std::process::exit(if ok { 0 } else { 1 });
 }

@@ -1,0 +1,166 @@
+//! The agent's sockets inside an enrolled pod's network namespace (ztunnel's
+//! in-pod model): where captured connections arrive, and the plumbing that
+//! lets inbound delivery keep the client's address.
+//!
+//! | listener | bound to | fed by |
+//! |---|---|---|
+//! | outbound | `127.0.0.1:15001`, `[::1]:15001` | connect4/6 rewrites |
+//! | inbound  | `127.0.0.1:15006`, `[::1]:15006` | sk_lookup assigns SYNs for the pod's addresses |
+//!
+//! Inbound delivery connects to the app from the *client's* address
+//! (`IP_TRANSPARENT`, marked [`DELIVERY_MARK`]). The app's replies to that
+//! address would be routed out of the pod, so the namespace gets a policy
+//! route sending packets with that mark to local delivery, and
+//! `tcp_fwmark_accept` makes the app's accepted socket inherit the mark of
+//! the SYN that created it. Istio's in-pod mode uses the same pattern.
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    process::Command,
+};
+
+use mesh_common::{AGENT_MARK, DELIVERY_MARK, ports};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::netns::socket_netns_cookie;
+
+/// Routing table (and rule priority) that loops marked replies back locally.
+const DELIVERY_TABLE: &str = "1539";
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Listening sockets opened inside one pod. IPv6 ones are absent when the
+/// pod has no IPv6 loopback.
+pub struct PodListeners {
+    pub netns_cookie: u64,
+    pub outbound: Vec<std::net::TcpListener>,
+    pub inbound_v4: std::net::TcpListener,
+    pub inbound_v6: Option<std::net::TcpListener>,
+}
+
+/// Opens the listeners. Must run inside the pod's namespace.
+pub fn open_listeners() -> io::Result<PodListeners> {
+    let out_v4 = listen(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ports::OUTBOUND))?;
+    let inbound_v4 = listen(SocketAddr::new(
+        Ipv4Addr::LOCALHOST.into(),
+        ports::INBOUND_PLAINTEXT,
+    ))?;
+    let netns_cookie = socket_netns_cookie(&inbound_v4).map_err(io::Error::other)?;
+    let mut outbound = vec![out_v4];
+    let mut inbound_v6 = None;
+    match listen(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), ports::OUTBOUND)) {
+        Ok(l) => {
+            outbound.push(l);
+            inbound_v6 = Some(listen(SocketAddr::new(
+                Ipv6Addr::LOCALHOST.into(),
+                ports::INBOUND_PLAINTEXT,
+            ))?);
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+            tracing::info!("pod has no IPv6 loopback; capturing IPv4 only");
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(PodListeners {
+        netns_cookie,
+        outbound,
+        inbound_v4,
+        inbound_v6,
+    })
+}
+
+fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// A socket for the agent's upstream connection out of the pod: carries the
+/// pod's address and the agent mark (so capture never takes it).
+/// Must run inside the pod's namespace.
+pub fn upstream_socket(dst: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_mark(AGENT_MARK)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// A socket for delivering an inbound connection to the app from the
+/// client's own address. Must run inside the pod's namespace.
+pub fn delivery_socket(client: IpAddr, app: SocketAddr) -> io::Result<std::net::TcpStream> {
+    let socket = Socket::new(Domain::for_address(app), Type::STREAM, Some(Protocol::TCP))?;
+    match client {
+        IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
+        IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
+    }
+    socket.set_mark(DELIVERY_MARK)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&SockAddr::from(SocketAddr::new(client, 0)))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Installs the delivery plumbing described in the module docs. Idempotent.
+/// Must run inside the pod's namespace.
+pub fn prepare_delivery_routing() -> io::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1")?;
+    let mark = format!("{DELIVERY_MARK:#x}");
+    for family in ["-4", "-6"] {
+        // `ip rule` has no "replace": delete any earlier copy, then add.
+        let _ = Command::new("ip")
+            .args([
+                family,
+                "rule",
+                "del",
+                "fwmark",
+                &mark,
+                "lookup",
+                DELIVERY_TABLE,
+            ])
+            .output();
+        ip(&[
+            family,
+            "rule",
+            "add",
+            "fwmark",
+            &mark,
+            "lookup",
+            DELIVERY_TABLE,
+            "priority",
+            DELIVERY_TABLE,
+        ])?;
+        let all = if family == "-4" { "0.0.0.0/0" } else { "::/0" };
+        ip(&[
+            family,
+            "route",
+            "replace",
+            "local",
+            all,
+            "dev",
+            "lo",
+            "table",
+            DELIVERY_TABLE,
+        ])?;
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}

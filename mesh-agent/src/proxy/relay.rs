@@ -1,0 +1,180 @@
+//! The one bidirectional copy every hop uses.
+//!
+//! Each direction is copied on its own: when one side finishes sending (EOF),
+//! its FIN is passed on with `shutdown(Write)` and the other direction keeps
+//! flowing, so half-closed protocols work. When one side resets (or a write
+//! fails), the other side is reset too (`SO_LINGER 0` then close) instead of
+//! being shown a clean FIN: a truncated stream is never passed off as a
+//! complete one. Back-pressure is natural: nothing is read until the previous
+//! chunk is written.
+use std::io;
+
+use socket2::SockRef;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+const BUF: usize = 64 * 1024;
+
+/// How a relayed connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum End {
+    /// Both sides closed cleanly.
+    Closed,
+    /// The client side reset or failed; the server side was reset.
+    ClientReset,
+    /// The server side reset or failed; the client side was reset.
+    ServerReset,
+}
+
+/// Bytes moved and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    /// Client → server.
+    pub sent: u64,
+    /// Server → client.
+    pub received: u64,
+    pub end: End,
+}
+
+/// Copies between `client` and `server` until both directions are done.
+pub async fn relay(mut client: TcpStream, mut server: TcpStream) -> Relayed {
+    let (sent, received, failed) = copy_both(&mut client, &mut server).await;
+    let end = failed.unwrap_or(End::Closed);
+    if end != End::Closed {
+        // Pass the failure on as a reset to whichever side is still there.
+        for stream in [&client, &server] {
+            let _ = SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
+    Relayed {
+        sent: sent.unwrap_or(0),
+        received: received.unwrap_or(0),
+        end,
+    }
+}
+
+async fn copy_both(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+) -> (Option<u64>, Option<u64>, Option<End>) {
+    let (mut client_r, mut client_w) = client.split();
+    let (mut server_r, mut server_w) = server.split();
+    let up = copy(&mut client_r, &mut server_w);
+    let down = copy(&mut server_r, &mut client_w);
+    tokio::pin!(up, down);
+    let (mut sent, mut received) = (None, None);
+    let mut failed = None;
+    while failed.is_none() && (sent.is_none() || received.is_none()) {
+        tokio::select! {
+            r = &mut up, if sent.is_none() => match r {
+                Ok(n) => sent = Some(n),
+                Err(e) => failed = Some(e.blame_for(End::ClientReset, End::ServerReset)),
+            },
+            r = &mut down, if received.is_none() => match r {
+                Ok(n) => received = Some(n),
+                Err(e) => failed = Some(e.blame_for(End::ServerReset, End::ClientReset)),
+            },
+        }
+    }
+    (sent, received, failed)
+}
+
+/// A failed copy, knowing whether reading (source side) or writing
+/// (destination side) failed.
+struct CopyError {
+    on_read: bool,
+}
+
+impl CopyError {
+    fn blame_for(&self, reader_side: End, writer_side: End) -> End {
+        if self.on_read {
+            reader_side
+        } else {
+            writer_side
+        }
+    }
+}
+
+async fn copy<R, W>(from: &mut R, to: &mut W) -> Result<u64, CopyError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Err(CopyError { on_read: true }),
+        };
+        to.write_all(&buf[..n])
+            .await
+            .map_err(|_| CopyError { on_read: false })?;
+        total += n as u64;
+    }
+    to.shutdown()
+        .await
+        .map_err(|_| CopyError { on_read: false })?;
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn half_close_passes_through_and_the_other_direction_keeps_flowing() {
+        let (mut app, agent_client) = pair().await;
+        let (agent_server, mut upstream) = pair().await;
+        let relay = tokio::spawn(relay(agent_client, agent_server));
+
+        app.write_all(b"request").await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request", "upstream sees the bytes, then EOF");
+
+        // After the client's half-close the reply still flows back.
+        upstream.write_all(b"reply after half-close").await.unwrap();
+        upstream.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        app.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"reply after half-close");
+
+        let done = relay.await.unwrap();
+        assert_eq!((done.sent, done.received, done.end), (7, 22, End::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_reset_is_passed_on_as_a_reset() {
+        let (app, agent_client) = pair().await;
+        let (agent_server, mut upstream) = pair().await;
+        let relay = tokio::spawn(relay(agent_client, agent_server));
+
+        SockRef::from(&app)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(app);
+        let mut buf = [0u8; 16];
+        let err = upstream
+            .read(&mut buf)
+            .await
+            .expect_err("upstream must see a reset, not EOF");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(relay.await.unwrap().end, End::ClientReset);
+    }
+}

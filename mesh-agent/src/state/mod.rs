@@ -1,0 +1,21 @@
+//! The agent's view of the cluster: Kubernetes-shaped objects (namespaces,
+//! pods, services) from one of two sources of truth — local YAML in a
+//! directory (tests, demo, single machines) or, later, the API server.
+//!
+//! - [`model`]: the compact [`Snapshot`] every stage queries, and enrolment;
+//! - [`parse`]: YAML → typed objects → snapshot, with precise errors;
+//! - [`watch`]: hot reload of the directory;
+//! - [`keys`]: every label and annotation key nodemesh reads.
+mod error;
+pub mod keys;
+pub mod model;
+mod parse;
+mod watch;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::ConfigError;
+pub use model::{NamespaceInfo, PodInfo, ServiceInfo, ServicePort, Snapshot};
+pub use parse::{Loaded, load_dir};
+pub use watch::watch;

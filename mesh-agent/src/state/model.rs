@@ -1,0 +1,151 @@
+//! The agent's compact view of the cluster, built from Kubernetes objects
+//! (local YAML now, API-server watches later) and queried by every stage.
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
+
+use super::keys::{DATAPLANE_LABEL, DISABLED, ENABLED};
+
+pub type Labels = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    pub namespaces: BTreeMap<String, NamespaceInfo>,
+    pub pods: Vec<PodInfo>,
+    pub services: Vec<ServiceInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    pub name: String,
+    pub labels: Labels,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    /// `spec.nodeName`.
+    pub node: String,
+    /// `spec.serviceAccountName` (Kubernetes' default: `default`).
+    pub service_account: String,
+    /// `status.podIPs`, else `status.podIP`.
+    pub ips: Vec<IpAddr>,
+    pub labels: Labels,
+    pub netns: PathBuf,
+    pub cgroup: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub namespace: String,
+    pub name: String,
+    /// Empty for headless services.
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    pub selector: Labels,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: u16,
+}
+
+impl Snapshot {
+    /// A pod is in the mesh when its namespace is labelled
+    /// `nodemesh.io/dataplane=enabled` and the pod itself does not opt out
+    /// with `nodemesh.io/dataplane=disabled`. Undeclared namespace: not.
+    pub fn enrolled(&self, pod: &PodInfo) -> bool {
+        let namespace_on = self
+            .namespaces
+            .get(&pod.namespace)
+            .is_some_and(|ns| ns.labels.get(DATAPLANE_LABEL).map(String::as_str) == Some(ENABLED));
+        let pod_off = pod.labels.get(DATAPLANE_LABEL).map(String::as_str) == Some(DISABLED);
+        namespace_on && !pod_off
+    }
+
+    /// Enrolled pods scheduled on `node`.
+    pub fn enrolled_pods_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        self.pods
+            .iter()
+            .filter(move |p| p.node == node && self.enrolled(p))
+    }
+
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodInfo> {
+        let ip = ip.to_canonical();
+        self.pods.iter().find(|p| p.ips.contains(&ip))
+    }
+
+    pub fn service_by_ip(&self, ip: IpAddr) -> Option<&ServiceInfo> {
+        let ip = ip.to_canonical();
+        self.services.iter().find(|s| s.cluster_ips.contains(&ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn pod(namespace: &str, pod_labels: Labels) -> PodInfo {
+        PodInfo {
+            namespace: namespace.into(),
+            name: "p".into(),
+            node: "n1".into(),
+            service_account: "default".into(),
+            ips: vec!["10.1.0.11".parse().unwrap()],
+            labels: pod_labels,
+            netns: "/run/netns/p".into(),
+            cgroup: "/sys/fs/cgroup/p".into(),
+        }
+    }
+
+    #[test]
+    fn enrolment_table() {
+        let mut snapshot = Snapshot::default();
+        for (name, l) in [
+            ("on", labels(&[(DATAPLANE_LABEL, ENABLED)])),
+            ("off", labels(&[(DATAPLANE_LABEL, DISABLED)])),
+            ("unlabelled", Labels::new()),
+            ("other-value", labels(&[(DATAPLANE_LABEL, "yes")])),
+        ] {
+            snapshot.namespaces.insert(
+                name.into(),
+                NamespaceInfo {
+                    name: name.into(),
+                    labels: l,
+                },
+            );
+        }
+        let opt_out = labels(&[(DATAPLANE_LABEL, DISABLED)]);
+        let cases = [
+            (pod("on", Labels::new()), true),
+            (pod("on", opt_out.clone()), false),
+            (pod("on", labels(&[(DATAPLANE_LABEL, ENABLED)])), true),
+            (pod("off", Labels::new()), false),
+            (pod("unlabelled", Labels::new()), false),
+            (pod("other-value", Labels::new()), false),
+            (pod("undeclared", Labels::new()), false),
+        ];
+        for (p, want) in cases {
+            assert_eq!(
+                snapshot.enrolled(&p),
+                want,
+                "{}/{:?}",
+                p.namespace,
+                p.labels
+            );
+        }
+        snapshot.pods = vec![pod("on", Labels::new()), pod("on", opt_out)];
+        assert_eq!(snapshot.enrolled_pods_on("n1").count(), 1);
+        assert_eq!(snapshot.enrolled_pods_on("n2").count(), 0);
+        let v4_mapped: IpAddr = "::ffff:10.1.0.11".parse().unwrap();
+        assert!(snapshot.pod_by_ip(v4_mapped).is_some());
+    }
+}

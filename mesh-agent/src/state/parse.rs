@@ -1,0 +1,365 @@
+//! Reading local-mode YAML into the [`Snapshot`].
+//!
+//! Objects are Kubernetes' own types (k8s-openapi), so local mode and a
+//! future API-server watcher share one model. YAML is read with
+//! `serde_yaml_ng`, the maintained fork of the deprecated `serde_yaml` (same
+//! API and behaviour); `serde_path_to_error` turns a type error into the
+//! path of the field that caused it.
+//!
+//! Every bad object becomes a [`ConfigError`] naming file, object and field;
+//! it never stops the valid objects from loading.
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::{
+    api::core::v1::{Namespace, Pod, Service},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use serde::Deserialize as _;
+use serde_yaml_ng::Value;
+
+use super::{
+    ConfigError,
+    keys::{CGROUP_ANNOTATION, NETNS_ANNOTATION},
+    model::{Labels, NamespaceInfo, PodInfo, ServiceInfo, ServicePort, Snapshot},
+};
+
+/// A directory's worth of objects and what was wrong with the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Loaded {
+    pub snapshot: Snapshot,
+    pub errors: Vec<ConfigError>,
+}
+
+/// Reads every `*.yaml`/`*.yml` file in `dir` (not recursive), in name order.
+pub fn load_dir(dir: &Path) -> Loaded {
+    let mut loader = Loader::default();
+    let mut files = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect::<Vec<_>>(),
+        Err(e) => {
+            loader.error(
+                dir,
+                None,
+                None,
+                format!("cannot read the config directory: {e}"),
+            );
+            Vec::new()
+        }
+    };
+    files.sort();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => loader.file(&file, &text),
+            Err(e) => loader.error(&file, None, None, format!("cannot read: {e}")),
+        }
+    }
+    Loaded {
+        snapshot: loader.snapshot,
+        errors: loader.errors,
+    }
+}
+
+#[derive(Default)]
+struct Loader {
+    snapshot: Snapshot,
+    errors: Vec<ConfigError>,
+    /// `Kind ns/name` → file that declared it first.
+    seen: BTreeMap<String, PathBuf>,
+}
+
+/// Identity of one document, for messages.
+struct Doc<'a> {
+    file: &'a Path,
+    object: String,
+}
+
+impl Loader {
+    fn error(&mut self, file: &Path, object: Option<String>, field: Option<&str>, message: String) {
+        self.errors.push(ConfigError {
+            file: file.to_owned(),
+            object,
+            field: field.map(str::to_owned),
+            message,
+        });
+    }
+
+    fn file(&mut self, file: &Path, text: &str) {
+        for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+            let value = match Value::deserialize(document) {
+                Ok(Value::Null) => continue,
+                Ok(v) => v,
+                Err(e) => {
+                    let at = e
+                        .location()
+                        .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+                        .unwrap_or_default();
+                    self.error(
+                        file,
+                        None,
+                        None,
+                        format!("invalid YAML{at}: {e}; the rest of this file was skipped"),
+                    );
+                    return;
+                }
+            };
+            self.document(file, index + 1, value);
+        }
+    }
+
+    fn document(&mut self, file: &Path, index: usize, value: Value) {
+        let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+        let kind = text(&value, "kind");
+        let api_version = text(&value, "apiVersion");
+        let meta = value.get("metadata").cloned().unwrap_or(Value::Null);
+        let name = text(&meta, "name");
+        let namespace = text(&meta, "namespace").unwrap_or_else(|| "default".to_owned());
+        let object = match (&kind, &name) {
+            (Some(k), Some(n)) if k == "Namespace" => format!("Namespace {n}"),
+            (Some(k), Some(n)) => format!("{k} {namespace}/{n}"),
+            (Some(k), None) => format!("{k} (document {index})"),
+            _ => format!("document {index}"),
+        };
+        let doc = Doc { file, object };
+        let Some(kind) = kind else {
+            return self.fail(
+                &doc,
+                Some("kind"),
+                "missing: every object needs `kind` (Namespace, Pod or Service)".into(),
+            );
+        };
+        if api_version.as_deref() != Some("v1") {
+            return self.fail(
+                &doc,
+                Some("apiVersion"),
+                format!(
+                    "{:?} is not supported for {kind}: use `apiVersion: v1`",
+                    api_version.unwrap_or_default()
+                ),
+            );
+        }
+        if name.is_none() {
+            return self.fail(
+                &doc,
+                Some("metadata.name"),
+                "missing: every object needs a name".into(),
+            );
+        }
+        if !self.first_sighting(&doc) {
+            return;
+        }
+        let result = match kind.as_str() {
+            "Namespace" => typed::<Namespace>(value).map(|ns| self.namespace(ns)),
+            "Pod" => typed::<Pod>(value).map(|pod| self.pod(&doc, pod)),
+            "Service" => typed::<Service>(value).map(|svc| self.service(&doc, svc)),
+            other => Err((
+                Some("kind".to_owned()),
+                format!("unknown kind {other:?}: local mode reads Namespace, Pod and Service"),
+            )),
+        };
+        if let Err((field, message)) = result {
+            self.fail(&doc, field.as_deref(), message);
+        }
+    }
+
+    fn fail(&mut self, doc: &Doc<'_>, field: Option<&str>, message: String) {
+        self.error(doc.file, Some(doc.object.clone()), field, message);
+    }
+
+    /// False (and an error) when the same object was declared before.
+    fn first_sighting(&mut self, doc: &Doc<'_>) -> bool {
+        if let Some(first) = self.seen.get(&doc.object) {
+            let message = format!(
+                "declared again (first in {}); this copy is ignored",
+                first.file_name().unwrap_or_default().to_string_lossy()
+            );
+            self.fail(doc, None, message);
+            return false;
+        }
+        self.seen.insert(doc.object.clone(), doc.file.to_owned());
+        true
+    }
+
+    fn namespace(&mut self, ns: Namespace) {
+        let name = ns.metadata.name.unwrap_or_default();
+        let labels = ns.metadata.labels.unwrap_or_default();
+        self.snapshot
+            .namespaces
+            .insert(name.clone(), NamespaceInfo { name, labels });
+    }
+
+    fn pod(&mut self, doc: &Doc<'_>, pod: Pod) {
+        match pod_info(pod) {
+            Ok(info) => self.snapshot.pods.push(info),
+            Err(errors) => {
+                for (field, message) in errors {
+                    self.fail(doc, Some(&field), message);
+                }
+            }
+        }
+    }
+
+    fn service(&mut self, doc: &Doc<'_>, svc: Service) {
+        match service_info(svc) {
+            Ok(info) => self.snapshot.services.push(info),
+            Err((field, message)) => self.fail(doc, Some(&field), message),
+        }
+    }
+}
+
+/// A problem with one field: (path, what is wrong and what to do).
+type FieldError = (String, String);
+
+/// Deserializes a typed object, reporting the failing field's path.
+fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, (Option<String>, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != ".").then_some(path);
+        (field, e.into_inner().to_string())
+    })
+}
+
+fn ip(field: String, text: &str) -> Result<IpAddr, FieldError> {
+    text.parse::<IpAddr>()
+        .map(|ip| ip.to_canonical())
+        .map_err(|_| {
+            (
+                field,
+                format!("{text:?} is not an IP address (expected e.g. 10.1.0.11 or fd00::b)"),
+            )
+        })
+}
+
+/// Builds a pod, reporting every bad field at once.
+fn pod_info(pod: Pod) -> Result<PodInfo, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let meta = pod.metadata;
+    let annotations = meta.annotations.unwrap_or_default();
+    let mut path_annotation = |key: &str, must_exist: bool| -> PathBuf {
+        let field = format!("metadata.annotations.{key}");
+        let Some(path) = annotations.get(key).map(PathBuf::from) else {
+            errors.push((
+                field,
+                "missing: local mode needs it to find the pod (its network namespace file / \
+                 cgroup v2 directory)"
+                    .into(),
+            ));
+            return PathBuf::new();
+        };
+        if must_exist && !path.exists() {
+            errors.push((
+                field,
+                format!(
+                    "{} does not exist: is the pod running, and the path right?",
+                    path.display()
+                ),
+            ));
+        }
+        path
+    };
+    let netns = path_annotation(NETNS_ANNOTATION, true);
+    let cgroup = path_annotation(CGROUP_ANNOTATION, false);
+    let spec = pod.spec.unwrap_or_default();
+    if spec.node_name.is_none() {
+        errors.push((
+            "spec.nodeName".into(),
+            "missing: the agent serves only pods placed on its node".into(),
+        ));
+    }
+    let status = pod.status.unwrap_or_default();
+    let mut ips = Vec::new();
+    let mut keep = |result: Result<IpAddr, FieldError>| match result {
+        Ok(ip) => ips.push(ip),
+        Err(e) => errors.push(e),
+    };
+    if let Some(list) = status.pod_ips.filter(|l| !l.is_empty()) {
+        for (i, entry) in list.iter().enumerate() {
+            keep(ip(format!("status.podIPs[{i}].ip"), &entry.ip));
+        }
+    } else if let Some(single) = status.pod_ip {
+        keep(ip("status.podIP".into(), &single));
+    } else {
+        errors.push((
+            "status.podIP".into(),
+            "missing: a pod needs an address to be meshed".into(),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(PodInfo {
+        namespace: meta.namespace.unwrap_or_else(|| "default".into()),
+        name: meta.name.unwrap_or_default(),
+        node: spec.node_name.unwrap_or_default(),
+        service_account: spec
+            .service_account_name
+            .unwrap_or_else(|| "default".into()),
+        ips,
+        labels: meta.labels.unwrap_or_default(),
+        netns,
+        cgroup,
+    })
+}
+
+fn port(field: String, value: i32) -> Result<u16, FieldError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or((field, format!("{value} is not a port (1-65535)")))
+}
+
+fn service_info(svc: Service) -> Result<ServiceInfo, FieldError> {
+    let meta = svc.metadata;
+    let spec = svc.spec.unwrap_or_default();
+    let mut cluster_ips = Vec::new();
+    let listed = spec.cluster_ips.filter(|l| !l.is_empty());
+    let (texts, field): (Vec<String>, &str) = match (listed, spec.cluster_ip) {
+        (Some(list), _) => (list, "spec.clusterIPs"),
+        (None, Some(one)) => (vec![one], "spec.clusterIP"),
+        (None, None) => (Vec::new(), "spec.clusterIP"),
+    };
+    for (i, text) in texts.iter().enumerate() {
+        if text == "None" {
+            continue; // headless
+        }
+        let at = if field == "spec.clusterIPs" {
+            format!("{field}[{i}]")
+        } else {
+            field.to_owned()
+        };
+        cluster_ips.push(ip(at, text)?);
+    }
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.unwrap_or_default().into_iter().enumerate() {
+        let number = port(format!("spec.ports[{i}].port"), p.port)?;
+        let target_port = match p.target_port {
+            None => number,
+            Some(IntOrString::Int(t)) => port(format!("spec.ports[{i}].targetPort"), t)?,
+            Some(IntOrString::String(name)) => {
+                return Err((
+                    format!("spec.ports[{i}].targetPort"),
+                    format!(
+                        "named target port {name:?} is not supported yet: use the container's port number"
+                    ),
+                ));
+            }
+        };
+        ports.push(ServicePort {
+            name: p.name,
+            port: number,
+            target_port,
+        });
+    }
+    Ok(ServiceInfo {
+        namespace: meta.namespace.unwrap_or_else(|| "default".into()),
+        name: meta.name.unwrap_or_default(),
+        cluster_ips,
+        ports,
+        selector: spec.selector.unwrap_or_default() as Labels,
+    })
+}

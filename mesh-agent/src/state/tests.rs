@@ -1,0 +1,245 @@
+//! Parsing and reloading, tested on real files in a temporary directory.
+use std::{net::IpAddr, time::Duration};
+
+use super::*;
+
+/// A directory with a real file to stand in for a pod's netns.
+struct Dir {
+    dir: tempfile::TempDir,
+    netns: String,
+}
+
+impl Dir {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let netns = dir.path().join("netns-a");
+        std::fs::write(&netns, "").unwrap();
+        let netns = netns.display().to_string();
+        Self { dir, netns }
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(
+            self.dir.path().join(name),
+            text.replace("NETNS", &self.netns),
+        )
+        .unwrap();
+    }
+
+    fn load(&self) -> Loaded {
+        load_dir(self.dir.path())
+    }
+}
+
+const NAMESPACES: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels:
+    nodemesh.io/dataplane: enabled
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: legacy
+";
+
+fn pod(name: &str, extra_status: &str) -> String {
+    format!(
+        "---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: shop
+  labels:
+    app: {name}
+  annotations:
+    nodemesh.io/netns: NETNS
+    nodemesh.io/cgroup: /sys/fs/cgroup/pods/{name}
+spec:
+  nodeName: n1
+  serviceAccountName: {name}-sa
+  containers: [{{name: app, image: app}}]
+status:
+{extra_status}"
+    )
+}
+
+#[test]
+fn good_objects_become_the_model() {
+    let d = Dir::new();
+    d.write("00-ns.yaml", NAMESPACES);
+    d.write(
+        "pods.yml",
+        &pod(
+            "a",
+            "  podIP: 10.1.0.11\n  podIPs:\n  - ip: 10.1.0.11\n  - ip: fd00:10:1::b\n",
+        ),
+    );
+    d.write(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: cart\n  namespace: shop\nspec:\n  \
+         clusterIP: 10.96.0.10\n  selector:\n    app: cart\n  ports:\n  - name: http\n    port: 80\n    \
+         targetPort: 8080\n  - port: 443\n",
+    );
+    d.write("notes.txt", "not yaml, not read");
+    let loaded = d.load();
+    assert_eq!(loaded.errors, vec![]);
+    let s = &loaded.snapshot;
+    assert_eq!(s.namespaces.len(), 2);
+    let a = &s.pods[0];
+    assert_eq!(
+        (a.namespace.as_str(), a.name.as_str(), a.node.as_str()),
+        ("shop", "a", "n1")
+    );
+    assert_eq!(a.service_account, "a-sa");
+    let want: Vec<IpAddr> = vec![
+        "10.1.0.11".parse().unwrap(),
+        "fd00:10:1::b".parse().unwrap(),
+    ];
+    assert_eq!(a.ips, want);
+    assert_eq!(a.cgroup.display().to_string(), "/sys/fs/cgroup/pods/a");
+    assert!(s.enrolled(a));
+    let svc = &s.services[0];
+    assert_eq!(
+        svc.cluster_ips,
+        vec!["10.96.0.10".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        svc.ports,
+        vec![
+            ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: 8080
+            },
+            ServicePort {
+                name: None,
+                port: 443,
+                target_port: 443
+            },
+        ]
+    );
+    assert_eq!(
+        s.service_by_ip("10.96.0.10".parse().unwrap())
+            .map(|s| s.name.as_str()),
+        Some("cart")
+    );
+}
+
+#[test]
+fn each_bad_object_is_reported_precisely_and_the_good_ones_still_load() {
+    let d = Dir::new();
+    d.write("00-ns.yaml", NAMESPACES);
+    let mut pods = pod("good", "  podIP: 10.1.0.11\n");
+    pods += &pod("bad-ip", "  podIPs:\n  - ip: 10.1.0.300\n");
+    pods += &pod("no-ip", "  phase: Pending\n");
+    pods += &pod("good", "  podIP: 10.1.0.12\n"); // duplicate
+    pods += &pod("gone", "  podIP: 10.1.0.13\n").replace("NETNS", "/nonexistent/netns");
+    pods += &pod("two-faults", "  podIP: nope\n").replace("  nodeName: n1\n", "");
+    pods += "---\napiVersion: v1\nkind: Pod\nmetadata:\n  namespace: shop\n";
+    pods += "---\napiVersion: v1\nkind: Gadget\nmetadata:\n  name: g\n";
+    pods += "---\napiVersion: apps/v1\nkind: Pod\nmetadata:\n  name: wrong-api\n";
+    pods += "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: typed\n  namespace: shop\nspec:\n  nodeName: [1, 2]\n";
+    d.write("pods.yaml", &pods);
+    d.write(
+        "zz-broken.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: [unclosed\n",
+    );
+    let loaded = d.load();
+    let got: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    let want = [
+        "pods.yaml: Pod shop/bad-ip: field status.podIPs[0].ip: \"10.1.0.300\" is not an IP address (expected e.g. 10.1.0.11 or fd00::b)",
+        "pods.yaml: Pod shop/no-ip: field status.podIP: missing: a pod needs an address to be meshed",
+        "pods.yaml: Pod shop/good: declared again (first in pods.yaml); this copy is ignored",
+        "pods.yaml: Pod shop/gone: field metadata.annotations.nodemesh.io/netns: /nonexistent/netns does not exist: is the pod running, and the path right?",
+        "pods.yaml: Pod shop/two-faults: field spec.nodeName: missing: the agent serves only pods placed on its node",
+        "pods.yaml: Pod shop/two-faults: field status.podIP: \"nope\" is not an IP address (expected e.g. 10.1.0.11 or fd00::b)",
+        "pods.yaml: Pod (document 7): field metadata.name: missing: every object needs a name",
+        "pods.yaml: Gadget default/g: field kind: unknown kind \"Gadget\": local mode reads Namespace, Pod and Service",
+        "pods.yaml: Pod default/wrong-api: field apiVersion: \"apps/v1\" is not supported for Pod: use `apiVersion: v1`",
+    ];
+    for (i, w) in want.iter().enumerate() {
+        assert_eq!(
+            got.get(i).map(String::as_str),
+            Some(*w),
+            "error {i}; all: {got:#?}"
+        );
+    }
+    assert!(
+        got[9].starts_with("pods.yaml: Pod shop/typed: field spec.nodeName: "),
+        "{}",
+        got[9]
+    );
+    assert!(
+        got[10].starts_with("zz-broken.yaml: invalid YAML at line "),
+        "{}",
+        got[10]
+    );
+    assert_eq!(got.len(), 11, "{got:#?}");
+    let names: Vec<&str> = loaded
+        .snapshot
+        .pods
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["good"], "only the valid pod loads, once");
+    assert_eq!(
+        loaded.snapshot.pods[0].ips,
+        vec!["10.1.0.11".parse::<IpAddr>().unwrap()]
+    );
+}
+
+#[test]
+fn service_port_errors_name_the_field() {
+    let d = Dir::new();
+    d.write(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  clusterIPs: [10.96.0.1, nope]\n",
+    );
+    d.write(
+        "svc2.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: t\nspec:\n  ports:\n  - port: 80\n    targetPort: http\n",
+    );
+    d.write(
+        "svc3.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: u\nspec:\n  ports:\n  - port: 70000\n",
+    );
+    let got: Vec<String> = d.load().errors.iter().map(ToString::to_string).collect();
+    assert!(
+        got[0]
+            .contains("Service default/s: field spec.clusterIPs[1]: \"nope\" is not an IP address"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].contains("field spec.ports[0].targetPort: named target port \"http\""),
+        "{got:?}"
+    );
+    assert!(
+        got[2].contains("field spec.ports[0].port: 70000 is not a port (1-65535)"),
+        "{got:?}"
+    );
+}
+
+#[tokio::test]
+async fn watcher_publishes_changes_and_only_changes() {
+    let d = Dir::new();
+    d.write("00-ns.yaml", NAMESPACES);
+    let (mut rx, task) = watch(d.dir.path().to_owned(), Duration::from_millis(20));
+    assert!(rx.borrow_and_update().snapshot.pods.is_empty());
+
+    // Touching a file without changing its meaning publishes nothing.
+    d.write("00-ns.yaml", &format!("{NAMESPACES}\n"));
+    let quiet = tokio::time::timeout(Duration::from_millis(300), rx.changed()).await;
+    assert!(quiet.is_err(), "published a reload that changed nothing");
+
+    d.write("pods.yaml", &pod("a", "  podIP: 10.1.0.11\n"));
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("a change is published within a few intervals")
+        .unwrap();
+    assert_eq!(rx.borrow_and_update().snapshot.pods.len(), 1);
+    task.abort();
+}

@@ -1,0 +1,282 @@
+//! Running nodemesh on a simulated cluster: the local-mode YAML that
+//! describes the cluster's pods, and real `mesh-agent` processes on nodes.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+use crate::{Cluster, Host, PodChild};
+
+/// The local-mode objects of a test: namespaces (with labels) and pods placed
+/// on the cluster's hosts. `write` renders them as YAML into a directory.
+#[derive(Default)]
+pub struct MeshConfig {
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pods: Vec<(Host, String, BTreeMap<String, String>)>,
+}
+
+pub const DATAPLANE: &str = "nodemesh.io/dataplane";
+
+impl MeshConfig {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declares a namespace; `enrolled` labels it `nodemesh.io/dataplane=enabled`.
+    pub fn namespace(mut self, name: &str, enrolled: bool) -> Self {
+        let mut labels = BTreeMap::new();
+        if enrolled {
+            labels.insert(DATAPLANE.to_owned(), "enabled".to_owned());
+        }
+        self.namespaces.insert(name.to_owned(), labels);
+        self
+    }
+
+    /// Declares the cluster pod `host` as a Pod in `namespace`.
+    pub fn pod(mut self, host: &Host, namespace: &str) -> Self {
+        self.pods
+            .push((host.clone(), namespace.to_owned(), BTreeMap::new()));
+        self
+    }
+
+    /// Adds a label to an already declared pod.
+    pub fn pod_label(mut self, pod: &str, key: &str, value: &str) -> Self {
+        for (host, _, labels) in &mut self.pods {
+            if host.name == pod {
+                labels.insert(key.to_owned(), value.to_owned());
+            }
+        }
+        self
+    }
+
+    /// Writes `namespaces.yaml` and `pods.yaml` into `dir` (atomically each,
+    /// so an agent never reads half a file).
+    pub fn write(&self, cluster: &Cluster, dir: &Path) -> anyhow::Result<()> {
+        let mut ns = String::new();
+        for (name, labels) in &self.namespaces {
+            writeln!(
+                ns,
+                "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}"
+            )?;
+            write_labels(&mut ns, labels)?;
+        }
+        let mut pods = String::new();
+        for (host, namespace, labels) in &self.pods {
+            let node = cluster.node_of(host);
+            writeln!(
+                pods,
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}",
+                name = host.name
+            )?;
+            write_labels(&mut pods, labels)?;
+            writeln!(
+                pods,
+                "  annotations:\n    nodemesh.io/netns: {netns}\n    nodemesh.io/cgroup: {cgroup}\n\
+                 spec:\n  nodeName: {node}\n  containers:\n  - name: app\n    image: app\n\
+                 status:\n  podIP: {v4}\n  podIPs:\n  - ip: {v4}\n  - ip: {v6}",
+                netns = host.netns_path().display(),
+                cgroup = host.cgroup.display(),
+                node = node.name,
+                v4 = host.ipv4,
+                v6 = host.ipv6,
+            )?;
+        }
+        write_atomically(&dir.join("namespaces.yaml"), &ns)?;
+        write_atomically(&dir.join("pods.yaml"), &pods)
+    }
+}
+
+fn write_labels(out: &mut String, labels: &BTreeMap<String, String>) -> std::fmt::Result {
+    if !labels.is_empty() {
+        writeln!(out, "  labels:")?;
+        for (k, v) in labels {
+            writeln!(out, "    {k}: {v:?}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file via rename, so a reader sees the old or the new content.
+pub fn write_atomically(path: &Path, content: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// The `mesh-agent` binary: `NODEMESH_AGENT_BIN`, else next to the test
+/// binary's target directory (`cargo xtask test` builds it first).
+pub fn agent_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("NODEMESH_AGENT_BIN") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe()?;
+    let candidate = exe
+        .ancestors()
+        .nth(2)
+        .map(|dir| dir.join("mesh-agent"))
+        .filter(|p| p.is_file());
+    candidate.context(
+        "mesh-agent binary not found next to the tests: run `cargo build -p mesh-agent` \
+         (cargo xtask test does) or set NODEMESH_AGENT_BIN",
+    )
+}
+
+/// A running node agent.
+pub struct Agent {
+    pub node: String,
+    pub process: PodChild,
+    pub config_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub bpffs_dir: PathBuf,
+}
+
+/// One `flow closed` / `flow failed` log record of an agent.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FlowLog {
+    pub message: String,
+    pub direction: String,
+    pub pod: String,
+    pub src: String,
+    pub orig_dst: String,
+    #[serde(default)]
+    pub sent: u64,
+    #[serde(default)]
+    pub received: u64,
+    #[serde(default)]
+    pub end: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+pub const AGENT_READY: Duration = Duration::from_secs(20);
+
+impl Agent {
+    /// Starts `mesh-agent run` on `node` (in the node's namespace and
+    /// cgroup) with local config in `config_dir`, and waits until it is ready.
+    pub fn start(cluster: &Cluster, node: &str, config_dir: &Path) -> anyhow::Result<Self> {
+        let host = cluster.node(node);
+        let run_dir = cluster.scratch_dir(&format!("run-{node}"))?;
+        let bpffs_dir = cluster.bpffs_dir(&format!("agent-{node}"));
+        let mut cmd = Command::new(agent_binary()?);
+        cmd.args(["run", "--log-format", "json", "--node", node])
+            .arg("--config-dir")
+            .arg(config_dir)
+            .arg("--pods-cgroup")
+            .arg(cluster.pods_cgroup())
+            .arg("--bpffs-dir")
+            .arg(&bpffs_dir)
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .args(["--reload-interval-ms", "100"])
+            .env("RUST_LOG", "info");
+        let process = cluster.spawn(host, cmd)?;
+        process.wait_stderr_line(AGENT_READY, "ready line", |l| {
+            l.contains(r#""message":"ready""#)
+        })?;
+        Ok(Self {
+            node: node.to_owned(),
+            process,
+            config_dir: config_dir.to_owned(),
+            run_dir,
+            bpffs_dir,
+        })
+    }
+
+    /// Every flow record logged so far.
+    pub fn flows(&self) -> Vec<FlowLog> {
+        self.process
+            .stderr()
+            .lines()
+            .filter(|l| l.contains(r#""target":"nodemesh::flow""#))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits (bounded) for a flow record matching `wanted`.
+    pub fn wait_flow(
+        &self,
+        what: &str,
+        wanted: impl Fn(&FlowLog) -> bool,
+    ) -> anyhow::Result<FlowLog> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(flow) = self.flows().into_iter().find(|f| wanted(f)) {
+                return Ok(flow);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "agent on {}: no flow record {what} within 30 s; flows: {:#?}",
+                    self.node,
+                    self.flows()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The agent's status.json.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let path = self.run_dir.join("status.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// Waits (bounded) until status.json satisfies `wanted`.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(status) = self.status()
+                && wanted(&status)
+            {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "agent on {}: status never showed {what}; last: {:?}; stderr tail: {}",
+                    self.node,
+                    self.status().ok(),
+                    tail(&self.process.stderr(), 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Pods the agent reports as enrolled (`namespace/name`).
+    pub fn enrolled_pods(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self.status()?["pods"]
+            .as_array()
+            .map(|pods| {
+                pods.iter()
+                    .filter_map(|p| p["pod"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+/// `NODEMESH_E2E_AGENT_LOGS=1` prints every agent's log when it is dropped,
+/// for debugging a failing scenario.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::env::var_os("NODEMESH_E2E_AGENT_LOGS").is_some() {
+            eprintln!("--- agent {} log ---\n{}", self.node, self.process.stderr());
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
