@@ -10,7 +10,7 @@ use anyhow::{Context as _, ensure};
 use libtest_mimic::Trial;
 use nodemesh_tests::{
     Cluster, ClusterSpec, Host,
-    mesh::{Agent, DATAPLANE, MeshConfig, write_atomically},
+    mesh::{Agent, DATAPLANE, MeshConfig, workspace_binary, write_atomically},
 };
 
 use crate::support::{MIB, assert_intact, connect, connect_parallel, next_done, serve, trial};
@@ -44,6 +44,10 @@ pub fn trials() -> Vec<Trial> {
         trial(
             "agent::bad_objects_reported_valid_pods_served",
             bad_objects_reported,
+        ),
+        trial(
+            "agent::pod_outside_capture_cgroup_reported_loudly",
+            misplaced_pod_reported,
         ),
     ]
 }
@@ -437,5 +441,48 @@ metadata:
     )?;
     mesh.agent("n1")
         .wait_flow("a still captured", |f| f.orig_dst == target.to_string())?;
+    Ok(())
+}
+
+fn misplaced_pod_reported() -> anyhow::Result<()> {
+    let mesh = Mesh::start()?;
+    let a = mesh.pod("a");
+    // Claim that pod a lives in a cgroup outside the capture cgroup (the
+    // node's): its outbound traffic would bypass the mesh, and the agent must
+    // say so rather than count it as meshed.
+    let pods = mesh.config_dir.join("pods.yaml");
+    let outside = mesh.cluster.node("n1").cgroup.display().to_string();
+    let yaml = std::fs::read_to_string(&pods)?.replace(&a.cgroup.display().to_string(), &outside);
+    write_atomically(&pods, &yaml)?;
+    let agent = mesh.agent("n1");
+    agent.wait_status("a problem for shop/a", |s| {
+        s["pods"].as_array().into_iter().flatten().any(|p| {
+            p["pod"] == "shop/a"
+                && p["outbound"]["attached"] == false
+                && p["problems"]
+                    .to_string()
+                    .contains("outside the capture cgroup")
+        })
+    })?;
+    agent
+        .process
+        .wait_stderr_line(Duration::from_secs(5), "a warning", |l| {
+            l.contains("WARN") && l.contains("capture not in place") && l.contains("shop/a")
+        })?;
+    let out = std::process::Command::new(workspace_binary("meshctl")?)
+        .args(["status", "--run-dir"])
+        .arg(&agent.run_dir)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        !out.status.success(),
+        "meshctl status exited 0 with a broken pod:\n{stdout}"
+    );
+    ensure!(
+        stdout.contains("shop/a")
+            && stdout.contains("DETACHED")
+            && stdout.contains("outside the capture cgroup"),
+        "meshctl status does not show the problem:\n{stdout}"
+    );
     Ok(())
 }

@@ -109,22 +109,26 @@ pub fn write_atomically(path: &Path, content: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
-/// The `mesh-agent` binary: `NODEMESH_AGENT_BIN`, else next to the test
-/// binary's target directory (`cargo xtask test` builds it first).
-pub fn agent_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("NODEMESH_AGENT_BIN") {
-        return Ok(path.into());
-    }
-    let exe = std::env::current_exe()?;
-    let candidate = exe
-        .ancestors()
-        .nth(2)
-        .map(|dir| dir.join("mesh-agent"))
-        .filter(|p| p.is_file());
-    candidate.context(
-        "mesh-agent binary not found next to the tests: run `cargo build -p mesh-agent` \
-         (cargo xtask test does) or set NODEMESH_AGENT_BIN",
-    )
+/// A binary of the `mesh-agent` package (`mesh-agent`, `meshctl`), from the
+/// target directory the tests run from (`cargo xtask test` builds them
+/// first); `NODEMESH_BIN_DIR` points elsewhere.
+pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var_os("NODEMESH_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_exe()?
+            .ancestors()
+            .nth(2)
+            .context("test binary outside a target directory")?
+            .to_owned(),
+    };
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} not found: run `cargo build -p mesh-agent --bins` (cargo xtask test does) or set \
+         NODEMESH_BIN_DIR",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// A running node agent.
@@ -163,7 +167,7 @@ impl Agent {
         let host = cluster.node(node);
         let run_dir = cluster.scratch_dir(&format!("run-{node}"))?;
         let bpffs_dir = cluster.bpffs_dir(&format!("agent-{node}"));
-        let mut cmd = Command::new(agent_binary()?);
+        let mut cmd = Command::new(workspace_binary("mesh-agent")?);
         cmd.args(["run", "--log-format", "json", "--node", node])
             .arg("--config-dir")
             .arg(config_dir)

@@ -8,9 +8,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use mesh_agent::{
+    admin::status::Status,
     capture::{
         Capture, cgroup,
-        enrol::{Enrolment, PodCaptureStatus, PodPlacement},
+        enrol::{Enrolment, PodPlacement},
         events, kernel,
         object::{self, Attached},
     },
@@ -244,53 +245,22 @@ fn placements(snapshot: &Snapshot, node: &str) -> Vec<PodPlacement> {
         .collect()
 }
 
-#[derive(serde::Serialize)]
-struct Status<'a> {
-    node: &'a str,
-    version: &'static str,
-    pods: Vec<PodCaptureStatus>,
-    counters: Vec<Counter>,
-    config_errors: &'a [String],
-}
-
-#[derive(serde::Serialize)]
-struct Counter {
-    hook: &'static str,
-    counter: &'static str,
-    value: u64,
-}
-
-/// Writes status.json atomically (write, then rename), so readers never see
-/// half a file.
+/// Writes the status document `meshctl status` reads.
 fn write_status(
     args: &RunArgs,
     enrolment: &Enrolment,
     capture: &Mutex<Capture>,
     config_errors: &[String],
 ) -> anyhow::Result<()> {
-    let counters = capture
-        .lock()
-        .expect("capture lock")
-        .counters()?
-        .iter()
-        .map(|(hook, counter, value)| Counter {
-            hook: hook.name(),
-            counter: counter.name(),
-            value: *value,
-        })
-        .collect();
+    let counters = capture.lock().expect("capture lock").counters()?;
     let status = Status {
-        node: &args.node,
-        version: env!("CARGO_PKG_VERSION"),
+        node: args.node.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
         pods: enrolment.status(),
-        counters,
-        config_errors,
+        counters: Status::counters_from(&counters),
+        config_errors: config_errors.to_vec(),
     };
-    let path = args.run_dir.join("status.json");
-    let tmp = args.run_dir.join(".status.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&status)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    status.write(&args.run_dir)?;
     Ok(())
 }
 

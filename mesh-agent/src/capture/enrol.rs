@@ -74,7 +74,7 @@ pub struct Enrolment {
 }
 
 /// One hook family's proof for one pod.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HookStatus {
     /// The program is attached where it can see this pod.
     pub attached: bool,
@@ -85,7 +85,7 @@ pub struct HookStatus {
 }
 
 /// Capture proof for one enrolled pod (shown by `meshctl status`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PodCaptureStatus {
     pub pod: String,
     pub netns_cookie: u64,

@@ -27,6 +27,15 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         seed: u64,
     },
+    /// Measure connection churn: `--count` times in a row, connect, send 100
+    /// bytes, read the reply to EOF, close; prints one JSON line with
+    /// percentiles of the whole cycle in microseconds.
+    Churn {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+    },
     /// Connect, send `--send-bytes` and read to EOF.
     Connect {
         #[arg(long)]
@@ -52,6 +61,7 @@ fn main() {
             reply_bytes,
             seed,
         } => serve(listen, reply_bytes, seed),
+        Command::Churn { to, count } => churn(to, count),
         Command::Connect {
             to,
             send_bytes,
@@ -114,6 +124,31 @@ fn connect(to: SocketAddr, send_bytes: u64, seed: u64, timeout: Duration) -> boo
             false
         }
     }
+}
+
+fn churn(to: SocketAddr, count: u32) -> bool {
+    let mut micros = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let started = std::time::Instant::now();
+        let done = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            .and_then(|stream| exchange(&stream, 100, 1));
+        match done {
+            Ok(_) => micros.push(started.elapsed().as_secs_f64() * 1e6),
+            Err(e) => {
+                emit(&Event::Error {
+                    error: format!("churn to {to}: {e}"),
+                });
+                return false;
+            }
+        }
+    }
+    micros.sort_by(f64::total_cmp);
+    let pct = |p: f64| micros[((micros.len() as f64 - 1.0) * p) as usize];
+    println!(
+        "{}",
+        serde_json::json!({"count": count, "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99)})
+    );
+    true
 }
 
 fn report(result: std::io::Result<nodemesh_tests::traffic::Exchange>) -> bool {
