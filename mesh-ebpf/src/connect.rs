@@ -23,6 +23,7 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
+use aya_log_ebpf::debug;
 use mesh_common::{
     Counter, Hook, OrigDst, is_agent_mark, is_loopback, is_v4_mapped, ports, v4_mapped, v6_bytes,
     v6_words,
@@ -106,7 +107,7 @@ fn decide(ctx: &SockAddrContext, hook: Hook, seen: &Seen, dst: [u8; 16]) -> Opti
     // SAFETY: the helper only reads the context it is given.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: read-only lookup in a map this program owns.
-    if unsafe { ENROLLED.get(&netns) }.is_none() {
+    if unsafe { ENROLLED.get(netns) }.is_none() {
         count(hook, Counter::SkippedUnenrolled);
         return None;
     }
@@ -122,10 +123,16 @@ fn remember(ctx: &SockAddrContext, hook: Hook, orig: OrigDst) -> Result<(), ()> 
             bpf_get_netns_cookie(ctx.as_ptr()),
         )
     };
-    ORIG_DST_BY_COOKIE
-        .insert(&cookie, &orig, 0)
-        .map_err(|_| ())?;
+    ORIG_DST_BY_COOKIE.insert(cookie, orig, 0).map_err(|_| ())?;
     captured(hook, netns, cookie, orig, ([0; 16], 0));
+    debug!(
+        ctx,
+        "{}: captured socket {} (netns {}), original port {}",
+        hook.name(),
+        cookie,
+        netns,
+        orig.port
+    );
     Ok(())
 }
 

@@ -19,7 +19,7 @@ fn original(ctx: &SockAddrContext) -> Option<OrigDst> {
     // SAFETY: the helper only reads the context it is given.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: read-only lookup; the value is copied out at once.
-    unsafe { ORIG_DST_BY_COOKIE.get(&cookie) }.copied()
+    unsafe { ORIG_DST_BY_COOKIE.get(cookie) }.copied()
 }
 
 #[cgroup_sock_addr(getpeername4)]

@@ -23,6 +23,7 @@ use aya_ebpf::{
     macros::sk_lookup,
     programs::SkLookupContext,
 };
+use aya_log_ebpf::debug;
 use mesh_common::{Counter, Endpoint, Hook, OrigDst, ports, v4_mapped, v6_bytes};
 
 use crate::{
@@ -95,12 +96,12 @@ fn try_steer(ctx: &SkLookupContext) -> Result<u32, ()> {
         _pad: 0,
     };
     // SAFETY: read-only lookup.
-    if unsafe { DELIVERIES.get(&source) }.is_some() {
+    if unsafe { DELIVERIES.get(source) }.is_some() {
         count(Hook::SkLookup, Counter::SkippedAgent);
         return Ok(SK_PASS);
     }
     // SAFETY: read-only lookup; the value is copied out at once.
-    let Some(pod) = (unsafe { IN_PODS.get(&local) }).copied() else {
+    let Some(pod) = (unsafe { IN_PODS.get(local) }).copied() else {
         count(Hook::SkLookup, Counter::SkippedUnenrolled);
         return Ok(SK_PASS);
     };
@@ -131,5 +132,9 @@ fn try_steer(ctx: &SkLookupContext) -> Result<u32, ()> {
     }
     let orig = OrigDst::from_bytes(local, port, Hook::SkLookup);
     captured(Hook::SkLookup, pod.netns, 0, orig, (remote, remote_port));
+    debug!(
+        ctx,
+        "sk_lookup: steered a SYN for port {} (netns {}) to the agent", port, pod.netns
+    );
     Ok(SK_PASS)
 }

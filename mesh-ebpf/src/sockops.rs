@@ -40,7 +40,7 @@ pub fn track_sockets(ctx: SockOpsContext) -> u32 {
     } else if op == BPF_SOCK_OPS_STATE_CB && arg1 == BPF_TCP_CLOSE {
         // SAFETY: the helper only reads the context it is given.
         let cookie = unsafe { bpf_get_socket_cookie(ops.cast()) };
-        let _ = ORIG_DST_BY_COOKIE.remove(&cookie);
+        let _ = ORIG_DST_BY_COOKIE.remove(cookie);
     }
     DONE
 }
@@ -49,7 +49,7 @@ fn hand_over(ops: *mut bpf_sock_ops) {
     // SAFETY: the helper only reads the context it is given.
     let cookie = unsafe { bpf_get_socket_cookie(ops.cast()) };
     // SAFETY: read-only lookup; the value is copied out at once.
-    let Some(orig) = (unsafe { ORIG_DST_BY_COOKIE.get(&cookie) }).copied() else {
+    let Some(orig) = (unsafe { ORIG_DST_BY_COOKIE.get(cookie) }).copied() else {
         // Not a captured socket: nothing to hand over.
         return;
     };
@@ -96,7 +96,7 @@ fn hand_over(ops: *mut bpf_sock_ops) {
     };
     // If this insert fails the agent cannot find the destination and closes
     // the connection: loud, never a silent bypass.
-    let _ = ORIG_DST_BY_TUPLE.insert(&key, &orig, 0);
+    let _ = ORIG_DST_BY_TUPLE.insert(key, orig, 0);
     // SAFETY: valid context; asks for STATE_CB so the close is seen.
     unsafe { bpf_sock_ops_cb_flags_set(ops, BPF_SOCK_OPS_STATE_CB_FLAG as i32) };
 }

@@ -21,7 +21,7 @@ pub fn captured(hook: Hook, netns: u64, socket_cookie: u64, orig: OrigDst, peer:
     count(hook, Counter::Captured);
     // SAFETY: reads the monotonic clock; no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(row) = POD_STATS.get_ptr_mut(&netns) {
+    if let Some(row) = POD_STATS.get_ptr_mut(netns) {
         let i = hook as usize;
         if i < 3 {
             // SAFETY: a per-CPU row, only written by programs on this CPU.
@@ -41,5 +41,5 @@ pub fn captured(hook: Hook, netns: u64, socket_cookie: u64, orig: OrigDst, peer:
         _pad: [0; 6],
     };
     // A full ring drops the event, not the connection; counters stay exact.
-    let _ = EVENTS.output(&event, 0);
+    let _ = EVENTS.output::<CaptureEvent>(&event, 0);
 }

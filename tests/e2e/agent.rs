@@ -159,6 +159,19 @@ fn outbound_cross_node() -> anyhow::Result<()> {
             "server saw {} instead of pod a's {client_ip}",
             seen.peer
         );
+        let hook = if target.is_ipv4() {
+            "connect4"
+        } else {
+            "connect6"
+        };
+        mesh.agent("n1").process.wait_stderr_line(
+            Duration::from_secs(5),
+            "a connect log",
+            |l| {
+                l.contains("mesh_programs::connect")
+                    && l.contains(&format!("{hook}: captured socket"))
+            },
+        )?;
         let out = mesh.agent("n1").wait_flow("outbound from shop/a", |f| {
             f.direction == "Outbound" && f.orig_dst == target.to_string()
         })?;
@@ -195,6 +208,15 @@ fn inbound_from_unenrolled() -> anyhow::Result<()> {
         f.direction == "Inbound" && f.orig_dst == target.to_string()
     })?;
     ensure!(inb.src.starts_with(&c.ipv4.to_string()), "{inb:?}");
+    // The kernel side reported it too: an aya-log record from the sk_lookup
+    // program and a ring-buffer capture event with the original destination.
+    let agent = &mesh.agent("n2").process;
+    agent.wait_stderr_line(Duration::from_secs(5), "sk_lookup's aya-log record", |l| {
+        l.contains("mesh_programs::sk_lookup") && l.contains("steered a SYN for port 7000")
+    })?;
+    agent.wait_stderr_line(Duration::from_secs(5), "a capture event", |l| {
+        l.contains("nodemesh::capture") && l.contains(&format!("\"orig_dst\":\"{target}\""))
+    })?;
     ensure!(
         mesh.agent("n1").flows().is_empty(),
         "c is not enrolled, yet n1's agent recorded {:?}",

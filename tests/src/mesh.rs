@@ -178,7 +178,13 @@ impl Agent {
             .arg("--run-dir")
             .arg(&run_dir)
             .args(["--reload-interval-ms", "100"])
-            .env("RUST_LOG", "info");
+            .env(
+                "RUST_LOG",
+                std::env::var("NODEMESH_E2E_RUST_LOG").unwrap_or_else(|_| {
+                    // eBPF-side logs (aya-log) and capture events are debug-level.
+                    "info,mesh_programs=debug,nodemesh::capture=debug".into()
+                }),
+            );
         let process = cluster.spawn(host, cmd)?;
         process.wait_stderr_line(AGENT_READY, "ready line", |l| {
             l.contains(r#""message":"ready""#)

@@ -162,6 +162,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
     }
     events::spawn_reader(capture.take_events()?).context("reading capture events")?;
+    events::spawn_log_reader(capture.take_logger()?).context("reading eBPF logs")?;
     let capture = Arc::new(Mutex::new(capture));
     let mut enrolment = Enrolment::new(Arc::clone(&capture), &args.pods_cgroup);
     std::fs::create_dir_all(&args.run_dir)

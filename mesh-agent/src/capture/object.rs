@@ -508,6 +508,17 @@ impl Capture {
         Ok(CaptureCounters(out))
     }
 
+    /// Takes the eBPF-side log ring (aya-log, once); its records go to the
+    /// `log` facade, which the agent's tracing subscriber picks up.
+    pub fn take_logger(
+        &mut self,
+    ) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, CaptureError> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).map_err(|e| CaptureError::Io {
+            path: "AYA_LOGS".into(),
+            source: std::io::Error::other(e),
+        })
+    }
+
     /// Takes the capture event ring buffer (once) for an event reader.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
         let map = self
