@@ -187,7 +187,7 @@ pub struct PodStats {
 
 /// Value of `IN_PODS`: an enrolled pod address whose inbound traffic the
 /// agent takes. Present with no listener in `IN_LISTENERS` means the agent
-/// is down: the SYN is dropped rather than delivered around the mesh.
+/// is down: the SYN is refused rather than delivered around the mesh.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InboundPod {

@@ -14,8 +14,10 @@
 //!   outside, so neither the interface nor the addresses tell them apart;
 //! - addresses not in `IN_PODS` (not an enrolled pod).
 //!
-//! An enrolled address with no listener means the agent is down: the SYN is
-//! dropped (fail closed) rather than delivered around the mesh.
+//! An enrolled address with no listener means the agent is down: the
+//! program answers `SK_DROP`, the socket lookup fails and the stack refuses
+//! the SYN with a reset (fail closed, and fast) — it is never delivered to
+//! the app around the mesh.
 use aya_ebpf::{
     EbpfContext,
     bindings::bpf_sock,

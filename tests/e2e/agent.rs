@@ -11,9 +11,12 @@ use libtest_mimic::Trial;
 use nodemesh_tests::{
     Cluster, ClusterSpec, Host,
     mesh::{Agent, DATAPLANE, MeshConfig, workspace_binary, write_atomically},
+    traffic::Event,
 };
 
-use crate::support::{MIB, assert_intact, connect, connect_parallel, next_done, serve, trial};
+use crate::support::{
+    MIB, WAIT, assert_intact, connect, connect_parallel, next_done, serve, traffic_tool, trial,
+};
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -44,6 +47,10 @@ pub fn trials() -> Vec<Trial> {
         trial(
             "agent::bad_objects_reported_valid_pods_served",
             bad_objects_reported,
+        ),
+        trial(
+            "agent::unenrolment_keeps_open_connections",
+            unenrolment_keeps_open_connections,
         ),
         trial(
             "agent::pod_outside_capture_cgroup_reported_loudly",
@@ -360,6 +367,23 @@ fn fail_closed_and_restart() -> anyhow::Result<()> {
         error.to_string().contains("refused"),
         "expected a refusal, got: {error:#}"
     );
+    // Inbound fails closed too: the pinned sk_lookup program fails the socket
+    // lookup for enrolled pod a, so the stack refuses the SYN even though an
+    // app listens on that port — nothing is delivered around the mesh.
+    let mut server_a = serve(&mesh.cluster, &a, "[::]:7001", 10, 2)?;
+    let c = mesh.pod("c").clone();
+    let bypass = connect(&mesh.cluster, &c, addr(a.ipv4, 7001), 10, 1);
+    let error = bypass
+        .err()
+        .context("with its agent dead, pod a accepted a connection directly")?;
+    ensure!(
+        error.to_string().contains("refused"),
+        "expected a refused SYN, got: {error:#}"
+    );
+    ensure!(
+        server_a.next_line(Duration::from_millis(300)).is_err(),
+        "the app in pod a was reached around the dead agent"
+    );
 
     let agent = Agent::start(&mesh.cluster, "n1", &mesh.config_dir)?;
     agent
@@ -505,6 +529,51 @@ fn misplaced_pod_reported() -> anyhow::Result<()> {
             && stdout.contains("DETACHED")
             && stdout.contains("outside the capture cgroup"),
         "meshctl status does not show the problem:\n{stdout}"
+    );
+    Ok(())
+}
+
+fn unenrolment_keeps_open_connections() -> anyhow::Result<()> {
+    let mut mesh = Mesh::start()?;
+    let (a, b) = (mesh.pod("a").clone(), mesh.pod("b").clone());
+    let target = addr(b.ipv4, 7000);
+    let mut server = serve(&mesh.cluster, &b, "[::]:7000", 4 * MIB, 2)?;
+    let mut cmd = traffic_tool();
+    cmd.args(["connect", "--to", &target.to_string(), "--send-bytes"])
+        .arg((4 * MIB).to_string())
+        .args(["--pause-after", &MIB.to_string(), "--pause-ms", "2000"]);
+    let mut client = mesh.cluster.spawn(&a, cmd)?;
+    ensure!(
+        matches!(
+            Event::parse(&client.next_line(Duration::from_secs(10))?)?,
+            Event::Paused
+        ),
+        "client did not pause"
+    );
+    // Take the whole namespace out of the mesh while the connection is open.
+    let off = MeshConfig::new()
+        .namespace("shop", false)
+        .pod(&a, "shop")
+        .pod(&b, "shop");
+    mesh.reconfigure(off, &[])?;
+    let (status, out) = client.wait_output(WAIT)?;
+    ensure!(
+        status.success(),
+        "the open connection was cut by un-enrolment: {out}"
+    );
+    let done = match Event::parse(out.lines().next().unwrap_or_default())? {
+        Event::Done(done) => done,
+        other => anyhow::bail!("{other:?}"),
+    };
+    assert_intact(&done, &next_done(&mut server)?)?;
+    let flow = mesh
+        .agent("n1")
+        .wait_flow("the straddling connection", |f| {
+            f.orig_dst == target.to_string()
+        })?;
+    ensure!(
+        flow.sent == 4 * MIB && flow.received == 4 * MIB && flow.end.as_deref() == Some("Closed"),
+        "{flow:?}"
     );
     Ok(())
 }

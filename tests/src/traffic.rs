@@ -35,6 +35,8 @@ pub enum Event {
     Listening { addr: SocketAddr },
     /// A finished connection (server: one per accepted connection; client: one).
     Done(Exchange),
+    /// The client paused sending (see [`Pause`]); the connection is open.
+    Paused,
     /// The connection failed; `error` says how.
     Error { error: String },
 }
@@ -46,8 +48,22 @@ impl Event {
     }
 }
 
+/// A pause in sending, so a test can change the world while a connection is
+/// open: after `after` bytes, `announce` is called, then the sender sleeps.
+#[derive(Clone, Copy)]
+pub struct Pause {
+    pub after: u64,
+    pub duration: std::time::Duration,
+    pub announce: fn(),
+}
+
 /// Sends `send_bytes` seeded bytes and reads until EOF, concurrently.
-pub fn exchange(stream: &TcpStream, send_bytes: u64, seed: u64) -> std::io::Result<Exchange> {
+pub fn exchange(
+    stream: &TcpStream,
+    send_bytes: u64,
+    seed: u64,
+    mut pause: Option<Pause>,
+) -> std::io::Result<Exchange> {
     let local = stream.local_addr()?;
     let peer = stream.peer_addr()?;
     let mut writer = stream.try_clone()?;
@@ -62,6 +78,10 @@ pub fn exchange(stream: &TcpStream, send_bytes: u64, seed: u64) -> std::io::Resu
             hash.update(&buf[..n]);
             writer.write_all(&buf[..n])?;
             left -= n as u64;
+            if let Some(p) = pause.take_if(|p| send_bytes - left >= p.after) {
+                (p.announce)();
+                std::thread::sleep(p.duration);
+            }
         }
         writer.shutdown(Shutdown::Write)?;
         Ok((send_bytes, hex::encode(hash.finalize())))

@@ -11,7 +11,7 @@
 //!
 //! [`Capture::open`] creates what is missing and adopts what is there, so an
 //! agent restart re-attaches nothing: while the agent is down, pinned
-//! programs keep rewriting connects to its (closed) listeners and dropping
+//! programs keep rewriting connects to its (closed) listeners and refusing
 //! inbound SYNs for enrolled pods — the mesh fails closed. [`uninstall`]
 //! removes it all (links are detached when their last pin goes).
 use std::{

@@ -7,7 +7,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use nodemesh_tests::traffic::{Event, exchange};
+use nodemesh_tests::traffic::{Event, Pause, exchange};
 
 #[derive(Parser)]
 #[command(about = "Send and check seeded traffic: a server and a client that hash every byte")]
@@ -47,6 +47,12 @@ enum Command {
         /// Give up connecting after this many seconds.
         #[arg(long, default_value_t = 10)]
         connect_timeout: u64,
+        /// Pause sending for `--pause-ms` after this many bytes (printing a
+        /// `paused` event), e.g. to change the mesh under an open connection.
+        #[arg(long, requires = "pause_ms")]
+        pause_after: Option<u64>,
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
         /// Open this many connections at once (one report line each); the
         /// exit code is 0 only if all of them succeeded.
         #[arg(long, default_value_t = 1)]
@@ -67,11 +73,18 @@ fn main() {
             send_bytes,
             seed,
             connect_timeout,
+            pause_after,
+            pause_ms,
             parallel,
         } => {
             let timeout = Duration::from_secs(connect_timeout);
+            let pause = pause_after.map(|after| Pause {
+                after,
+                duration: Duration::from_millis(pause_ms),
+                announce: || emit(&Event::Paused),
+            });
             let workers: Vec<_> = (0..parallel)
-                .map(|_| std::thread::spawn(move || connect(to, send_bytes, seed, timeout)))
+                .map(|_| std::thread::spawn(move || connect(to, send_bytes, seed, timeout, pause)))
                 .collect();
             workers.into_iter().all(|w| w.join().unwrap_or(false))
         }
@@ -104,7 +117,7 @@ fn serve(listen: SocketAddr, reply_bytes: u64, seed: u64) -> bool {
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
-                std::thread::spawn(move || report(exchange(&stream, reply_bytes, seed)));
+                std::thread::spawn(move || report(exchange(&stream, reply_bytes, seed, None)));
             }
             Err(e) => emit(&Event::Error {
                 error: format!("accept: {e}"),
@@ -114,9 +127,15 @@ fn serve(listen: SocketAddr, reply_bytes: u64, seed: u64) -> bool {
     true
 }
 
-fn connect(to: SocketAddr, send_bytes: u64, seed: u64, timeout: Duration) -> bool {
+fn connect(
+    to: SocketAddr,
+    send_bytes: u64,
+    seed: u64,
+    timeout: Duration,
+    pause: Option<Pause>,
+) -> bool {
     match TcpStream::connect_timeout(&to, timeout) {
-        Ok(stream) => report(exchange(&stream, send_bytes, seed)),
+        Ok(stream) => report(exchange(&stream, send_bytes, seed, pause)),
         Err(e) => {
             emit(&Event::Error {
                 error: format!("connect {to}: {e}"),
@@ -131,7 +150,7 @@ fn churn(to: SocketAddr, count: u32) -> bool {
     for _ in 0..count {
         let started = std::time::Instant::now();
         let done = TcpStream::connect_timeout(&to, Duration::from_secs(5))
-            .and_then(|stream| exchange(&stream, 100, 1));
+            .and_then(|stream| exchange(&stream, 100, 1, None));
         match done {
             Ok(_) => micros.push(started.elapsed().as_secs_f64() * 1e6),
             Err(e) => {
