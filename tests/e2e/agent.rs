@@ -21,7 +21,7 @@ use crate::support::{
 pub fn trials() -> Vec<Trial> {
     vec![
         trial(
-            "agent::outbound_cross_node_64mib_ipv4_and_ipv6",
+            "agent::outbound_cross_node_64mib_ipv4_ipv6_and_v4_mapped",
             outbound_cross_node,
         ),
         trial(
@@ -145,10 +145,18 @@ fn outbound_cross_node() -> anyhow::Result<()> {
     let mesh = Mesh::start()?;
     let (a, b) = (mesh.pod("a"), mesh.pod("b"));
     let mut server = serve(&mesh.cluster, b, "[::]:7000", 64 * MIB, 2)?;
-    for (target, client_ip) in [
-        (addr(b.ipv4, 7000), IpAddr::from(a.ipv4)),
-        (addr(b.ipv6, 7000), IpAddr::from(a.ipv6)),
-    ] {
+    // IPv4, IPv6, and an IPv6 socket to a v4-mapped address (what Java,
+    // Node and many proxies do): connect6 must send it to the IPv4 listener
+    // and sockops must hand over a v4-mapped tuple.
+    let mapped = addr(b.ipv4.to_ipv6_mapped(), 7000);
+    for (round, (target, client_ip, hook)) in [
+        (addr(b.ipv4, 7000), IpAddr::from(a.ipv4), "connect4"),
+        (addr(b.ipv6, 7000), IpAddr::from(a.ipv6), "connect6"),
+        (mapped, IpAddr::from(a.ipv4), "connect6"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let client = connect(&mesh.cluster, a, target, 64 * MIB, 1)?;
         let seen = next_done(&mut server)?;
         assert_intact(&client, &seen)?;
@@ -166,32 +174,44 @@ fn outbound_cross_node() -> anyhow::Result<()> {
             "server saw {} instead of pod a's {client_ip}",
             seen.peer
         );
-        let hook = if target.is_ipv4() {
-            "connect4"
-        } else {
-            "connect6"
-        };
-        mesh.agent("n1").process.wait_stderr_line(
-            Duration::from_secs(5),
-            "a connect log",
-            |l| {
+        let canonical = SocketAddr::new(target.ip().to_canonical(), target.port()).to_string();
+        let n1 = mesh.agent("n1");
+        let port = format!(":{}", client.local.port());
+        let out = n1.wait_flow("outbound record of this connection", |f| {
+            f.direction == "Outbound" && f.src.ends_with(&port)
+        })?;
+        ensure!(
+            out.pod == "shop/a"
+                && out.orig_dst == canonical
+                && out.sent == 64 * MIB
+                && out.received == 64 * MIB,
+            "outbound record {out:?}, expected destination {canonical}"
+        );
+        n1.process
+            .wait_stderr_line(Duration::from_secs(5), "the connect log", |l| {
                 l.contains("mesh_programs::connect")
                     && l.contains(&format!("{hook}: captured socket"))
-            },
-        )?;
-        let out = mesh.agent("n1").wait_flow("outbound from shop/a", |f| {
-            f.direction == "Outbound" && f.orig_dst == target.to_string()
+            })?;
+        let n2 = mesh.agent("n2");
+        n2.wait_flow("inbound record of this connection", |_| {
+            n2.flows()
+                .iter()
+                .filter(|f| f.direction == "Inbound")
+                .count()
+                == round + 1
         })?;
-        ensure!(
-            out.pod == "shop/a" && out.sent == 64 * MIB && out.received == 64 * MIB,
-            "outbound record {out:?}"
-        );
-        let inb = mesh.agent("n2").wait_flow("inbound to shop/b", |f| {
-            f.direction == "Inbound" && f.orig_dst == target.to_string()
-        })?;
+        let inb = n2
+            .flows()
+            .into_iter()
+            .filter(|f| f.direction == "Inbound")
+            .nth(round)
+            .context("inbound record")?;
         let src: SocketAddr = inb.src.parse()?;
         ensure!(
-            inb.pod == "shop/b" && src.ip().to_canonical() == client_ip && inb.sent == 64 * MIB,
+            inb.pod == "shop/b"
+                && inb.orig_dst == canonical
+                && src.ip().to_canonical() == client_ip
+                && inb.sent == 64 * MIB,
             "inbound record {inb:?}"
         );
     }
