@@ -2,5 +2,6 @@
 //! the binaries in `src/bin` are thin shells around it.
 pub mod admin;
 pub mod capture;
+pub mod identity;
 pub mod proxy;
 pub mod state;

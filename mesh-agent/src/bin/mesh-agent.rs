@@ -15,6 +15,7 @@ use mesh_agent::{
         events, kernel,
         object::{self, Attached},
     },
+    identity,
     state::{self, Snapshot},
 };
 
@@ -31,6 +32,7 @@ const DEFAULT_RUN_DIR: &str = "/run/nodemesh";
       mesh-agent check\n  \
       mesh-agent run --config-dir /etc/nodemesh/local --node node-1 \\\n      \
           --pods-cgroup /sys/fs/cgroup/kubepods.slice\n  \
+      mesh-agent ca init --dir /var/lib/nodemesh/ca --trust-domain cluster.local\n  \
       mesh-agent uninstall      # detach every capture program from this node"
 )]
 struct Cli {
@@ -49,11 +51,27 @@ enum Command {
     /// Run the node agent in local mode: cluster objects come from YAML files
     /// in a directory, re-read when they change.
     Run(RunArgs),
+    /// The mesh CA: create its root (the key never leaves --dir).
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Remove the mesh from this node: detach every capture program and
     /// delete the pinned maps. Enrolled pods go back to direct connections.
     Uninstall {
         #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
         bpffs_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a new root key (mode 0600) and certificate in --dir. Refuses to
+    /// overwrite an existing root.
+    Init {
+        #[arg(long, default_value_os_t = identity::ca::default_dir())]
+        dir: PathBuf,
+        /// The trust domain in every workload's SPIFFE ID.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
     },
 }
 
@@ -106,6 +124,16 @@ fn main() -> anyhow::Result<()> {
             .build()
             .context("starting the tokio runtime")?
             .block_on(run(args)),
+        Command::Ca(CaCommand::Init { dir, trust_domain }) => {
+            let ca = identity::ca::MeshCa::init(&dir, &trust_domain)?;
+            println!(
+                "created the mesh CA for trust domain {} in {} (root key: {}, mode 0600)",
+                ca.trust_domain(),
+                dir.display(),
+                dir.join(identity::ca::ROOT_KEY).display()
+            );
+            Ok(())
+        }
         Command::Uninstall { bpffs_dir } => {
             object::uninstall(&bpffs_dir)?;
             println!("removed {}: capture programs detached", bpffs_dir.display());
