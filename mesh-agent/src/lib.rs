@@ -3,5 +3,6 @@
 pub mod admin;
 pub mod capture;
 pub mod identity;
+pub mod policy;
 pub mod proxy;
 pub mod state;

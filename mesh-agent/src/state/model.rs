@@ -3,6 +3,11 @@
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
 use super::keys::{DATAPLANE_LABEL, DISABLED, ENABLED};
+use crate::policy::{
+    Policy,
+    api::Mode,
+    peer_auth::{self, ModeSource, PeerAuth},
+};
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -11,6 +16,9 @@ pub struct Snapshot {
     pub namespaces: BTreeMap<String, NamespaceInfo>,
     pub pods: Vec<PodInfo>,
     pub services: Vec<ServiceInfo>,
+    /// AuthorizationPolicies by namespace, compiled at load.
+    pub policies: BTreeMap<String, Vec<Policy>>,
+    pub peer_auth: Vec<PeerAuth>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +77,22 @@ impl Snapshot {
         self.pods
             .iter()
             .filter(move |p| p.node == node && self.enrolled(p))
+    }
+
+    /// The AuthorizationPolicies that select `pod`: only its namespace's are
+    /// looked at, so the cost is bounded by that namespace's policy count.
+    pub fn policies_for(&self, pod: &PodInfo) -> Vec<&Policy> {
+        self.policies
+            .get(&pod.namespace)
+            .into_iter()
+            .flatten()
+            .filter(|p| p.selects(pod))
+            .collect()
+    }
+
+    /// STRICT or PERMISSIVE for a namespace, and which object decided it.
+    pub fn peer_auth_mode(&self, namespace: &str) -> (Mode, ModeSource) {
+        peer_auth::mode_for(&self.peer_auth, namespace)
     }
 
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodInfo> {

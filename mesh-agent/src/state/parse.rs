@@ -22,10 +22,32 @@ use serde::Deserialize as _;
 use serde_yaml_ng::Value;
 
 use super::{
+    super::policy::{
+        self, Policy,
+        api::{AuthorizationPolicy, PeerAuthentication},
+        peer_auth::PeerAuth,
+    },
     ConfigError,
     keys::{CGROUP_ANNOTATION, NETNS_ANNOTATION},
     model::{Labels, NamespaceInfo, PodInfo, ServiceInfo, ServicePort, Snapshot},
 };
+
+/// Every kind local mode reads.
+const KINDS: [&str; 5] = [
+    "Namespace",
+    "Pod",
+    "Service",
+    "AuthorizationPolicy",
+    "PeerAuthentication",
+];
+
+fn api_version_of(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Namespace" | "Pod" | "Service" => Some("v1"),
+        "AuthorizationPolicy" | "PeerAuthentication" => Some(policy::API_VERSION),
+        _ => None,
+    }
+}
 
 /// A directory's worth of objects and what was wrong with the rest.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -130,15 +152,25 @@ impl Loader {
             return self.fail(
                 &doc,
                 Some("kind"),
-                "missing: every object needs `kind` (Namespace, Pod or Service)".into(),
+                format!("missing: every object needs `kind` ({})", KINDS.join(", ")),
             );
         };
-        if api_version.as_deref() != Some("v1") {
+        let Some(expected) = api_version_of(&kind) else {
+            return self.fail(
+                &doc,
+                Some("kind"),
+                format!(
+                    "unknown kind {kind:?}: local mode reads {}",
+                    KINDS.join(", ")
+                ),
+            );
+        };
+        if api_version.as_deref() != Some(expected) {
             return self.fail(
                 &doc,
                 Some("apiVersion"),
                 format!(
-                    "{:?} is not supported for {kind}: use `apiVersion: v1`",
+                    "{:?} is not supported for {kind}: use `apiVersion: {expected}`",
                     api_version.unwrap_or_default()
                 ),
             );
@@ -157,10 +189,10 @@ impl Loader {
             "Namespace" => typed::<Namespace>(value).map(|ns| self.namespace(ns)),
             "Pod" => typed::<Pod>(value).map(|pod| self.pod(&doc, pod)),
             "Service" => typed::<Service>(value).map(|svc| self.service(&doc, svc)),
-            other => Err((
-                Some("kind".to_owned()),
-                format!("unknown kind {other:?}: local mode reads Namespace, Pod and Service"),
-            )),
+            "AuthorizationPolicy" => {
+                typed::<AuthorizationPolicy>(value).map(|p| self.authorization(&doc, p))
+            }
+            _ => typed::<PeerAuthentication>(value).map(|p| self.peer_auth(p)),
         };
         if let Err((field, message)) = result {
             self.fail(&doc, field.as_deref(), message);
@@ -202,6 +234,30 @@ impl Loader {
                 }
             }
         }
+    }
+
+    fn authorization(&mut self, doc: &Doc<'_>, api: AuthorizationPolicy) {
+        match Policy::compile(api) {
+            Ok(policy) => self
+                .snapshot
+                .policies
+                .entry(policy.namespace.clone())
+                .or_default()
+                .push(policy),
+            Err(errors) => {
+                for (field, message) in errors {
+                    self.fail(doc, Some(&field), message);
+                }
+            }
+        }
+    }
+
+    fn peer_auth(&mut self, api: PeerAuthentication) {
+        self.snapshot.peer_auth.push(PeerAuth {
+            namespace: api.metadata.namespace.unwrap_or_else(|| "default".into()),
+            name: api.metadata.name.unwrap_or_default(),
+            mode: api.spec.mode,
+        });
     }
 
     fn service(&mut self, doc: &Doc<'_>, svc: Service) {

@@ -1,0 +1,106 @@
+//! The policy objects as users write them. Unknown fields are errors: a
+//! misspelt `namespace` must not silently widen a policy.
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationPolicy {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: AuthorizationPolicySpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationPolicySpec {
+    /// Pods of the policy's namespace it applies to; absent: all of them.
+    #[serde(default)]
+    pub selector: Option<Selector>,
+    #[serde(default)]
+    pub action: Action,
+    /// Evaluate and record, but do not enforce.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Absent or empty: the policy matches no connection (an ALLOW policy
+    /// without rules therefore denies everything to its pods).
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Selector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum Action {
+    #[default]
+    #[serde(rename = "ALLOW")]
+    Allow,
+    #[serde(rename = "DENY")]
+    Deny,
+}
+
+/// A rule matches when every field it sets matches (`from` AND `to`); a
+/// field with several values matches any of them. `{}` matches everything.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleSpec {
+    #[serde(default)]
+    pub from: Option<FromSpec>,
+    #[serde(default)]
+    pub to: Option<ToSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FromSpec {
+    /// SPIFFE IDs: exact, `prefix*`, `*suffix`, or `*` (any authenticated peer).
+    #[serde(default)]
+    pub identities: Vec<String>,
+    /// Namespaces of authenticated peers (from their SPIFFE ID).
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Source addresses, CIDR (`10.1.0.0/16`) or single (`10.1.0.11`).
+    #[serde(default)]
+    pub ip_blocks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ToSpec {
+    #[serde(default)]
+    pub ports: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerAuthentication {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: PeerAuthenticationSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerAuthenticationSpec {
+    pub mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum Mode {
+    /// Plaintext from outside the mesh is accepted (and marked as such).
+    #[default]
+    #[serde(rename = "PERMISSIVE")]
+    Permissive,
+    /// Only mutually authenticated, tunnelled traffic is delivered.
+    #[serde(rename = "STRICT")]
+    Strict,
+}

@@ -1,0 +1,335 @@
+//! Policy decisions as a table, and policy objects through local mode.
+use std::{net::IpAddr, path::Path};
+
+use super::{
+    Decision, Policy,
+    api::{AuthorizationPolicy, Mode},
+    eval::{Connection, DryRun, Reason},
+    evaluate,
+    peer_auth::{ModeSource, PeerAuth, mode_for},
+};
+use crate::{identity::SpiffeId, state::load_dir};
+
+fn policy(yaml: &str) -> Policy {
+    let api: AuthorizationPolicy = serde_yaml_ng::from_str(yaml).expect("test policy parses");
+    Policy::compile(api).expect("test policy compiles")
+}
+
+fn id(text: &str) -> SpiffeId {
+    SpiffeId::parse(text).unwrap()
+}
+
+const ONLY_FRONTEND: &str = "
+apiVersion: nodemesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: only-frontend, namespace: shop}
+spec:
+  selector: {matchLabels: {app: payments}}
+  action: ALLOW
+  rules:
+  - from: {identities: [spiffe://cluster.local/ns/shop/sa/frontend]}
+    to: {ports: [8080]}
+  - from: {namespaces: [ops], ipBlocks: [10.9.0.0/16]}
+";
+
+const DENY_LEGACY: &str = "
+apiVersion: nodemesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-legacy, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - from: {identities: ['spiffe://cluster.local/ns/legacy/*', '*/sa/intruder']}
+  - from: {ipBlocks: [10.66.0.13]}
+";
+
+#[test]
+fn decisions_follow_deny_then_allow_semantics() {
+    let allow = policy(ONLY_FRONTEND);
+    let deny = policy(DENY_LEGACY);
+    let frontend = id("spiffe://cluster.local/ns/shop/sa/frontend");
+    let ops = id("spiffe://cluster.local/ns/ops/sa/debugger");
+    let legacy = id("spiffe://cluster.local/ns/legacy/sa/client");
+    let intruder = id("spiffe://cluster.local/ns/shop/sa/intruder");
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let both = [&allow, &deny];
+    let deny_only = [&deny];
+    let conn = |source, source_ip: &str, port| Connection {
+        source,
+        source_ip: ip(source_ip),
+        port,
+    };
+    let allowed_by = |policy: &str, rule| Reason::AllowedBy {
+        policy: policy.into(),
+        rule,
+    };
+    let denied_by = |policy: &str, rule| Reason::DeniedBy {
+        policy: policy.into(),
+        rule,
+    };
+    let no_allow = Reason::NoAllowRuleMatched {
+        policies: vec!["shop/only-frontend".into()],
+    };
+    let table: Vec<(&str, &[&Policy], Connection<'_>, Decision, Reason)> = vec![
+        (
+            "no policy",
+            &[],
+            conn(None, "10.1.0.11", 80),
+            Decision::Allow,
+            Reason::NoAllowPolicy,
+        ),
+        (
+            "exact identity and port",
+            &both,
+            conn(Some(&frontend), "10.1.0.11", 8080),
+            Decision::Allow,
+            allowed_by("shop/only-frontend", 0),
+        ),
+        (
+            "right identity, wrong port",
+            &both,
+            conn(Some(&frontend), "10.1.0.11", 9090),
+            Decision::Deny,
+            no_allow.clone(),
+        ),
+        (
+            "namespace AND ip block",
+            &both,
+            conn(Some(&ops), "10.9.3.4", 1234),
+            Decision::Allow,
+            allowed_by("shop/only-frontend", 1),
+        ),
+        (
+            "namespace, ip outside block",
+            &both,
+            conn(Some(&ops), "10.8.3.4", 1234),
+            Decision::Deny,
+            no_allow.clone(),
+        ),
+        (
+            "ip block as IPv4-mapped IPv6",
+            &both,
+            conn(Some(&ops), "::ffff:10.9.0.1", 1),
+            Decision::Allow,
+            allowed_by("shop/only-frontend", 1),
+        ),
+        (
+            "plaintext never matches identity rules",
+            &both,
+            conn(None, "10.9.3.4", 8080),
+            Decision::Deny,
+            no_allow.clone(),
+        ),
+        (
+            "DENY by identity prefix wins",
+            &both,
+            conn(Some(&legacy), "10.9.3.4", 8080),
+            Decision::Deny,
+            denied_by("shop/deny-legacy", 0),
+        ),
+        (
+            "DENY by identity suffix",
+            &both,
+            conn(Some(&intruder), "10.1.0.11", 8080),
+            Decision::Deny,
+            denied_by("shop/deny-legacy", 0),
+        ),
+        (
+            "DENY by single address, even for frontend",
+            &both,
+            conn(Some(&frontend), "10.66.0.13", 8080),
+            Decision::Deny,
+            denied_by("shop/deny-legacy", 1),
+        ),
+        (
+            "only a DENY policy: the rest is allowed",
+            &deny_only,
+            conn(None, "10.1.0.11", 80),
+            Decision::Allow,
+            Reason::NoAllowPolicy,
+        ),
+    ];
+    for (name, policies, c, decision, reason) in table {
+        let v = evaluate(policies, &c);
+        assert_eq!((v.decision, &v.reason), (decision, &reason), "{name}");
+    }
+}
+
+#[test]
+fn rules_and_empty_policies_behave_like_istio() {
+    let deny_all = policy(
+        "{apiVersion: nodemesh.io/v1alpha1, kind: AuthorizationPolicy, metadata: {name: lock, namespace: shop}, spec: {}}",
+    );
+    let allow_any = policy(
+        "{apiVersion: nodemesh.io/v1alpha1, kind: AuthorizationPolicy, metadata: {name: open, namespace: shop}, spec: {rules: [{}]}}",
+    );
+    let c = Connection {
+        source: None,
+        source_ip: "10.1.0.11".parse().unwrap(),
+        port: 80,
+    };
+    assert_eq!(
+        evaluate(&[&deny_all], &c).decision,
+        Decision::Deny,
+        "ALLOW without rules denies all"
+    );
+    assert_eq!(
+        evaluate(&[&allow_any], &c).decision,
+        Decision::Allow,
+        "an empty rule matches everything"
+    );
+    assert_eq!(
+        evaluate(&[&deny_all], &c).to_string(),
+        "denied: no rule of the ALLOW policies shop/lock matched"
+    );
+}
+
+#[test]
+fn dry_run_policies_are_reported_not_enforced() {
+    let mut deny = policy(DENY_LEGACY);
+    deny.dry_run = true;
+    let legacy = id("spiffe://cluster.local/ns/legacy/sa/client");
+    let c = Connection {
+        source: Some(&legacy),
+        source_ip: "10.3.0.1".parse().unwrap(),
+        port: 80,
+    };
+    let v = evaluate(&[&deny], &c);
+    assert_eq!(v.decision, Decision::Allow);
+    assert_eq!(v.reason, Reason::NoAllowPolicy);
+    assert_eq!(
+        v.dry_run,
+        vec![DryRun {
+            policy: "shop/deny-legacy".into(),
+            rule: Some(0),
+            would: Decision::Deny
+        }]
+    );
+}
+
+#[test]
+fn peer_auth_namespace_overrides_mesh_wide_which_overrides_default() {
+    let pa = |ns: &str, name: &str, mode| PeerAuth {
+        namespace: ns.into(),
+        name: name.into(),
+        mode,
+    };
+    let all = [
+        pa("nodemesh-system", "default", Mode::Strict),
+        pa("legacy", "relaxed", Mode::Permissive),
+        pa("legacy", "a-first", Mode::Strict),
+    ];
+    assert_eq!(
+        mode_for(&all, "shop"),
+        (
+            Mode::Strict,
+            ModeSource::MeshWide("nodemesh-system/default".into())
+        )
+    );
+    assert_eq!(
+        mode_for(&all, "legacy"),
+        (Mode::Strict, ModeSource::Namespace("legacy/a-first".into()))
+    );
+    assert_eq!(
+        mode_for(&[], "shop"),
+        (Mode::Permissive, ModeSource::Default)
+    );
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+#[test]
+fn policies_load_from_local_mode_with_precise_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let netns = dir.path().join("netns");
+    std::fs::write(&netns, "").unwrap();
+    write(
+        dir.path(),
+        "policies.yaml",
+        &format!(
+            "{ONLY_FRONTEND}---{DENY_LEGACY}---
+apiVersion: nodemesh.io/v1alpha1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: shop}}
+spec: {{mode: STRICT}}
+---
+apiVersion: nodemesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: broken, namespace: shop}}
+spec:
+  rules:
+  - from: {{ipBlocks: [10.1.0.0/33], identities: [spiffe://cluster.local/ns/x]}}
+    to: {{ports: [0]}}
+---
+apiVersion: nodemesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: typo, namespace: shop}}
+spec:
+  rules:
+  - from: {{namespace: [shop]}}
+---
+apiVersion: v1
+kind: PeerAuthentication
+metadata: {{name: old-api, namespace: shop}}
+spec: {{mode: STRICT}}
+"
+        ),
+    );
+    write(
+        dir.path(),
+        "pods.yaml",
+        &format!(
+            "
+apiVersion: v1
+kind: Pod
+metadata:
+  name: payments-1
+  namespace: shop
+  labels: {{app: payments}}
+  annotations: {{nodemesh.io/netns: {netns}, nodemesh.io/cgroup: /sys/fs/cgroup/x}}
+spec: {{nodeName: n1, containers: [{{name: app, image: app}}]}}
+status: {{podIP: 10.1.0.20}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: cart-1
+  namespace: shop
+  labels: {{app: cart}}
+  annotations: {{nodemesh.io/netns: {netns}, nodemesh.io/cgroup: /sys/fs/cgroup/y}}
+spec: {{nodeName: n1, containers: [{{name: app, image: app}}]}}
+status: {{podIP: 10.1.0.21}}
+",
+            netns = netns.display()
+        ),
+    );
+    let loaded = load_dir(dir.path());
+    let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    let want = [
+        "policies.yaml: AuthorizationPolicy shop/broken: field spec.rules[0].from.identities[0]: \"spiffe://cluster.local/ns/x\" is not a nodemesh SPIFFE ID",
+        "policies.yaml: AuthorizationPolicy shop/broken: field spec.rules[0].from.ipBlocks[0]: \"10.1.0.0/33\" is not an address or CIDR block (e.g. 10.1.0.0/16)",
+        "policies.yaml: AuthorizationPolicy shop/broken: field spec.rules[0].to.ports[0]: 0 is not a port (1-65535)",
+        "policies.yaml: AuthorizationPolicy shop/typo: field spec.rules[0].from.namespace: unknown field `namespace`, expected one of `identities`, `namespaces`, `ipBlocks`",
+        "policies.yaml: PeerAuthentication shop/old-api: field apiVersion: \"v1\" is not supported for PeerAuthentication: use `apiVersion: nodemesh.io/v1alpha1`",
+    ];
+    assert_eq!(errors.len(), want.len(), "{errors:#?}");
+    for (got, want) in errors.iter().zip(want) {
+        assert!(got.starts_with(want), "\n got: {got}\nwant: {want}…");
+    }
+    let s = &loaded.snapshot;
+    let pod = |name: &str| s.pods.iter().find(|p| p.name == name).unwrap();
+    let names =
+        |name: &str| -> Vec<String> { s.policies_for(pod(name)).iter().map(|p| p.id()).collect() };
+    assert_eq!(
+        names("payments-1"),
+        ["shop/only-frontend", "shop/deny-legacy"]
+    );
+    assert_eq!(
+        names("cart-1"),
+        ["shop/deny-legacy"],
+        "the selector keeps only-frontend off cart"
+    );
+    assert_eq!(s.peer_auth_mode("shop").0, Mode::Strict);
+}
