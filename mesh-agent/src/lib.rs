@@ -6,3 +6,4 @@ pub mod identity;
 pub mod policy;
 pub mod proxy;
 pub mod state;
+pub mod tunnel;

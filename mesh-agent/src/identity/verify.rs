@@ -50,6 +50,11 @@ impl TrustBundle {
         &self.trust_domain
     }
 
+    /// The trusted CA certificates.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
+    }
+
     /// Verifies `chain` (leaf first) as of `now` and returns the peer's identity.
     pub fn verify(
         &self,

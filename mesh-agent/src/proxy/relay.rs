@@ -11,7 +11,7 @@ use std::io;
 
 use socket2::SockRef;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpStream,
 };
 
@@ -39,47 +39,55 @@ pub struct Relayed {
     pub end: End,
 }
 
+/// A byte stream the relay can carry: a TCP socket or a tunnel stream.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Makes the coming close abortive, so the peer sees a reset rather
+    /// than a clean end.
+    fn prepare_reset(&self);
+}
+
+impl Stream for TcpStream {
+    fn prepare_reset(&self) {
+        let _ = SockRef::from(self).set_linger(Some(std::time::Duration::ZERO));
+    }
+}
+
 /// Copies between `client` and `server` until both directions are done.
-pub async fn relay(mut client: TcpStream, mut server: TcpStream) -> Relayed {
-    let (sent, received, failed) = copy_both(&mut client, &mut server).await;
+pub async fn relay<C: Stream, S: Stream>(client: C, server: S) -> Relayed {
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut server_r, mut server_w) = tokio::io::split(server);
+    let failed = {
+        let up = copy(&mut client_r, &mut server_w);
+        let down = copy(&mut server_r, &mut client_w);
+        tokio::pin!(up, down);
+        let (mut sent, mut received) = (None, None);
+        let mut failed = None;
+        while failed.is_none() && (sent.is_none() || received.is_none()) {
+            tokio::select! {
+                r = &mut up, if sent.is_none() => match r {
+                    Ok(n) => sent = Some(n),
+                    Err(e) => failed = Some(e.blame_for(End::ClientReset, End::ServerReset)),
+                },
+                r = &mut down, if received.is_none() => match r {
+                    Ok(n) => received = Some(n),
+                    Err(e) => failed = Some(e.blame_for(End::ServerReset, End::ClientReset)),
+                },
+            }
+        }
+        (sent, received, failed)
+    };
+    let (sent, received, failed) = failed;
     let end = failed.unwrap_or(End::Closed);
     if end != End::Closed {
         // Pass the failure on as a reset to whichever side is still there.
-        for stream in [&client, &server] {
-            let _ = SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
-        }
+        client_r.unsplit(client_w).prepare_reset();
+        server_r.unsplit(server_w).prepare_reset();
     }
     Relayed {
         sent: sent.unwrap_or(0),
         received: received.unwrap_or(0),
         end,
     }
-}
-
-async fn copy_both(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
-) -> (Option<u64>, Option<u64>, Option<End>) {
-    let (mut client_r, mut client_w) = client.split();
-    let (mut server_r, mut server_w) = server.split();
-    let up = copy(&mut client_r, &mut server_w);
-    let down = copy(&mut server_r, &mut client_w);
-    tokio::pin!(up, down);
-    let (mut sent, mut received) = (None, None);
-    let mut failed = None;
-    while failed.is_none() && (sent.is_none() || received.is_none()) {
-        tokio::select! {
-            r = &mut up, if sent.is_none() => match r {
-                Ok(n) => sent = Some(n),
-                Err(e) => failed = Some(e.blame_for(End::ClientReset, End::ServerReset)),
-            },
-            r = &mut down, if received.is_none() => match r {
-                Ok(n) => received = Some(n),
-                Err(e) => failed = Some(e.blame_for(End::ServerReset, End::ClientReset)),
-            },
-        }
-    }
-    (sent, received, failed)
 }
 
 /// A failed copy, knowing whether reading (source side) or writing

@@ -1,0 +1,74 @@
+//! The sending end of HBONE: one mutually authenticated TLS + HTTP/2
+//! connection to a peer agent, carrying one CONNECT stream per application
+//! connection.
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Empty;
+use hyper::{client::conn::http2::SendRequest, upgrade::Upgraded};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::TunnelError;
+
+/// HBONE dials addresses; the server is authenticated by SPIFFE ID (see
+/// `tls`), so the SNI is a fixed, never-resolvable placeholder.
+const SNI: &str = "hbone.nodemesh.invalid";
+
+/// An HTTP/2 connection to a peer agent. Cheap to clone; clones share it.
+#[derive(Clone)]
+pub struct Connection {
+    sender: SendRequest<Empty<Bytes>>,
+}
+
+impl Connection {
+    /// Dials `addr`, completes mutual TLS and the HTTP/2 handshake.
+    pub async fn dial(addr: SocketAddr, tls: Arc<ClientConfig>) -> Result<Self, TunnelError> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| TunnelError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let sni = ServerName::try_from(SNI).expect("constant is a valid DNS name");
+        let tls = TlsConnector::from(tls)
+            .connect(sni, tcp)
+            .await
+            .map_err(|source| TunnelError::Handshake { peer: addr, source })?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(tls))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%addr, error = %e, "HBONE connection ended");
+            }
+        });
+        Ok(Self { sender })
+    }
+
+    /// Opens a stream to `target` through the peer agent.
+    pub async fn connect(&self, target: SocketAddr) -> Result<TokioIo<Upgraded>, TunnelError> {
+        let mut sender = self.sender.clone();
+        sender.ready().await?;
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(target.to_string())
+            .body(Empty::new())
+            .expect("a CONNECT to a socket address is a valid request");
+        let response = sender.send_request(request).await?;
+        if response.status() != StatusCode::OK {
+            return Err(TunnelError::Refused {
+                target,
+                status: response.status().as_u16(),
+            });
+        }
+        Ok(TokioIo::new(hyper::upgrade::on(response).await?))
+    }
+
+    /// False once the peer has gone away (the pool then dials again).
+    pub fn is_open(&self) -> bool {
+        !self.sender.is_closed()
+    }
+}

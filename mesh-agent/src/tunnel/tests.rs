@@ -1,0 +1,260 @@
+//! HBONE over loopback with real certificates from a real mesh CA.
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use http::StatusCode;
+use rcgen::KeyPair;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+
+use super::{
+    TunnelError,
+    client::Connection,
+    server::{Refusal, serve_connection},
+    tls::{WorkloadCert, client_config, server_config},
+};
+use crate::identity::{
+    SpiffeId,
+    ca::{DEFAULT_LIFETIME, MeshCa},
+    verify::TrustBundle,
+};
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: MeshCa,
+    bundle: Arc<TrustBundle>,
+}
+
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = MeshCa::init(&dir.path().join("ca"), "cluster.local").unwrap();
+    let bundle = Arc::new(ca.bundle().unwrap());
+    Pki {
+        _dir: dir,
+        ca,
+        bundle,
+    }
+}
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId::new("cluster.local", "shop", sa).unwrap()
+}
+
+fn workload(ca: &MeshCa, sa: &str) -> WorkloadCert {
+    let key = KeyPair::generate().unwrap();
+    let issued = ca.issue(&id(sa), &key, DEFAULT_LIFETIME).unwrap();
+    WorkloadCert {
+        chain: vec![issued.der],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    }
+}
+
+/// Echoes everything back, then closes (half-close aware).
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).await.unwrap();
+                s.write_all(&all).await.unwrap();
+                s.shutdown().await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+/// An address where nothing listens.
+async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+struct Hbone {
+    addr: SocketAddr,
+    handshakes: Arc<AtomicUsize>,
+}
+
+/// An HBONE server that serves `workloads` only, refuses service account
+/// `intruder` with 401, and answers 503 when the workload does not accept.
+async fn hbone_server(pki: &Pki, workloads: Vec<SocketAddr>) -> Hbone {
+    let tls = server_config(&workload(&pki.ca, "node-agent"), &pki.bundle).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&handshakes);
+    let bundle = Arc::clone(&pki.bundle);
+    let workloads = Arc::new(workloads);
+    tokio::spawn(async move {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let workloads = Arc::clone(&workloads);
+            let connect = move |who: SpiffeId, target: SocketAddr| {
+                let workloads = Arc::clone(&workloads);
+                async move {
+                    let refuse = |status, reason: &str| Refusal {
+                        status,
+                        reason: reason.into(),
+                    };
+                    if who.service_account() == "intruder" {
+                        return Err(refuse(StatusCode::UNAUTHORIZED, "policy"));
+                    }
+                    if !workloads.contains(&target) {
+                        return Err(refuse(
+                            StatusCode::BAD_REQUEST,
+                            "not a workload on this node",
+                        ));
+                    }
+                    TcpStream::connect(target)
+                        .await
+                        .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))
+                }
+            };
+            let (tls, bundle) = (Arc::clone(&tls), Arc::clone(&bundle));
+            tokio::spawn(serve_connection(tcp, peer, tls, bundle, connect));
+        }
+    });
+    Hbone { addr, handshakes }
+}
+
+async fn round_trip(conn: &Connection, target: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut stream = conn.connect(target).await.unwrap();
+    stream.write_all(payload).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).await.unwrap();
+    back
+}
+
+#[tokio::test]
+async fn bytes_cross_the_tunnel_both_ways_with_half_close() {
+    let pki = pki();
+    let echo = echo_server().await;
+    let server = hbone_server(&pki, vec![echo]).await;
+    let tls = client_config(
+        &workload(&pki.ca, "frontend"),
+        &pki.bundle,
+        Some(id("node-agent")),
+    )
+    .unwrap();
+    let conn = Connection::dial(server.addr, tls).await.unwrap();
+    let payload: Vec<u8> = (0..(1 << 20)).map(|i| (i * 7 % 251) as u8).collect();
+    // The echo server only answers after the client's half-close has
+    // crossed the tunnel as END_STREAM.
+    assert_eq!(round_trip(&conn, echo, &payload).await, payload);
+}
+
+#[tokio::test]
+async fn a_hundred_streams_share_one_tls_connection() {
+    let pki = pki();
+    let echo = echo_server().await;
+    let server = hbone_server(&pki, vec![echo]).await;
+    let tls = client_config(&workload(&pki.ca, "frontend"), &pki.bundle, None).unwrap();
+    let conn = Connection::dial(server.addr, tls).await.unwrap();
+    let streams: Vec<_> = (0..100)
+        .map(|i| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let msg = format!("stream {i}").into_bytes();
+                assert_eq!(round_trip(&conn, echo, &msg).await, msg);
+            })
+        })
+        .collect();
+    for s in streams {
+        s.await.unwrap();
+    }
+    assert_eq!(
+        server.handshakes.load(Ordering::SeqCst),
+        1,
+        "one TLS handshake for 100 streams"
+    );
+}
+
+#[tokio::test]
+async fn refusals_answer_with_ztunnel_status_codes() {
+    let pki = pki();
+    let closed = closed_port().await;
+    let server = hbone_server(&pki, vec![closed]).await;
+    let status_of = |result: Result<_, TunnelError>| match result {
+        Err(TunnelError::Refused { status, .. }) => status,
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("expected a refusal, got a tunnel"),
+    };
+    let intruder = client_config(&workload(&pki.ca, "intruder"), &pki.bundle, None).unwrap();
+    let conn = Connection::dial(server.addr, intruder).await.unwrap();
+    assert_eq!(status_of(conn.connect(closed).await), 401);
+
+    let frontend = client_config(&workload(&pki.ca, "frontend"), &pki.bundle, None).unwrap();
+    let conn = Connection::dial(server.addr, frontend).await.unwrap();
+    assert_eq!(
+        status_of(conn.connect("127.0.0.1:9".parse().unwrap()).await),
+        400,
+        "no open relay"
+    );
+    assert_eq!(status_of(conn.connect(closed).await), 503);
+    assert!(
+        conn.is_open(),
+        "a refused stream does not close the connection"
+    );
+}
+
+#[tokio::test]
+async fn untrusted_clients_are_refused_and_the_server_keeps_serving() {
+    let ours = pki();
+    let echo = echo_server().await;
+    let server = hbone_server(&ours, vec![echo]).await;
+
+    // A certificate from another mesh's CA.
+    let other = pki();
+    let forged = client_config(&workload(&other.ca, "frontend"), &ours.bundle, None).unwrap();
+    let refused = match Connection::dial(server.addr, forged).await {
+        Err(_) => true,
+        Ok(conn) => conn.connect(echo).await.is_err(),
+    };
+    assert!(refused, "a client with a foreign certificate got a tunnel");
+
+    // Plain TCP garbage on the HBONE port.
+    let mut raw = TcpStream::connect(server.addr).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = raw.read_to_end(&mut buf).await;
+
+    // Still serving.
+    let tls = client_config(&workload(&ours.ca, "frontend"), &ours.bundle, None).unwrap();
+    let conn = Connection::dial(server.addr, tls).await.unwrap();
+    assert_eq!(round_trip(&conn, echo, b"still here").await, b"still here");
+}
+
+#[tokio::test]
+async fn a_client_refuses_a_server_with_another_identity() {
+    let pki = pki();
+    let echo = echo_server().await;
+    let server = hbone_server(&pki, vec![echo]).await;
+    let tls = client_config(
+        &workload(&pki.ca, "frontend"),
+        &pki.bundle,
+        Some(id("payments")),
+    )
+    .unwrap();
+    let err = Connection::dial(server.addr, tls)
+        .await
+        .err()
+        .expect("server identity mismatch must fail");
+    assert!(
+        err.to_string()
+            .contains("expected spiffe://cluster.local/ns/shop/sa/payments"),
+        "{err}"
+    );
+}

@@ -1,0 +1,150 @@
+//! TLS for HBONE: TLS 1.3 only, ALPN `h2`, and both sides authenticate with
+//! workload certificates from the mesh CA.
+//!
+//! A server is accepted by its SPIFFE ID, not a DNS name (HBONE dials
+//! addresses); a client must present a certificate chaining to the bundle,
+//! and its SPIFFE ID is read from that verified chain after the handshake.
+use std::sync::Arc;
+
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::{CryptoProvider, ring, verify_tls12_signature, verify_tls13_signature},
+    server::WebPkiClientVerifier,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+use crate::identity::{
+    SpiffeId,
+    verify::{PeerRole, TrustBundle},
+};
+
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// A workload's certificate chain (leaf first) and private key.
+pub struct WorkloadCert {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for WorkloadCert {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ring::default_provider())
+}
+
+/// Server side: client certificates are required and must chain to `bundle`.
+pub fn server_config(
+    cert: &WorkloadCert,
+    bundle: &TrustBundle,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    for root in bundle.roots() {
+        roots.add(root.clone())?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Client side: the server must prove `expected` (or, when `None`, any
+/// identity of the bundle's trust domain).
+pub fn client_config(
+    cert: &WorkloadCert,
+    bundle: &TrustBundle,
+    expected: Option<SpiffeId>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    let verifier = SpiffeServerVerifier {
+        bundle: bundle.clone(),
+        expected,
+        provider: provider(),
+    };
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Verifies a server by chain and SPIFFE ID instead of DNS name.
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    bundle: TrustBundle,
+    expected: Option<SpiffeId>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let chain: Vec<CertificateDer<'_>> = std::iter::once(end_entity.clone())
+            .chain(intermediates.iter().cloned())
+            .collect();
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs());
+        let id = self
+            .bundle
+            .verify(&chain, at, PeerRole::Server)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        match &self.expected {
+            Some(want) if *want != id => Err(rustls::Error::General(format!(
+                "server is {id}, expected {want}"
+            ))),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
