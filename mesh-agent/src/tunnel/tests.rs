@@ -127,6 +127,19 @@ async fn hbone_server(pki: &Pki, workloads: Vec<SocketAddr>) -> Hbone {
     Hbone { addr, handshakes }
 }
 
+/// A mesh, an echo workload, and an HBONE server serving it.
+async fn echo_behind_hbone() -> (Pki, SocketAddr, Hbone) {
+    let pki = pki();
+    let echo = echo_server().await;
+    let server = hbone_server(&pki, vec![echo]).await;
+    (pki, echo, server)
+}
+
+/// A client TLS config for `sa`, optionally insisting on the server's identity.
+fn client(pki: &Pki, sa: &str, server: Option<&str>) -> Arc<rustls::ClientConfig> {
+    client_config(&workload(&pki.ca, sa), &pki.bundle, server.map(id)).unwrap()
+}
+
 async fn round_trip(conn: &Connection, target: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let mut stream = conn.connect(target).await.unwrap();
     stream.write_all(payload).await.unwrap();
@@ -138,15 +151,8 @@ async fn round_trip(conn: &Connection, target: SocketAddr, payload: &[u8]) -> Ve
 
 #[tokio::test]
 async fn bytes_cross_the_tunnel_both_ways_with_half_close() {
-    let pki = pki();
-    let echo = echo_server().await;
-    let server = hbone_server(&pki, vec![echo]).await;
-    let tls = client_config(
-        &workload(&pki.ca, "frontend"),
-        &pki.bundle,
-        Some(id("node-agent")),
-    )
-    .unwrap();
+    let (pki, echo, server) = echo_behind_hbone().await;
+    let tls = client(&pki, "frontend", Some("node-agent"));
     let conn = Connection::dial(server.addr, tls).await.unwrap();
     let payload: Vec<u8> = (0..(1 << 20)).map(|i| (i * 7 % 251) as u8).collect();
     // The echo server only answers after the client's half-close has
@@ -156,10 +162,8 @@ async fn bytes_cross_the_tunnel_both_ways_with_half_close() {
 
 #[tokio::test]
 async fn a_hundred_streams_share_one_tls_connection() {
-    let pki = pki();
-    let echo = echo_server().await;
-    let server = hbone_server(&pki, vec![echo]).await;
-    let tls = client_config(&workload(&pki.ca, "frontend"), &pki.bundle, None).unwrap();
+    let (pki, echo, server) = echo_behind_hbone().await;
+    let tls = client(&pki, "frontend", None);
     let conn = Connection::dial(server.addr, tls).await.unwrap();
     let streams: Vec<_> = (0..100)
         .map(|i| {
@@ -190,11 +194,11 @@ async fn refusals_answer_with_ztunnel_status_codes() {
         Err(other) => panic!("expected a refusal, got {other}"),
         Ok(_) => panic!("expected a refusal, got a tunnel"),
     };
-    let intruder = client_config(&workload(&pki.ca, "intruder"), &pki.bundle, None).unwrap();
+    let intruder = client(&pki, "intruder", None);
     let conn = Connection::dial(server.addr, intruder).await.unwrap();
     assert_eq!(status_of(conn.connect(closed).await), 401);
 
-    let frontend = client_config(&workload(&pki.ca, "frontend"), &pki.bundle, None).unwrap();
+    let frontend = client(&pki, "frontend", None);
     let conn = Connection::dial(server.addr, frontend).await.unwrap();
     assert_eq!(
         status_of(conn.connect("127.0.0.1:9".parse().unwrap()).await),
@@ -232,22 +236,15 @@ async fn untrusted_clients_are_refused_and_the_server_keeps_serving() {
     let _ = raw.read_to_end(&mut buf).await;
 
     // Still serving.
-    let tls = client_config(&workload(&ours.ca, "frontend"), &ours.bundle, None).unwrap();
+    let tls = client(&ours, "frontend", None);
     let conn = Connection::dial(server.addr, tls).await.unwrap();
     assert_eq!(round_trip(&conn, echo, b"still here").await, b"still here");
 }
 
 #[tokio::test]
 async fn a_client_refuses_a_server_with_another_identity() {
-    let pki = pki();
-    let echo = echo_server().await;
-    let server = hbone_server(&pki, vec![echo]).await;
-    let tls = client_config(
-        &workload(&pki.ca, "frontend"),
-        &pki.bundle,
-        Some(id("payments")),
-    )
-    .unwrap();
+    let (pki, _echo, server) = echo_behind_hbone().await;
+    let tls = client(&pki, "frontend", Some("payments"));
     let err = Connection::dial(server.addr, tls)
         .await
         .err()
