@@ -6,8 +6,10 @@
 //! - [`server`] — the receiving side: verifies the peer, checks each
 //!   CONNECT target, answers like ztunnel (200, 400, 401, 503) and relays;
 //! - [`client`] — the sending side: one TLS + HTTP/2 connection carrying
-//!   many CONNECT streams.
+//!   many CONNECT streams;
+//! - [`pool`] — one such connection per (source identity, destination).
 pub mod client;
+pub mod pool;
 pub mod server;
 pub mod tls;
 
