@@ -142,6 +142,23 @@ impl MeshCa {
         TrustBundle::from_pem(&self.trust_domain, &self.root_pem)
     }
 
+    /// The root certificate (the trust bundle handed to agents).
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// Signs `csr_pem` (whose signature proves the requester holds the key)
+    /// as `id`. Whatever names the CSR asks for are ignored: the CA decides.
+    pub fn sign_csr(
+        &self,
+        id: &SpiffeId,
+        csr_pem: &str,
+        lifetime: Duration,
+    ) -> Result<Issued, IdentityError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        self.issue(id, &csr.public_key, lifetime)
+    }
+
     /// Signs a workload certificate for `id` over `public_key`.
     pub fn issue(
         &self,

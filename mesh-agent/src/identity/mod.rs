@@ -3,9 +3,12 @@
 //! - [`spiffe`] — `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`;
 //! - [`ca`] — the mesh CA — its root key never leaves the CA's directory — and
 //!   the leaf certificates it issues (the SPIFFE ID as the only URI SAN);
+//! - [`signing`] — node agents obtaining their pods' certificates from the
+//!   CA over mTLS, limited to pods the CA places on that node;
 //! - [`verify`] — turning a peer's certificate chain into a SPIFFE ID, which
 //!   is the only way the mesh learns who a peer is (never from a header).
 pub mod ca;
+pub mod signing;
 pub mod spiffe;
 pub mod verify;
 

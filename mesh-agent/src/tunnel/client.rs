@@ -5,8 +5,8 @@ use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::Empty;
-use hyper::{client::conn::http2::SendRequest, upgrade::Upgraded};
+use http_body_util::Full;
+use hyper::{Response, body::Incoming, client::conn::http2::SendRequest, upgrade::Upgraded};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -22,7 +22,7 @@ const SNI: &str = "hbone.nodemesh.invalid";
 /// An HTTP/2 connection to a peer agent. Cheap to clone; clones share it.
 #[derive(Clone)]
 pub struct Connection {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Full<Bytes>>,
 }
 
 impl Connection {
@@ -48,16 +48,24 @@ impl Connection {
         Ok(Self { sender })
     }
 
-    /// Opens a stream to `target` through the peer agent.
-    pub async fn connect(&self, target: SocketAddr) -> Result<TokioIo<Upgraded>, TunnelError> {
+    /// Sends one request on the shared connection (its own stream).
+    pub async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, TunnelError> {
         let mut sender = self.sender.clone();
         sender.ready().await?;
+        Ok(sender.send_request(request).await?)
+    }
+
+    /// Opens a stream to `target` through the peer agent.
+    pub async fn connect(&self, target: SocketAddr) -> Result<TokioIo<Upgraded>, TunnelError> {
         let request = Request::builder()
             .method(Method::CONNECT)
             .uri(target.to_string())
-            .body(Empty::new())
+            .body(Full::default())
             .expect("a CONNECT to a socket address is a valid request");
-        let response = sender.send_request(request).await?;
+        let response = self.send(request).await?;
         if response.status() != StatusCode::OK {
             return Err(TunnelError::Refused {
                 target,

@@ -3,7 +3,7 @@
 //! caller's `connect` (so this module cannot become an open relay), and the
 //! answers match ztunnel's: 200 tunnel up, 400 not CONNECT or bad target,
 //! 401 denied, 503 upstream connect failed.
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::SystemTime};
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -12,14 +12,10 @@ use hyper::{body::Incoming, service::service_fn, upgrade::Upgraded};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 
 use super::TunnelError;
 use crate::{
-    identity::{
-        IdentityError, SpiffeId,
-        verify::{PeerRole, TrustBundle},
-    },
+    identity::{SpiffeId, verify::TrustBundle},
     proxy::relay::{Stream, relay},
 };
 
@@ -49,27 +45,7 @@ where
     F: Fn(SpiffeId, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<TcpStream, Refusal>> + Send + 'static,
 {
-    let tls =
-        TlsAcceptor::from(tls)
-            .accept(tcp)
-            .await
-            .map_err(|source| TunnelError::Handshake {
-                peer: peer_addr,
-                source,
-            })?;
-    let peer_err = |source| TunnelError::Peer {
-        peer: peer_addr,
-        source,
-    };
-    let chain = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .ok_or_else(|| peer_err(IdentityError::NoCertificate))?
-        .to_vec();
-    let peer = bundle
-        .verify(&chain, SystemTime::now(), PeerRole::Client)
-        .map_err(peer_err)?;
+    let (tls, peer) = super::tls::accept(tcp, peer_addr, tls, &bundle).await?;
     let service = service_fn(move |req| handle(req, peer.clone(), connect.clone()));
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(tls), service)

@@ -13,9 +13,12 @@ use rustls::{
     server::WebPkiClientVerifier,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
+use super::TunnelError;
 use crate::identity::{
-    SpiffeId,
+    IdentityError, SpiffeId,
     verify::{PeerRole, TrustBundle},
 };
 
@@ -58,6 +61,37 @@ pub fn server_config(
         .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Completes the server side of a handshake and returns the client's
+/// identity, read from its verified certificate chain.
+pub async fn accept(
+    tcp: TcpStream,
+    peer_addr: std::net::SocketAddr,
+    config: Arc<ServerConfig>,
+    bundle: &TrustBundle,
+) -> Result<(TlsStream<TcpStream>, SpiffeId), TunnelError> {
+    let tls = TlsAcceptor::from(config)
+        .accept(tcp)
+        .await
+        .map_err(|source| TunnelError::Handshake {
+            peer: peer_addr,
+            source,
+        })?;
+    let peer_err = |source| TunnelError::Peer {
+        peer: peer_addr,
+        source,
+    };
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .ok_or_else(|| peer_err(IdentityError::NoCertificate))?
+        .to_vec();
+    let peer = bundle
+        .verify(&chain, std::time::SystemTime::now(), PeerRole::Client)
+        .map_err(peer_err)?;
+    Ok((tls, peer))
 }
 
 /// Client side: the server must prove `expected` (or, when `None`, any

@@ -1,0 +1,171 @@
+//! Signing over mTLS on loopback: the CA signs only for pods on the
+//! requesting node, and only for node agents.
+use std::{sync::Arc, time::SystemTime};
+
+use rcgen::{KeyPair, PublicKeyData as _};
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+
+use super::{
+    ca_identity,
+    client::{SigningError, request_certificate},
+    node_identity,
+    server::{Signer, serve_connection},
+};
+use crate::{
+    identity::{
+        SpiffeId,
+        ca::{DEFAULT_LIFETIME, MeshCa},
+        verify::{PeerRole, TrustBundle},
+    },
+    tunnel::{
+        client::Connection,
+        tls::{WorkloadCert, client_config, server_config},
+    },
+};
+
+const TD: &str = "cluster.local";
+
+fn cert_for(ca: &MeshCa, id: &SpiffeId) -> WorkloadCert {
+    let key = KeyPair::generate().unwrap();
+    let issued = ca.issue(id, &key, DEFAULT_LIFETIME).unwrap();
+    WorkloadCert {
+        chain: vec![issued.der],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    /// The same CA, opened a second time, for issuing test credentials.
+    issuer: MeshCa,
+    bundle: TrustBundle,
+    addr: std::net::SocketAddr,
+}
+
+/// A CA whose model has shop/cart-1 on n1 and shop/pay-1 on n2.
+async fn ca_server() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ca");
+    let ca = MeshCa::init(&path, TD).unwrap();
+    let issuer = MeshCa::load(&path).unwrap();
+    let bundle = ca.bundle().unwrap();
+    let tls = server_config(&cert_for(&ca, &ca_identity(TD).unwrap()), &bundle).unwrap();
+    let lookup: super::server::Lookup = Arc::new(|pod: &str| {
+        let (node, sa) = match pod {
+            "shop/cart-1" => ("n1", "cart"),
+            "shop/pay-1" => ("n2", "payments"),
+            _ => return None,
+        };
+        Some((node.to_owned(), SpiffeId::new(TD, "shop", sa).unwrap()))
+    });
+    let signer = Arc::new(Signer {
+        ca,
+        bundle: bundle.clone(),
+        lookup,
+        lifetime: DEFAULT_LIFETIME,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            tokio::spawn(serve_connection(
+                tcp,
+                peer,
+                Arc::clone(&tls),
+                Arc::clone(&signer),
+            ));
+        }
+    });
+    Setup {
+        _dir: dir,
+        issuer,
+        bundle,
+        addr,
+    }
+}
+
+async fn connect_as(setup: &Setup, id: &SpiffeId) -> Connection {
+    let tls = client_config(
+        &cert_for(&setup.issuer, id),
+        &setup.bundle,
+        Some(ca_identity(TD).unwrap()),
+    )
+    .unwrap();
+    Connection::dial(setup.addr, tls).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_node_gets_certificates_for_its_own_pods_only() {
+    let setup = ca_server().await;
+    let n1 = connect_as(&setup, &node_identity(TD, "n1").unwrap()).await;
+    let key = KeyPair::generate().unwrap();
+    let signed = request_certificate(&n1, "shop/cart-1", &key).await.unwrap();
+    assert_eq!(signed.identity, "spiffe://cluster.local/ns/shop/sa/cart");
+    // The certificate verifies, names the pod's identity, and is over our key.
+    let der = TrustBundle::certs_from_pem(&signed.certificate)
+        .unwrap()
+        .remove(0);
+    let id = setup
+        .bundle
+        .verify(
+            std::slice::from_ref(&der),
+            SystemTime::now(),
+            PeerRole::Client,
+        )
+        .unwrap();
+    assert_eq!(id.to_string(), signed.identity);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert_eq!(
+        parsed.public_key().raw,
+        key.subject_public_key_info().as_slice()
+    );
+
+    let other_node = request_certificate(&n1, "shop/pay-1", &key)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&other_node, SigningError::Refused { status: 403, message } if message.contains("runs on node n2")),
+        "{other_node}"
+    );
+    let unknown = request_certificate(&n1, "shop/ghost", &key)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(unknown, SigningError::Refused { status: 404, .. }),
+        "{unknown}"
+    );
+}
+
+#[tokio::test]
+async fn only_node_agents_may_ask() {
+    let setup = ca_server().await;
+    let workload = connect_as(&setup, &SpiffeId::new(TD, "shop", "cart").unwrap()).await;
+    let err = request_certificate(&workload, "shop/cart-1", &KeyPair::generate().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SigningError::Refused { status: 403, message } if message.contains("not a node agent")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_of_another_mesh_cannot_connect() {
+    let setup = ca_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = MeshCa::init(&dir.path().join("ca"), TD).unwrap();
+    let tls = client_config(
+        &cert_for(&foreign, &node_identity(TD, "n1").unwrap()),
+        &setup.bundle,
+        Some(ca_identity(TD).unwrap()),
+    )
+    .unwrap();
+    let refused = match Connection::dial(setup.addr, tls).await {
+        Err(_) => true,
+        Ok(conn) => request_certificate(&conn, "shop/cart-1", &KeyPair::generate().unwrap())
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a node certificate from another CA was served");
+}
