@@ -283,6 +283,11 @@ fn untouched() -> anyhow::Result<()> {
     let mut server_d = serve(&mesh.cluster, d, "[::]:7000", 1000, 2)?;
     let meshed = connect(&mesh.cluster, a, addr(d.ipv4, 7000), 1000, 1)?;
     assert_intact(&meshed, &next_done(&mut server_d)?)?;
+    // The agent logs a flow when its relay ends, which can be just after the
+    // client has finished: wait for it before counting.
+    let target = addr(d.ipv4, 7000).to_string();
+    mesh.agent("n1")
+        .wait_flow("a→d", |f| f.orig_dst == target)?;
     let flows = mesh.agent("n1").flows();
     ensure!(
         flows.len() == 1 && flows[0].orig_dst == addr(d.ipv4, 7000).to_string(),

@@ -70,8 +70,16 @@ fn connect4_captures_only_the_attached_pod() -> anyhow::Result<()> {
         "sockops hand-off by tuple gave {handed_over:?}"
     );
     // The cookie entry lives exactly as long as the app's socket: sockops
-    // removed it when the connection closed.
-    let originals = capture.original_destinations()?;
+    // removes it at TCP_CLOSE, which for a passive closer comes one ACK after
+    // the process has exited — so allow a bounded moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let originals = loop {
+        let originals = capture.original_destinations()?;
+        if originals.is_empty() || std::time::Instant::now() > deadline {
+            break originals;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     ensure!(
         originals.is_empty(),
         "original destinations outlived their sockets: {originals:?}"

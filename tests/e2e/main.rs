@@ -11,6 +11,7 @@ use nodemesh_tests::{cluster::suite_prefix, leaks, require_root};
 mod agent;
 mod capture;
 mod harness;
+mod identity;
 mod network;
 mod support;
 
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
         network::trials(),
         capture::trials(),
         agent::trials(),
+        identity::trials(),
     ]
     .into_iter()
     .flatten()

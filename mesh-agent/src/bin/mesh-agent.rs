@@ -73,6 +73,45 @@ enum CaCommand {
         #[arg(long, default_value = "cluster.local")]
         trust_domain: String,
     },
+    /// Issue a node agent's credentials (node.key 0600, node.crt, bundle.crt)
+    /// into --out, as spiffe://<td>/ns/nodemesh-system/sa/node-<node>.
+    IssueNode {
+        #[arg(long, default_value_os_t = identity::ca::default_dir())]
+        dir: PathBuf,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Ask the CA for a pod's certificate with this node's credentials (what
+    /// the agent does for each pod); writes <out>/<pod name>.key (0600) and .crt.
+    Request {
+        /// The CA's address (its --listen).
+        #[arg(long)]
+        ca: std::net::SocketAddr,
+        /// Directory written by `ca issue-node`.
+        #[arg(long)]
+        credentials: PathBuf,
+        /// The pod, as namespace/name.
+        #[arg(long)]
+        pod: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Serve certificate requests from node agents over mTLS. A node may only
+    /// obtain identities of pods that --config-dir places on it.
+    Serve {
+        #[arg(long, default_value_os_t = identity::ca::default_dir())]
+        dir: PathBuf,
+        /// Local-mode cluster YAML: the CA's view of which pod runs where.
+        #[arg(long)]
+        config_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:15012")]
+        listen: std::net::SocketAddr,
+        /// Lifetime of issued workload certificates, in seconds.
+        #[arg(long, default_value_t = identity::ca::DEFAULT_LIFETIME.as_secs())]
+        lifetime_secs: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -134,6 +173,37 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Ca(CaCommand::IssueNode { dir, node, out }) => {
+            let ca = identity::ca::MeshCa::load(&dir)?;
+            let id = identity::signing::credentials::issue(&ca, &node, &out)?;
+            println!("issued {id} into {}", out.display());
+            Ok(())
+        }
+        Command::Ca(CaCommand::Request {
+            ca,
+            credentials,
+            pod,
+            out,
+        }) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(request_pod_certificate(ca, &credentials, &pod, &out)),
+        Command::Ca(CaCommand::Serve {
+            dir,
+            config_dir,
+            listen,
+            lifetime_secs,
+        }) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(serve_ca(
+                dir,
+                config_dir,
+                listen,
+                Duration::from_secs(lifetime_secs),
+            )),
         Command::Uninstall { bpffs_dir } => {
             object::uninstall(&bpffs_dir)?;
             println!("removed {}: capture programs detached", bpffs_dir.display());
@@ -236,6 +306,67 @@ async fn reconcile(
     let config_errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
     write_status(args, enrolment, capture, &config_errors)?;
     Ok(config_errors)
+}
+
+async fn request_pod_certificate(
+    ca: std::net::SocketAddr,
+    credentials: &Path,
+    pod: &str,
+    out: &Path,
+) -> anyhow::Result<()> {
+    use identity::signing::{ca_identity, client::request_certificate, credentials as creds};
+    let node = creds::load(credentials)?;
+    let expected = ca_identity(node.identity.trust_domain())?;
+    let tls = mesh_agent::tunnel::tls::client_config(&node.cert, &node.bundle, Some(expected))?;
+    let conn = mesh_agent::tunnel::client::Connection::dial(ca, tls).await?;
+    let key = rcgen::KeyPair::generate()?;
+    let signed = request_certificate(&conn, pod, &key).await?;
+    let name = pod.rsplit('/').next().unwrap_or(pod);
+    creds::save_workload(out, name, &key, &signed.certificate)?;
+    println!(
+        "{} → {}",
+        signed.identity,
+        out.join(format!("{name}.crt")).display()
+    );
+    Ok(())
+}
+
+async fn serve_ca(
+    dir: PathBuf,
+    config_dir: PathBuf,
+    listen: std::net::SocketAddr,
+    lifetime: Duration,
+) -> anyhow::Result<()> {
+    use identity::signing::{ca_identity, server};
+    let ca = identity::ca::MeshCa::load(&dir)?;
+    let bundle = ca.bundle()?;
+    // The CA's own serving certificate; a restart renews it.
+    let key = rcgen::KeyPair::generate()?;
+    let issued = ca.issue(
+        &ca_identity(ca.trust_domain())?,
+        &key,
+        Duration::from_secs(30 * 24 * 3600),
+    )?;
+    let cert = mesh_agent::tunnel::tls::WorkloadCert {
+        chain: vec![issued.der],
+        key: rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    };
+    let tls = mesh_agent::tunnel::tls::server_config(&cert, &bundle)?;
+    let (config, _watcher) = state::watch(config_dir, Duration::from_secs(1));
+    let signer = Arc::new(server::Signer {
+        lookup: server::lookup_from(config, ca.trust_domain().to_owned()),
+        ca,
+        bundle,
+        lifetime,
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--listen {listen}"))?;
+    tracing::info!(%listen, "CA serving");
+    tokio::select! {
+        () = server::serve(listener, tls, signer) => Ok(()),
+        () = shutdown_signal() => Ok(()),
+    }
 }
 
 /// Refuses a capture cgroup that would catch processes outside the mesh.

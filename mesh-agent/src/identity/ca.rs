@@ -48,7 +48,7 @@ pub struct Issued {
     pub not_after: std::time::SystemTime,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
     move |source| IdentityError::Io {
         path: path.to_owned(),
         source,
@@ -85,16 +85,7 @@ impl MeshCa {
         params.not_before = now - BACKDATE;
         params.not_after = now + ROOT_LIFETIME;
         let root = params.self_signed(&key)?;
-        // create_new + 0600: the key is never readable by others, not even
-        // for an instant, and an existing key is never replaced.
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key_path)
-            .map_err(io(&key_path))?;
-        file.write_all(key.serialize_pem().as_bytes())
-            .map_err(io(&key_path))?;
+        write_private(&key_path, &key.serialize_pem())?;
         let cert_path = dir.join(ROOT_CERT);
         std::fs::write(&cert_path, root.pem()).map_err(io(&cert_path))?;
         Ok(Self {
@@ -193,6 +184,22 @@ impl MeshCa {
             not_after: params.not_after.into(),
         })
     }
+}
+
+/// Writes a private key file: created 0600 under a temporary name, then
+/// renamed into place, so it is never readable by others, not even for an
+/// instant, and a reader never sees half a key.
+pub(crate) fn write_private(path: &Path, pem: &str) -> Result<(), IdentityError> {
+    let tmp = path.with_extension("tmp~");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    file.write_all(pem.as_bytes()).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 fn uri(text: &str) -> Result<SanType, IdentityError> {

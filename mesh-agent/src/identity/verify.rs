@@ -40,7 +40,8 @@ impl TrustBundle {
         })
     }
 
-    pub(crate) fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    /// Every certificate in a PEM text.
+    pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
         CertificateDer::pem_slice_iter(pem.as_bytes())
             .collect::<Result<_, _>>()
             .map_err(|e| IdentityError::Malformed(format!("PEM: {e}")))

@@ -13,6 +13,7 @@
 //! request), `403` (not a node agent, or the pod is on another node), `404`
 //! (pod unknown), each with a JSON [`SignError`].
 pub mod client;
+pub mod credentials;
 pub mod server;
 
 #[cfg(test)]

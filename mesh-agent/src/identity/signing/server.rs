@@ -134,3 +134,46 @@ async fn handle(req: Request<Incoming>, peer: &SpiffeId, signer: &Signer) -> Res
         ),
     }
 }
+
+/// The CA's view of pods, from the newest local config: a pod's node and
+/// the identity its namespace and service account give it.
+pub fn lookup_from(
+    config: tokio::sync::watch::Receiver<Arc<crate::state::Loaded>>,
+    trust_domain: String,
+) -> Lookup {
+    Arc::new(move |pod: &str| {
+        let (namespace, name) = pod.split_once('/')?;
+        let loaded = config.borrow();
+        let info = loaded
+            .snapshot
+            .pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)?;
+        let id = SpiffeId::new(&trust_domain, &info.namespace, &info.service_account).ok()?;
+        Some((info.node.clone(), id))
+    })
+}
+
+/// Accepts agent connections until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: Arc<ServerConfig>,
+    signer: Arc<Signer>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let (config, signer) = (Arc::clone(&config), Arc::clone(&signer));
+                tokio::spawn(async move {
+                    if let Err(e) = serve_connection(tcp, peer, config, signer).await {
+                        tracing::warn!(%peer, "CA connection: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("CA accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
