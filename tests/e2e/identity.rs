@@ -20,12 +20,7 @@ pub fn trials() -> Vec<Trial> {
 }
 
 fn ca_signs_only_for_pods_on_the_requesting_node() -> anyhow::Result<()> {
-    let cluster = ClusterSpec::new()
-        .node("n1")
-        .node("n2")
-        .pod("a", "n1")
-        .pod("b", "n2")
-        .build()?;
+    let cluster = ClusterSpec::cross_node_pair().build()?;
     let config_dir = cluster.scratch_dir("config")?;
     MeshConfig::new()
         .namespace("shop", true)

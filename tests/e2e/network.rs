@@ -15,12 +15,7 @@ pub fn trials() -> Vec<Trial> {
 }
 
 fn cross_node_64mib_both_ways() -> anyhow::Result<()> {
-    let cluster = ClusterSpec::new()
-        .node("n1")
-        .node("n2")
-        .pod("a", "n1")
-        .pod("b", "n2")
-        .build()?;
+    let cluster = ClusterSpec::cross_node_pair().build()?;
     let (a, b) = (cluster.pod("a"), cluster.pod("b"));
     let mut server = serve(&cluster, b, "[::]:7000", 64 * MIB, 2)?;
 

@@ -11,12 +11,7 @@ use nodemesh_tests::{
 };
 
 fn main() -> anyhow::Result<()> {
-    let cluster = ClusterSpec::new()
-        .node("n1")
-        .node("n2")
-        .pod("a", "n1")
-        .pod("b", "n2")
-        .build()?;
+    let cluster = ClusterSpec::cross_node_pair().build()?;
     let (a, b) = (cluster.pod("a"), cluster.pod("b"));
     let traffic = workspace_binary("mesh-traffic")?;
     let traffic = traffic.as_path();

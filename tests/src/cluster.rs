@@ -30,6 +30,16 @@ impl ClusterSpec {
         Self::default()
     }
 
+    /// The smallest cross-node cluster: nodes `n1`, `n2`; pod `a` on `n1`,
+    /// pod `b` on `n2`.
+    pub fn cross_node_pair() -> Self {
+        Self::new()
+            .node("n1")
+            .node("n2")
+            .pod("a", "n1")
+            .pod("b", "n2")
+    }
+
     /// Adds a node; node `i` (from 1, in order) gets pod subnet `10.i.0.0/24`.
     pub fn node(mut self, name: &str) -> Self {
         self.nodes.push(name.to_owned());

@@ -158,11 +158,7 @@ fn main() -> anyhow::Result<()> {
     init_logging(format);
     match cli.command {
         Command::Check { bpffs_dir } => check(&bpffs_dir),
-        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the tokio runtime")?
-            .block_on(run(args)),
+        Command::Run(args) => runtime()?.block_on(run(args)),
         Command::Ca(CaCommand::Init { dir, trust_domain }) => {
             let ca = identity::ca::MeshCa::init(&dir, &trust_domain)?;
             println!(
@@ -184,32 +180,32 @@ fn main() -> anyhow::Result<()> {
             credentials,
             pod,
             out,
-        }) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the tokio runtime")?
-            .block_on(request_pod_certificate(ca, &credentials, &pod, &out)),
+        }) => runtime()?.block_on(request_pod_certificate(ca, &credentials, &pod, &out)),
         Command::Ca(CaCommand::Serve {
             dir,
             config_dir,
             listen,
             lifetime_secs,
-        }) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the tokio runtime")?
-            .block_on(serve_ca(
-                dir,
-                config_dir,
-                listen,
-                Duration::from_secs(lifetime_secs),
-            )),
+        }) => runtime()?.block_on(serve_ca(
+            dir,
+            config_dir,
+            listen,
+            Duration::from_secs(lifetime_secs),
+        )),
         Command::Uninstall { bpffs_dir } => {
             object::uninstall(&bpffs_dir)?;
             println!("removed {}: capture programs detached", bpffs_dir.display());
             Ok(())
         }
     }
+}
+
+/// The data-plane runtime (multi-threaded: proxying runs on every core).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }
 
 fn init_logging(format: LogFormat) {
