@@ -7,55 +7,157 @@ use libtest_mimic::Trial;
 use mesh_agent::identity::verify::{PeerRole, TrustBundle};
 use nodemesh_tests::{
     ClusterSpec,
-    mesh::{MeshConfig, workspace_binary},
+    mesh::{Agent, MeshConfig, workspace_binary},
 };
 
 use crate::support::{WAIT, trial};
 
 pub fn trials() -> Vec<Trial> {
-    vec![trial(
-        "identity::ca_signs_only_for_pods_on_the_requesting_node",
-        ca_signs_only_for_pods_on_the_requesting_node,
-    )]
+    vec![
+        trial(
+            "identity::ca_signs_only_for_pods_on_the_requesting_node",
+            ca_signs_only_for_pods_on_the_requesting_node,
+        ),
+        trial(
+            "identity::agents_obtain_and_renew_pod_certificates",
+            agents_obtain_and_renew_pod_certificates,
+        ),
+    ]
+}
+
+/// Two nodes with pods a (n1) and b (n2) in enrolled namespace `shop`, a mesh
+/// CA made with `mesh-agent ca init`, and node credentials for both nodes
+/// (`ca issue-node`), all under the cluster's scratch directory.
+struct CaFixture {
+    cluster: nodemesh_tests::Cluster,
+    config_dir: std::path::PathBuf,
+    pki: std::path::PathBuf,
+    agent: std::path::PathBuf,
+}
+
+impl CaFixture {
+    fn new() -> anyhow::Result<Self> {
+        let cluster = ClusterSpec::cross_node_pair().build()?;
+        let config_dir = cluster.scratch_dir("config")?;
+        MeshConfig::new()
+            .namespace("shop", true)
+            .pod(cluster.pod("a"), "shop")
+            .pod(cluster.pod("b"), "shop")
+            .write(&cluster, &config_dir)?;
+        let pki = cluster.scratch_dir("pki")?;
+        let fixture = Self {
+            cluster,
+            config_dir,
+            pki,
+            agent: workspace_binary("mesh-agent")?,
+        };
+        cli(
+            &fixture.agent,
+            &["ca", "init", "--dir", &fixture.path("ca")],
+        )?;
+        for node in ["n1", "n2"] {
+            let (ca, out) = (fixture.path("ca"), fixture.path(node));
+            cli(
+                &fixture.agent,
+                &[
+                    "ca",
+                    "issue-node",
+                    "--dir",
+                    &ca,
+                    "--node",
+                    node,
+                    "--out",
+                    &out,
+                ],
+            )?;
+        }
+        Ok(fixture)
+    }
+
+    fn path(&self, p: &str) -> String {
+        self.pki.join(p).display().to_string()
+    }
+}
+
+/// Runs a `mesh-agent` command to completion, failing with its stderr.
+fn cli(agent: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(agent).args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "mesh-agent {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn agents_obtain_and_renew_pod_certificates() -> anyhow::Result<()> {
+    let fixture = CaFixture::new()?;
+    let (cluster, config_dir, agent) = (&fixture.cluster, &fixture.config_dir, &fixture.agent);
+    let path = |p: &str| fixture.path(p);
+    // The CA listens on node n1's underlay address, reachable from both nodes;
+    // 6 s certificates make renewal (at half-life) observable.
+    let ca_addr = format!("{}:15012", cluster.node("n1").ipv4);
+    let mut serve = Command::new(agent);
+    serve
+        .args([
+            "ca",
+            "serve",
+            "--dir",
+            &path("ca"),
+            "--listen",
+            &ca_addr,
+            "--lifetime-secs",
+            "6",
+        ])
+        .arg("--config-dir")
+        .arg(config_dir);
+    let ca = cluster.spawn(cluster.node("n1"), serve)?;
+    ca.wait_stderr_line(Duration::from_secs(10), "the CA serving", |l| {
+        l.contains("CA serving")
+    })?;
+
+    for (node, pod) in [("n1", "shop/a"), ("n2", "shop/b")] {
+        let extra = [
+            "--ca".to_owned(),
+            ca_addr.clone(),
+            "--credentials".to_owned(),
+            path(node),
+        ];
+        let agent = Agent::start_with(cluster, node, config_dir, &extra)?;
+        let cert_of = |status: &serde_json::Value| {
+            status["certs"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["pod"] == pod).cloned())
+        };
+        let first = agent.wait_status(&format!("a certificate for {pod}"), |s| {
+            cert_of(s).is_some()
+        })?;
+        let first = cert_of(&first).context("cert")?;
+        ensure!(
+            first["identity"] == "spiffe://cluster.local/ns/shop/sa/default",
+            "{pod} got {first}"
+        );
+        let renewed = agent.wait_status(&format!("{pod}'s certificate renewed"), |s| {
+            cert_of(s).is_some_and(|c| c["issued"].as_u64() >= Some(2))
+        })?;
+        let renewed = cert_of(&renewed).context("cert")?;
+        ensure!(
+            renewed["serial"] != first["serial"]
+                && renewed["not_after_unix"].as_u64() > first["not_after_unix"].as_u64(),
+            "renewal did not produce a newer certificate: {first} then {renewed}"
+        );
+    }
+    Ok(())
 }
 
 fn ca_signs_only_for_pods_on_the_requesting_node() -> anyhow::Result<()> {
-    let cluster = ClusterSpec::cross_node_pair().build()?;
-    let config_dir = cluster.scratch_dir("config")?;
-    MeshConfig::new()
-        .namespace("shop", true)
-        .pod(cluster.pod("a"), "shop")
-        .pod(cluster.pod("b"), "shop")
-        .write(&cluster, &config_dir)?;
-    let pki = cluster.scratch_dir("pki")?;
-    let agent = workspace_binary("mesh-agent")?;
-    let cli = |args: &[&str]| -> anyhow::Result<String> {
-        let out = Command::new(&agent).args(args).output()?;
-        ensure!(
-            out.status.success(),
-            "mesh-agent {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let path = |p: &str| pki.join(p).display().to_string();
-    cli(&["ca", "init", "--dir", &path("ca")])?;
-    for node in ["n1", "n2"] {
-        cli(&[
-            "ca",
-            "issue-node",
-            "--dir",
-            &path("ca"),
-            "--node",
-            node,
-            "--out",
-            &path(node),
-        ])?;
-    }
+    let fixture = CaFixture::new()?;
+    let (cluster, config_dir, agent) = (&fixture.cluster, &fixture.config_dir, &fixture.agent);
+    let path = |p: &str| fixture.path(p);
 
     // The CA runs in node n1's namespace; requests come from there too.
     let n1 = cluster.node("n1");
-    let mut serve = Command::new(&agent);
+    let mut serve = Command::new(agent);
     serve
         .args([
             "ca",
@@ -66,13 +168,13 @@ fn ca_signs_only_for_pods_on_the_requesting_node() -> anyhow::Result<()> {
             "127.0.0.1:15012",
         ])
         .arg("--config-dir")
-        .arg(&config_dir);
+        .arg(config_dir);
     let ca = cluster.spawn(n1, serve)?;
     ca.wait_stderr_line(Duration::from_secs(10), "the CA serving", |l| {
         l.contains("CA serving")
     })?;
     let request = |credentials: &str, pod: &str| -> anyhow::Result<(bool, String)> {
-        let mut cmd = Command::new(&agent);
+        let mut cmd = Command::new(agent);
         cmd.args(["ca", "request", "--ca", "127.0.0.1:15012"])
             .args(["--credentials", &path(credentials), "--pod", pod])
             .args(["--out", &path(&format!("out-{credentials}"))]);
@@ -86,16 +188,17 @@ fn ca_signs_only_for_pods_on_the_requesting_node() -> anyhow::Result<()> {
         ok && out.contains("spiffe://cluster.local/ns/shop/sa/default"),
         "n1 asking for its own pod a: {out}"
     );
-    let key_mode = std::fs::metadata(pki.join("out-n1/a.key"))?
+    let key_mode = std::fs::metadata(fixture.pki.join("out-n1/a.key"))?
         .permissions()
         .mode()
         & 0o777;
     ensure!(key_mode == 0o600, "pod key mode {key_mode:o}");
     let bundle = TrustBundle::from_pem(
         "cluster.local",
-        &std::fs::read_to_string(pki.join("n1/bundle.crt"))?,
+        &std::fs::read_to_string(fixture.pki.join("n1/bundle.crt"))?,
     )?;
-    let cert = TrustBundle::certs_from_pem(&std::fs::read_to_string(pki.join("out-n1/a.crt"))?)?;
+    let cert =
+        TrustBundle::certs_from_pem(&std::fs::read_to_string(fixture.pki.join("out-n1/a.crt"))?)?;
     let id = bundle.verify(&cert, std::time::SystemTime::now(), PeerRole::Server)?;
     ensure!(
         id.to_string() == "spiffe://cluster.local/ns/shop/sa/default",

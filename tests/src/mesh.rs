@@ -164,6 +164,16 @@ impl Agent {
     /// Starts `mesh-agent run` on `node` (in the node's namespace and
     /// cgroup) with local config in `config_dir`, and waits until it is ready.
     pub fn start(cluster: &Cluster, node: &str, config_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(cluster, node, config_dir, &[])
+    }
+
+    /// [`Agent::start`] with extra `mesh-agent run` arguments.
+    pub fn start_with(
+        cluster: &Cluster,
+        node: &str,
+        config_dir: &Path,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let host = cluster.node(node);
         let run_dir = cluster.scratch_dir(&format!("run-{node}"))?;
         let bpffs_dir = cluster.bpffs_dir(&format!("agent-{node}"));
@@ -178,6 +188,7 @@ impl Agent {
             .arg("--run-dir")
             .arg(&run_dir)
             .args(["--reload-interval-ms", "100"])
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("NODEMESH_E2E_RUST_LOG").unwrap_or_else(|_| {

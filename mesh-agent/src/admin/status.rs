@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::capture::{CaptureCounters, enrol::PodCaptureStatus};
+use crate::{
+    capture::{CaptureCounters, enrol::PodCaptureStatus},
+    identity::store::CertStatus,
+};
 
 pub const FILE_NAME: &str = "status.json";
 
@@ -16,6 +19,9 @@ pub struct Status {
     pub pods: Vec<PodCaptureStatus>,
     pub counters: Vec<CounterValue>,
     pub config_errors: Vec<String>,
+    /// Pod certificates (empty when the agent runs without a CA).
+    #[serde(default)]
+    pub certs: Vec<CertStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

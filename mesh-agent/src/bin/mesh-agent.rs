@@ -15,7 +15,10 @@ use mesh_agent::{
         events, kernel,
         object::{self, Attached},
     },
-    identity,
+    identity::{
+        self,
+        store::{CertSource, CertStore},
+    },
     state::{self, Snapshot},
 };
 
@@ -141,6 +144,13 @@ struct RunArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// The mesh CA's address: enrolled pods get workload certificates from
+    /// it (renewed at half-life). Needs --credentials.
+    #[arg(long, requires = "credentials")]
+    ca: Option<std::net::SocketAddr>,
+    /// This node's credentials (`mesh-agent ca issue-node --out`).
+    #[arg(long, requires = "ca")]
+    credentials: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -266,16 +276,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.config_dir.clone(),
         Duration::from_millis(args.reload_interval_ms),
     );
-    let mut config_errors = reconcile(&args, &mut enrolment, &capture, &mut config).await?;
+    let mut certs = cert_store(&args)?;
+    let mut config_errors =
+        reconcile(&args, &mut enrolment, &mut certs, &capture, &mut config).await?;
     tracing::info!(node = %args.node, "ready");
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             changed = config.changed() => {
                 changed.context("the config watcher stopped")?;
-                config_errors = reconcile(&args, &mut enrolment, &capture, &mut config).await?;
+                config_errors = reconcile(&args, &mut enrolment, &mut certs, &capture, &mut config).await?;
             }
-            _ = status_tick.tick() => write_status(&args, &enrolment, &capture, &config_errors)?,
+            _ = status_tick.tick() => write_status(&args, &enrolment, certs.as_ref(), &capture, &config_errors)?,
             _ = shutdown_signal() => {
                 tracing::info!(
                     "stopping; capture stays pinned, so enrolled pods' new connections are \
@@ -291,6 +303,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn reconcile(
     args: &RunArgs,
     enrolment: &mut Enrolment,
+    certs: &mut Option<CertStore>,
     capture: &Mutex<Capture>,
     config: &mut tokio::sync::watch::Receiver<Arc<state::Loaded>>,
 ) -> anyhow::Result<Vec<String>> {
@@ -299,9 +312,30 @@ async fn reconcile(
     for error in enrolment.reconcile(&wanted).await {
         tracing::error!("{error}");
     }
+    if let Some(certs) = certs {
+        let pods: Vec<String> = wanted.iter().map(|p| p.pod.clone()).collect();
+        certs.reconcile(&pods);
+    }
     let config_errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
-    write_status(args, enrolment, capture, &config_errors)?;
+    write_status(args, enrolment, certs.as_ref(), capture, &config_errors)?;
     Ok(config_errors)
+}
+
+/// The pod-certificate store, when the agent was given a CA.
+fn cert_store(args: &RunArgs) -> anyhow::Result<Option<CertStore>> {
+    let (Some(ca), Some(credentials)) = (args.ca, &args.credentials) else {
+        return Ok(None);
+    };
+    let node = identity::signing::credentials::load(credentials)
+        .with_context(|| format!("--credentials {}", credentials.display()))?;
+    let expected = identity::signing::ca_identity(node.identity.trust_domain())?;
+    let tls = mesh_agent::tunnel::tls::client_config(&node.cert, &node.bundle, Some(expected))?;
+    tracing::info!(%ca, node_identity = %node.identity, "pod certificates come from the CA");
+    Ok(Some(CertStore::new(CertSource {
+        ca,
+        node: node.identity,
+        tls,
+    })))
 }
 
 async fn request_pod_certificate(
@@ -405,6 +439,7 @@ fn placements(snapshot: &Snapshot, node: &str) -> Vec<PodPlacement> {
 fn write_status(
     args: &RunArgs,
     enrolment: &Enrolment,
+    certs: Option<&CertStore>,
     capture: &Mutex<Capture>,
     config_errors: &[String],
 ) -> anyhow::Result<()> {
@@ -415,6 +450,7 @@ fn write_status(
         pods: enrolment.status(),
         counters: Status::counters_from(&counters),
         config_errors: config_errors.to_vec(),
+        certs: certs.map(CertStore::status).unwrap_or_default(),
     };
     status.write(&args.run_dir)?;
     Ok(())

@@ -5,11 +5,13 @@
 //!   the leaf certificates it issues (the SPIFFE ID as the only URI SAN);
 //! - [`signing`] — node agents obtaining their pods' certificates from the
 //!   CA over mTLS, limited to pods the CA places on that node;
+//! - [`store`] — a node agent's pod certificates, renewed at half-life;
 //! - [`verify`] — turning a peer's certificate chain into a SPIFFE ID, which
 //!   is the only way the mesh learns who a peer is (never from a header).
 pub mod ca;
 pub mod signing;
 pub mod spiffe;
+pub mod store;
 pub mod verify;
 
 #[cfg(test)]

@@ -1,0 +1,228 @@
+//! A node agent's pod certificates: requested from the CA when a pod is
+//! enrolled, renewed at half-life (so a certificate never expires under a
+//! live connection), dropped when the pod leaves. Keys are generated here
+//! and never leave the node.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use rcgen::KeyPair;
+use rustls::ClientConfig;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use super::{
+    SpiffeId,
+    signing::client::{SigningError, request_certificate},
+    verify::TrustBundle,
+};
+use crate::tunnel::{
+    client::Connection,
+    pool::{Key, Pool},
+    tls::WorkloadCert,
+};
+
+/// Retry delays after a failed request: quick at first, then capped.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Where certificates come from: the CA's address, and this node's mTLS
+/// client configuration (which insists on the CA's identity).
+pub struct CertSource {
+    pub ca: SocketAddr,
+    pub node: SpiffeId,
+    pub tls: Arc<ClientConfig>,
+}
+
+/// A pod's current certificate.
+pub struct PodCert {
+    pub identity: SpiffeId,
+    pub cert: WorkloadCert,
+    pub serial: String,
+    pub not_after: SystemTime,
+}
+
+/// What `meshctl status` shows about a pod's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertStatus {
+    pub pod: String,
+    pub identity: String,
+    pub serial: String,
+    pub not_after_unix: u64,
+    /// Certificates obtained for this pod since it was enrolled (1 = initial).
+    pub issued: u32,
+}
+
+struct Entry {
+    cert: Option<Arc<PodCert>>,
+    issued: u32,
+}
+
+pub struct CertStore {
+    source: Arc<CertSource>,
+    pool: Arc<Pool<Connection>>,
+    entries: Arc<Mutex<BTreeMap<String, Entry>>>,
+    tasks: BTreeMap<String, JoinHandle<()>>,
+}
+
+impl CertStore {
+    pub fn new(source: CertSource) -> Self {
+        Self {
+            source: Arc::new(source),
+            pool: Arc::new(Pool::new(1)),
+            entries: Arc::new(Mutex::new(BTreeMap::new())),
+            tasks: BTreeMap::new(),
+        }
+    }
+
+    /// Keeps certificates for exactly `pods` (`namespace/name`).
+    pub fn reconcile(&mut self, pods: &[String]) {
+        let gone: Vec<String> = self
+            .tasks
+            .keys()
+            .filter(|p| !pods.contains(p))
+            .cloned()
+            .collect();
+        for pod in gone {
+            if let Some(task) = self.tasks.remove(&pod) {
+                task.abort();
+            }
+            self.entries.lock().expect("cert store").remove(&pod);
+        }
+        for pod in pods {
+            if !self.tasks.contains_key(pod) {
+                let task = tokio::spawn(keep_fresh(
+                    pod.clone(),
+                    Arc::clone(&self.source),
+                    Arc::clone(&self.pool),
+                    Arc::clone(&self.entries),
+                ));
+                self.tasks.insert(pod.clone(), task);
+            }
+        }
+    }
+
+    /// The pod's current certificate, once obtained.
+    pub fn get(&self, pod: &str) -> Option<Arc<PodCert>> {
+        self.entries
+            .lock()
+            .expect("cert store")
+            .get(pod)?
+            .cert
+            .clone()
+    }
+
+    pub fn status(&self) -> Vec<CertStatus> {
+        let entries = self.entries.lock().expect("cert store");
+        entries
+            .iter()
+            .filter_map(|(pod, e)| {
+                let cert = e.cert.as_ref()?;
+                Some(CertStatus {
+                    pod: pod.clone(),
+                    identity: cert.identity.to_string(),
+                    serial: cert.serial.clone(),
+                    not_after_unix: unix(cert.not_after),
+                    issued: e.issued,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for CertStore {
+    fn drop(&mut self) {
+        for task in self.tasks.values() {
+            task.abort();
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Obtains the pod's certificate, then renews it at half its remaining
+/// lifetime, forever; failures are retried with capped backoff.
+async fn keep_fresh(
+    pod: String,
+    source: Arc<CertSource>,
+    pool: Arc<Pool<Connection>>,
+    entries: Arc<Mutex<BTreeMap<String, Entry>>>,
+) {
+    let mut retry = RETRY_FIRST;
+    loop {
+        match fetch(&pod, &source, &pool).await {
+            Ok(cert) => {
+                retry = RETRY_FIRST;
+                let remaining = cert
+                    .not_after
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                tracing::info!(
+                    %pod,
+                    identity = %cert.identity,
+                    serial = %cert.serial,
+                    valid_for_s = remaining.as_secs(),
+                    "certificate obtained"
+                );
+                {
+                    let mut entries = entries.lock().expect("cert store");
+                    let entry = entries.entry(pod.clone()).or_insert(Entry {
+                        cert: None,
+                        issued: 0,
+                    });
+                    entry.cert = Some(Arc::new(cert));
+                    entry.issued += 1;
+                }
+                tokio::time::sleep(remaining / 2).await;
+            }
+            Err(e) => {
+                tracing::warn!(%pod, "certificate request failed, retrying in {retry:?}: {e}");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+async fn fetch(
+    pod: &str,
+    source: &CertSource,
+    pool: &Pool<Connection>,
+) -> Result<PodCert, SigningError> {
+    let key = Key {
+        source: source.node.clone(),
+        destination: source.ca,
+    };
+    let conn = pool
+        .get(&key, || {
+            Connection::dial(source.ca, Arc::clone(&source.tls))
+        })
+        .await?;
+    let private = KeyPair::generate()?;
+    let signed = request_certificate(&conn, pod, &private).await?;
+    let chain = TrustBundle::certs_from_pem(&signed.certificate)
+        .map_err(|e| SigningError::Protocol(e.to_string()))?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| SigningError::Protocol("no certificate in the answer".into()))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| SigningError::Protocol(e.to_string()))?;
+    let identity =
+        SpiffeId::parse(&signed.identity).map_err(|e| SigningError::Protocol(e.to_string()))?;
+    Ok(PodCert {
+        identity,
+        serial: parsed.raw_serial_as_string(),
+        not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(signed.not_after_unix),
+        cert: WorkloadCert {
+            chain,
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(private.serialize_der())),
+        },
+    })
+}
