@@ -178,7 +178,7 @@ fn outbound_cross_node() -> anyhow::Result<()> {
         let n1 = mesh.agent("n1");
         let port = format!(":{}", client.local.port());
         let out = n1.wait_flow("outbound record of this connection", |f| {
-            f.direction == "Outbound" && f.src.ends_with(&port)
+            f.direction == "outbound" && f.src.ends_with(&port)
         })?;
         ensure!(
             out.pod == "shop/a"
@@ -196,14 +196,14 @@ fn outbound_cross_node() -> anyhow::Result<()> {
         n2.wait_flow("inbound record of this connection", |_| {
             n2.flows()
                 .iter()
-                .filter(|f| f.direction == "Inbound")
+                .filter(|f| f.direction == "inbound")
                 .count()
                 == round + 1
         })?;
         let inb = n2
             .flows()
             .into_iter()
-            .filter(|f| f.direction == "Inbound")
+            .filter(|f| f.direction == "inbound")
             .nth(round)
             .context("inbound record")?;
         let src: SocketAddr = inb.src.parse()?;
@@ -232,7 +232,7 @@ fn inbound_from_unenrolled() -> anyhow::Result<()> {
         seen.peer
     );
     let inb = mesh.agent("n2").wait_flow("inbound from legacy/c", |f| {
-        f.direction == "Inbound" && f.orig_dst == target.to_string()
+        f.direction == "inbound" && f.orig_dst == target.to_string()
     })?;
     ensure!(inb.src.starts_with(&c.ipv4.to_string()), "{inb:?}");
     // The kernel side reported it too: an aya-log record from the sk_lookup
@@ -321,14 +321,14 @@ fn enrolment_follows_yaml() -> anyhow::Result<()> {
         mesh.agent("n1")
             .flows()
             .into_iter()
-            .filter(|f| f.direction == "Outbound")
+            .filter(|f| f.direction == "outbound")
             .count()
     };
 
     connect(&mesh.cluster, &a, target, 1000, 1)?;
     next_done(&mut server)?;
     mesh.agent("n1")
-        .wait_flow("first capture", |f| f.direction == "Outbound")?;
+        .wait_flow("first capture", |f| f.direction == "outbound")?;
 
     // Namespace label removed: both pods leave the mesh; traffic goes direct.
     let off = MeshConfig::new()
@@ -450,7 +450,7 @@ fn two_hundred_concurrent() -> anyhow::Result<()> {
         mesh.agent("n1")
             .flows()
             .iter()
-            .filter(|f| f.direction == "Outbound")
+            .filter(|f| f.direction == "outbound")
             .count()
             == 200
     })?;
@@ -597,7 +597,7 @@ fn unenrolment_keeps_open_connections() -> anyhow::Result<()> {
             f.orig_dst == target.to_string()
         })?;
     ensure!(
-        flow.sent == 4 * MIB && flow.received == 4 * MIB && flow.end.as_deref() == Some("Closed"),
+        flow.sent == 4 * MIB && flow.received == 4 * MIB && flow.end.as_deref() == Some("closed"),
         "{flow:?}"
     );
     Ok(())

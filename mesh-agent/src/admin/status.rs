@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     capture::{CaptureCounters, enrol::PodCaptureStatus},
     identity::store::CertStatus,
+    proxy::mesh::TunnelStatus,
 };
 
 pub const FILE_NAME: &str = "status.json";
@@ -22,6 +23,8 @@ pub struct Status {
     /// Pod certificates (empty when the agent runs without a CA).
     #[serde(default)]
     pub certs: Vec<CertStatus>,
+    #[serde(default)]
+    pub tunnel: TunnelStatus,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ use mesh_agent::{
         self,
         store::{CertSource, CertStore},
     },
+    proxy::mesh::{Mesh, MeshIdentity},
     state::{self, Snapshot},
 };
 
@@ -268,7 +269,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     events::spawn_reader(capture.take_events()?).context("reading capture events")?;
     events::spawn_log_reader(capture.take_logger()?).context("reading eBPF logs")?;
     let capture = Arc::new(Mutex::new(capture));
-    let mut enrolment = Enrolment::new(Arc::clone(&capture), &args.pods_cgroup);
     std::fs::create_dir_all(&args.run_dir)
         .with_context(|| format!("creating {}", args.run_dir.display()))?;
 
@@ -276,18 +276,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.config_dir.clone(),
         Duration::from_millis(args.reload_interval_ms),
     );
-    let mut certs = cert_store(&args)?;
-    let mut config_errors =
-        reconcile(&args, &mut enrolment, &mut certs, &capture, &mut config).await?;
+    let mesh = Arc::new(Mesh::new(config.clone(), mesh_identity(&args)?));
+    let mut enrolment = Enrolment::new(Arc::clone(&capture), Arc::clone(&mesh), &args.pods_cgroup);
+    let mut config_errors = reconcile(&args, &mut enrolment, &mesh, &capture, &mut config).await?;
     tracing::info!(node = %args.node, "ready");
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             changed = config.changed() => {
                 changed.context("the config watcher stopped")?;
-                config_errors = reconcile(&args, &mut enrolment, &mut certs, &capture, &mut config).await?;
+                config_errors = reconcile(&args, &mut enrolment, &mesh, &capture, &mut config).await?;
             }
-            _ = status_tick.tick() => write_status(&args, &enrolment, certs.as_ref(), &capture, &config_errors)?,
+            _ = status_tick.tick() => write_status(&args, &enrolment, &mesh, &capture, &config_errors)?,
             _ = shutdown_signal() => {
                 tracing::info!(
                     "stopping; capture stays pinned, so enrolled pods' new connections are \
@@ -299,11 +299,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Brings enrolment in line with the newest config; returns its errors.
+/// Brings enrolment in line with the newest config and cuts established
+/// connections it no longer admits; returns the config's errors.
 async fn reconcile(
     args: &RunArgs,
     enrolment: &mut Enrolment,
-    certs: &mut Option<CertStore>,
+    mesh: &Mesh,
     capture: &Mutex<Capture>,
     config: &mut tokio::sync::watch::Receiver<Arc<state::Loaded>>,
 ) -> anyhow::Result<Vec<String>> {
@@ -312,18 +313,24 @@ async fn reconcile(
     for error in enrolment.reconcile(&wanted).await {
         tracing::error!("{error}");
     }
-    if let Some(certs) = certs {
+    if let Some(identity) = &mesh.identity {
         let pods: Vec<String> = wanted.iter().map(|p| p.pod.clone()).collect();
-        certs.reconcile(&pods);
+        identity.certs.reconcile(&pods);
     }
+    mesh.live.revoke_refused(&loaded.snapshot);
     let config_errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
-    write_status(args, enrolment, certs.as_ref(), capture, &config_errors)?;
+    write_status(args, enrolment, mesh, capture, &config_errors)?;
     Ok(config_errors)
 }
 
-/// The pod-certificate store, when the agent was given a CA.
-fn cert_store(args: &RunArgs) -> anyhow::Result<Option<CertStore>> {
+/// Pod certificates from the CA and the trust bundle, when the agent was
+/// given a CA.
+fn mesh_identity(args: &RunArgs) -> anyhow::Result<Option<MeshIdentity>> {
     let (Some(ca), Some(credentials)) = (args.ca, &args.credentials) else {
+        tracing::warn!(
+            "no --ca: running without workload identities; traffic between enrolled pods is \
+             relayed as plain TCP"
+        );
         return Ok(None);
     };
     let node = identity::signing::credentials::load(credentials)
@@ -331,11 +338,15 @@ fn cert_store(args: &RunArgs) -> anyhow::Result<Option<CertStore>> {
     let expected = identity::signing::ca_identity(node.identity.trust_domain())?;
     let tls = mesh_agent::tunnel::tls::client_config(&node.cert, &node.bundle, Some(expected))?;
     tracing::info!(%ca, node_identity = %node.identity, "pod certificates come from the CA");
-    Ok(Some(CertStore::new(CertSource {
+    let certs = CertStore::new(CertSource {
         ca,
         node: node.identity,
         tls,
-    })))
+    });
+    Ok(Some(MeshIdentity {
+        certs: Arc::new(certs),
+        bundle: Arc::new(node.bundle),
+    }))
 }
 
 async fn request_pod_certificate(
@@ -427,7 +438,7 @@ fn placements(snapshot: &Snapshot, node: &str) -> Vec<PodPlacement> {
     snapshot
         .enrolled_pods_on(node)
         .map(|pod| PodPlacement {
-            pod: format!("{}/{}", pod.namespace, pod.name),
+            pod: pod.key(),
             netns: pod.netns.clone(),
             cgroup: pod.cgroup.clone(),
             ips: pod.ips.clone(),
@@ -439,7 +450,7 @@ fn placements(snapshot: &Snapshot, node: &str) -> Vec<PodPlacement> {
 fn write_status(
     args: &RunArgs,
     enrolment: &Enrolment,
-    certs: Option<&CertStore>,
+    mesh: &Mesh,
     capture: &Mutex<Capture>,
     config_errors: &[String],
 ) -> anyhow::Result<()> {
@@ -450,7 +461,12 @@ fn write_status(
         pods: enrolment.status(),
         counters: Status::counters_from(&counters),
         config_errors: config_errors.to_vec(),
-        certs: certs.map(CertStore::status).unwrap_or_default(),
+        certs: mesh
+            .identity
+            .as_ref()
+            .map(|i| i.certs.status())
+            .unwrap_or_default(),
+        tunnel: mesh.tunnel_status(),
     };
     status.write(&args.run_dir)?;
     Ok(())

@@ -22,7 +22,7 @@ use super::{
     inpod::{open_listeners, prepare_delivery_routing},
     netns::{NetnsError, NetnsWorker},
 };
-use crate::proxy::{self, PodContext};
+use crate::proxy::{self, PodContext, mesh::Mesh};
 
 /// Where a pod is: what enrolment needs to know, and nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +58,12 @@ pub enum EnrolError {
     },
     #[error("pod {pod} has no IPv{family} listener for its address {ip}")]
     NoListener { pod: String, family: u8, ip: IpAddr },
+    #[error("pod {pod}: HBONE TLS configuration: {source}")]
+    Tls {
+        pod: String,
+        #[source]
+        source: rustls::Error,
+    },
 }
 
 struct Enrolled {
@@ -69,6 +75,7 @@ struct Enrolled {
 /// The pods this agent has enrolled, and the capture state they share.
 pub struct Enrolment {
     capture: Arc<Mutex<Capture>>,
+    mesh: Arc<Mesh>,
     pods_cgroup: PathBuf,
     pods: BTreeMap<String, Enrolled>,
 }
@@ -98,9 +105,10 @@ pub struct PodCaptureStatus {
 }
 
 impl Enrolment {
-    pub fn new(capture: Arc<Mutex<Capture>>, pods_cgroup: &Path) -> Self {
+    pub fn new(capture: Arc<Mutex<Capture>>, mesh: Arc<Mesh>, pods_cgroup: &Path) -> Self {
         Self {
             capture,
+            mesh,
             pods_cgroup: pods_cgroup.to_owned(),
             pods: BTreeMap::new(),
         }
@@ -154,8 +162,9 @@ impl Enrolment {
             source,
         };
         let worker = NetnsWorker::spawn(&placement.netns).map_err(netns_err)?;
+        let hbone = self.mesh.identity.is_some();
         let listeners = worker
-            .run(open_listeners)
+            .run(move || open_listeners(hbone))
             .await
             .map_err(netns_err)?
             .map_err(|source| EnrolError::Io {
@@ -199,12 +208,14 @@ impl Enrolment {
                 .map_err(cap_err)?;
             capture.enrol(cookie).map_err(cap_err)?;
         }
-        let context = Arc::new(PodContext {
-            pod: pod.clone(),
-            netns_cookie: cookie,
+        let context = Arc::new(PodContext::new(
+            pod.clone(),
+            placement.ips.clone(),
+            cookie,
             worker,
-            capture: Arc::clone(&self.capture),
-        });
+            Arc::clone(&self.capture),
+            Arc::clone(&self.mesh),
+        ));
         let io_err = |source| EnrolError::Io {
             pod: pod.clone(),
             what: "registering a listener with tokio",
@@ -229,6 +240,18 @@ impl Enrolment {
                 Arc::clone(&context),
                 proxy::inbound::handle,
             ));
+        }
+        if let Some(identity) = &self.mesh.identity {
+            for listener in listeners.hbone {
+                let listener = tokio::net::TcpListener::from_std(listener).map_err(io_err)?;
+                let task = proxy::hbone::listen(listener, Arc::clone(&context), identity).map_err(
+                    |source| EnrolError::Tls {
+                        pod: pod.clone(),
+                        source,
+                    },
+                )?;
+                tasks.push(task);
+            }
         }
         Ok(Enrolled {
             placement: placement.clone(),

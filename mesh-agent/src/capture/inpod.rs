@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | outbound | `127.0.0.1:15001`, `[::1]:15001` | connect4/6 rewrites |
 //! | inbound  | `127.0.0.1:15006`, `[::1]:15006` | sk_lookup assigns SYNs for the pod's addresses |
+//! | HBONE    | `0.0.0.0:15008`, `[::]:15008` | tunnels from other pods' agents (not steered) |
 //!
 //! Inbound delivery connects to the app from the *client's* address
 //! (`IP_TRANSPARENT`, marked [`DELIVERY_MARK`]). The app's replies to that
@@ -35,10 +36,13 @@ pub struct PodListeners {
     pub outbound: Vec<std::net::TcpListener>,
     pub inbound_v4: std::net::TcpListener,
     pub inbound_v6: Option<std::net::TcpListener>,
+    /// Empty when the agent runs without identities.
+    pub hbone: Vec<std::net::TcpListener>,
 }
 
-/// Opens the listeners. Must run inside the pod's namespace.
-pub fn open_listeners() -> io::Result<PodListeners> {
+/// Opens the listeners (HBONE ones when `hbone`). Must run inside the pod's
+/// namespace.
+pub fn open_listeners(hbone: bool) -> io::Result<PodListeners> {
     let out_v4 = listen(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), ports::OUTBOUND))?;
     let inbound_v4 = listen(SocketAddr::new(
         Ipv4Addr::LOCALHOST.into(),
@@ -60,11 +64,25 @@ pub fn open_listeners() -> io::Result<PodListeners> {
         }
         Err(e) => return Err(e),
     }
+    let mut tunnels = Vec::new();
+    if hbone {
+        tunnels.push(listen(SocketAddr::new(
+            Ipv4Addr::UNSPECIFIED.into(),
+            ports::HBONE,
+        ))?);
+        if inbound_v6.is_some() {
+            tunnels.push(listen(SocketAddr::new(
+                Ipv6Addr::UNSPECIFIED.into(),
+                ports::HBONE,
+            ))?);
+        }
+    }
     Ok(PodListeners {
         netns_cookie,
         outbound,
         inbound_v4,
         inbound_v6,
+        hbone: tunnels,
     })
 }
 

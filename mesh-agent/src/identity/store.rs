@@ -10,10 +10,10 @@ use std::{
 };
 
 use rcgen::KeyPair;
-use rustls::ClientConfig;
+use rustls::{ClientConfig, server::ResolvesServerCert, sign::CertifiedKey};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
+use tokio::{sync::Notify, task::JoinHandle};
 
 use super::{
     SpiffeId,
@@ -42,6 +42,8 @@ pub struct CertSource {
 pub struct PodCert {
     pub identity: SpiffeId,
     pub cert: WorkloadCert,
+    /// The same, ready for a TLS server (key parsed once).
+    pub certified: Arc<CertifiedKey>,
     pub serial: String,
     pub not_after: SystemTime,
 }
@@ -62,11 +64,16 @@ struct Entry {
     issued: u32,
 }
 
+type Entries = Arc<Mutex<BTreeMap<String, Entry>>>;
+
+/// Shared by the agent's reconcile loop and every connection handler.
 pub struct CertStore {
     source: Arc<CertSource>,
     pool: Arc<Pool<Connection>>,
-    entries: Arc<Mutex<BTreeMap<String, Entry>>>,
-    tasks: BTreeMap<String, JoinHandle<()>>,
+    entries: Entries,
+    /// Woken whenever a certificate is stored.
+    updated: Arc<Notify>,
+    tasks: Mutex<BTreeMap<String, JoinHandle<()>>>,
 }
 
 impl CertStore {
@@ -74,46 +81,64 @@ impl CertStore {
         Self {
             source: Arc::new(source),
             pool: Arc::new(Pool::new(1)),
-            entries: Arc::new(Mutex::new(BTreeMap::new())),
-            tasks: BTreeMap::new(),
+            entries: Arc::default(),
+            updated: Arc::new(Notify::new()),
+            tasks: Mutex::default(),
         }
     }
 
     /// Keeps certificates for exactly `pods` (`namespace/name`).
-    pub fn reconcile(&mut self, pods: &[String]) {
-        let gone: Vec<String> = self
-            .tasks
-            .keys()
-            .filter(|p| !pods.contains(p))
-            .cloned()
-            .collect();
-        for pod in gone {
-            if let Some(task) = self.tasks.remove(&pod) {
+    pub fn reconcile(&self, pods: &[String]) {
+        let mut tasks = self.tasks.lock().expect("cert store tasks");
+        tasks.retain(|pod, task| {
+            let keep = pods.contains(pod);
+            if !keep {
                 task.abort();
+                self.entries.lock().expect("cert store").remove(pod);
             }
-            self.entries.lock().expect("cert store").remove(&pod);
-        }
+            keep
+        });
         for pod in pods {
-            if !self.tasks.contains_key(pod) {
+            if !tasks.contains_key(pod) {
                 let task = tokio::spawn(keep_fresh(
                     pod.clone(),
                     Arc::clone(&self.source),
                     Arc::clone(&self.pool),
                     Arc::clone(&self.entries),
+                    Arc::clone(&self.updated),
                 ));
-                self.tasks.insert(pod.clone(), task);
+                tasks.insert(pod.clone(), task);
             }
         }
     }
 
     /// The pod's current certificate, once obtained.
     pub fn get(&self, pod: &str) -> Option<Arc<PodCert>> {
-        self.entries
-            .lock()
-            .expect("cert store")
-            .get(pod)?
-            .cert
-            .clone()
+        current(&self.entries, pod)
+    }
+
+    /// The pod's certificate, waiting up to `timeout` for the first one
+    /// (a pod's first connections may race its enrolment).
+    pub async fn wait(&self, pod: &str, timeout: Duration) -> Option<Arc<PodCert>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let updated = self.updated.notified();
+            if let Some(cert) = self.get(pod) {
+                return Some(cert);
+            }
+            if tokio::time::timeout_at(deadline, updated).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// A TLS certificate resolver serving the pod's current certificate, so
+    /// renewals reach new handshakes without rebuilding configurations.
+    pub fn resolver(&self, pod: &str) -> Arc<dyn ResolvesServerCert> {
+        Arc::new(PodCertResolver {
+            entries: Arc::clone(&self.entries),
+            pod: pod.to_owned(),
+        })
     }
 
     pub fn status(&self) -> Vec<CertStatus> {
@@ -136,9 +161,32 @@ impl CertStore {
 
 impl Drop for CertStore {
     fn drop(&mut self) {
-        for task in self.tasks.values() {
+        for task in self.tasks.lock().expect("cert store tasks").values() {
             task.abort();
         }
+    }
+}
+
+fn current(entries: &Entries, pod: &str) -> Option<Arc<PodCert>> {
+    entries.lock().expect("cert store").get(pod)?.cert.clone()
+}
+
+struct PodCertResolver {
+    entries: Entries,
+    pod: String,
+}
+
+impl std::fmt::Debug for PodCertResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "certificate of pod {}", self.pod)
+    }
+}
+
+impl ResolvesServerCert for PodCertResolver {
+    /// `None` (no certificate yet) aborts the handshake: a pod without an
+    /// identity cannot be reached through the tunnel.
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        current(&self.entries, &self.pod).map(|c| Arc::clone(&c.certified))
     }
 }
 
@@ -153,7 +201,8 @@ async fn keep_fresh(
     pod: String,
     source: Arc<CertSource>,
     pool: Arc<Pool<Connection>>,
-    entries: Arc<Mutex<BTreeMap<String, Entry>>>,
+    entries: Entries,
+    updated: Arc<Notify>,
 ) {
     let mut retry = RETRY_FIRST;
     loop {
@@ -180,6 +229,7 @@ async fn keep_fresh(
                     entry.cert = Some(Arc::new(cert));
                     entry.issued += 1;
                 }
+                updated.notify_waiters();
                 tokio::time::sleep(remaining / 2).await;
             }
             Err(e) => {
@@ -216,13 +266,18 @@ async fn fetch(
         .map_err(|e| SigningError::Protocol(e.to_string()))?;
     let identity =
         SpiffeId::parse(&signed.identity).map_err(|e| SigningError::Protocol(e.to_string()))?;
+    let serial = parsed.raw_serial_as_string();
+    let cert = WorkloadCert {
+        chain,
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(private.serialize_der())),
+    };
     Ok(PodCert {
         identity,
-        serial: parsed.raw_serial_as_string(),
+        serial,
         not_after: SystemTime::UNIX_EPOCH + Duration::from_secs(signed.not_after_unix),
-        cert: WorkloadCert {
-            chain,
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(private.serialize_der())),
-        },
+        certified: cert
+            .certified_key()
+            .map_err(|e| SigningError::Protocol(format!("the issued certificate: {e}")))?,
+        cert,
     })
 }

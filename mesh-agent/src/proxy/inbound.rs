@@ -1,35 +1,90 @@
-//! Inbound: a connection to an enrolled pod, steered by sk_lookup to the
-//! agent's listener in that pod's namespace.
+//! Inbound plaintext: a connection to an enrolled pod from outside the mesh,
+//! steered by sk_lookup to the agent's listener in that pod's namespace.
+//! Accepted only in PERMISSIVE mode and when policy allows; then delivered
+//! to the app.
 //!
 //! The accepted socket's local address is the original destination (the
 //! pod's address and the app's port). Delivery connects to it from the
 //! client's own address (see `capture::inpod`), so the app sees its real
-//! peer, as it would without the mesh.
+//! peer, as it would without the mesh. The tunnelled path ([`super::hbone`])
+//! shares everything here after its TLS layer.
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Instant,
 };
 
 use tokio::net::TcpStream;
 
-use super::{Direction, PodContext, connect, log_flow, relay::relay, reset, socket_in_pod};
+use super::{
+    PodContext,
+    admission::{Arrival, Refused, Registration, admit},
+    connect,
+    flow::{Direction, Flow, State},
+    relay::{Stream, relay},
+    reset, socket_in_pod,
+};
 use crate::capture::inpod::delivery_socket;
 
 pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
-    let started = Instant::now();
     let Ok(orig) = client.local_addr() else {
         return;
     };
-    let client_ip = peer.ip().to_canonical();
-    let outcome = match deliver(&pod, client_ip, orig).await {
-        Ok(app) => Ok(relay(client, app).await),
-        Err(e) => {
-            reset(client);
-            Err(format!("delivery to the app failed: {e}"))
-        }
+    let mut flow = Flow::new(Direction::Inbound, &pod.pod, peer, orig);
+    let arrival = Arrival {
+        source: None,
+        source_ip: peer.ip().to_canonical(),
+        port: orig.port(),
     };
-    log_flow(Direction::Inbound, &pod, peer, orig, started, outcome);
+    match admit_and_deliver(&pod, &mut flow, arrival, orig).await {
+        Ok((app, registration)) => carry(client, app, registration, flow).await,
+        Err((state, why)) => {
+            reset(client);
+            flow.failed(state, why);
+        }
+    }
+}
+
+/// The first half of both inbound paths: judges the arrival, then connects
+/// to the app from the client's address. The connection is registered, so
+/// a config change that refuses it later cuts it.
+pub(super) async fn admit_and_deliver(
+    pod: &Arc<PodContext>,
+    flow: &mut Flow,
+    arrival: Arrival,
+    app: SocketAddr,
+) -> Result<(TcpStream, Registration), (State, String)> {
+    let admitted = admit(&pod.mesh.snapshot().snapshot, &pod.pod, &arrival);
+    let verdict = match admitted {
+        Ok(verdict) => verdict,
+        Err(Refused::Denied(verdict)) => {
+            let why = verdict.to_string();
+            flow.verdict = Some(verdict);
+            return Err((State::Denied, why));
+        }
+        Err(other) => return Err((State::Refused, other.to_string())),
+    };
+    flow.verdict = Some(verdict);
+    let registration = pod.mesh.live.register(&pod.pod, arrival.clone());
+    match deliver(pod, arrival.source_ip, app).await {
+        Ok(stream) => Ok((stream, registration)),
+        Err(e) => Err((State::Error, format!("delivery to the app failed: {e}"))),
+    }
+}
+
+/// The second half: relays until either side ends or the connection is
+/// revoked, then records the flow.
+pub(super) async fn carry<C: Stream>(
+    client: C,
+    app: TcpStream,
+    mut registration: Registration,
+    flow: Flow,
+) {
+    let mut revoked_by = None;
+    let relayed = relay(client, app, async {
+        revoked_by = Some(registration.revoked().await);
+    })
+    .await;
+    flow.relayed(relayed, revoked_by);
 }
 
 /// Connects to the app from the client's address. While the handshake runs,

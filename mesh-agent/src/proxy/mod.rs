@@ -1,38 +1,68 @@
-//! The agent's data path for captured connections: [`outbound`] takes what
-//! connect4/6 redirected, [`inbound`] what sk_lookup steered, and both move
-//! bytes with the one [`relay`].
+//! The agent's data path for captured connections, one module per way in:
+//! [`outbound`] takes what connect4/6 redirected, [`inbound`] the plaintext
+//! that sk_lookup steered, [`hbone`] the mTLS tunnel on port 15008. They
+//! share one [`admission`] decision, one [`relay`] and one [`flow`] record.
+pub mod admission;
+pub mod flow;
+pub mod hbone;
 pub mod inbound;
+pub mod mesh;
 pub mod outbound;
 pub mod relay;
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::capture::{Capture, netns::NetnsWorker};
+use crate::{
+    capture::{Capture, netns::NetnsWorker},
+    tunnel::{client::Connection, pool::Pool},
+};
 
 /// How long the agent waits for an upstream or delivery connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Destinations one pod keeps a pooled tunnel to.
+const POOL_PER_POD: usize = 1024;
 
 /// What a connection handler knows about the pod it serves.
 pub struct PodContext {
     /// `namespace/name`.
     pub pod: String,
+    pub ips: Vec<IpAddr>,
     pub netns_cookie: u64,
     /// Creates sockets inside the pod's namespace.
     pub worker: NetnsWorker,
     pub capture: Arc<Mutex<Capture>>,
+    pub mesh: Arc<mesh::Mesh>,
+    /// This pod's tunnels, by (its identity, destination): they leave from
+    /// its namespace with its address, so they are never shared with
+    /// another pod.
+    pub tunnels: Pool<Connection>,
 }
 
-/// Which way a captured connection goes, relative to the pod.
-#[derive(Debug, Clone, Copy)]
-pub enum Direction {
-    Outbound,
-    Inbound,
+impl PodContext {
+    pub fn new(
+        pod: String,
+        ips: Vec<IpAddr>,
+        netns_cookie: u64,
+        worker: NetnsWorker,
+        capture: Arc<Mutex<Capture>>,
+        mesh: Arc<mesh::Mesh>,
+    ) -> Self {
+        Self {
+            pod,
+            ips,
+            netns_cookie,
+            worker,
+            capture,
+            mesh,
+            tunnels: Pool::new(POOL_PER_POD),
+        }
+    }
 }
 
 /// Accepts on `listener` forever, handling each connection on its own task.
@@ -91,41 +121,4 @@ async fn connect(socket: TcpSocket, dst: SocketAddr) -> std::io::Result<TcpStrea
 /// Closes a client connection with a reset: the app sees the failure at once.
 fn reset(stream: TcpStream) {
     let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-}
-
-/// The record of one relayed connection, logged when it ends (target
-/// `nodemesh::flow`, so it can be filtered and parsed).
-fn log_flow(
-    direction: Direction,
-    pod: &PodContext,
-    src: SocketAddr,
-    orig_dst: SocketAddr,
-    started: Instant,
-    outcome: Result<relay::Relayed, String>,
-) {
-    let duration_ms = started.elapsed().as_millis() as u64;
-    match outcome {
-        Ok(r) => tracing::info!(
-            target: "nodemesh::flow",
-            direction = ?direction,
-            pod = %pod.pod,
-            src = %src,
-            orig_dst = %orig_dst,
-            sent = r.sent,
-            received = r.received,
-            end = ?r.end,
-            duration_ms,
-            "flow closed"
-        ),
-        Err(error) => tracing::warn!(
-            target: "nodemesh::flow",
-            direction = ?direction,
-            pod = %pod.pod,
-            src = %src,
-            orig_dst = %orig_dst,
-            error = %error,
-            duration_ms,
-            "flow failed"
-        ),
-    }
 }

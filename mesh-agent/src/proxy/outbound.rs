@@ -3,18 +3,31 @@
 //!
 //! The original destination comes from the kernel (`ORIG_DST_BY_TUPLE`,
 //! written by sockops before the handshake completed), never from a guess.
-//! The upstream connection leaves from the pod's namespace with the pod's
-//! address and the agent mark, so it is not captured again.
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+//! To an enrolled pod (on any node, this one included) it travels through
+//! HBONE as the app's workload; to anything else, as plain TCP. Either way
+//! it leaves from the pod's namespace with the pod's address and the agent
+//! mark, so it is not captured again.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use mesh_common::TupleKey;
+use mesh_common::{TupleKey, ports};
 use tokio::net::TcpStream;
 
-use super::{Direction, PodContext, connect, log_flow, relay::relay, reset, socket_in_pod};
-use crate::capture::{inpod::upstream_socket, object::ip_key};
+use super::{
+    PodContext, connect,
+    flow::{Direction, Flow, Path, State},
+    mesh::MeshIdentity,
+    relay::relay,
+    reset, socket_in_pod,
+};
+use crate::{
+    capture::{inpod::upstream_socket, object::ip_key},
+    tunnel::{TunnelError, client::Connection, pool::Key, tls::client_config},
+};
+
+/// How long a pod's first connection waits for its first certificate.
+const CERT_WAIT: Duration = Duration::from_secs(5);
 
 pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
-    let started = Instant::now();
     let Ok(local) = client.local_addr() else {
         return;
     };
@@ -46,16 +59,112 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             return reset(client);
         }
     };
-    let upstream = match socket_in_pod(&pod, move || upstream_socket(orig)).await {
+    let mut flow = Flow::new(Direction::Outbound, &pod.pod, peer, orig);
+    let orig = SocketAddr::new(orig.ip().to_canonical(), orig.port());
+    let tunnelled = pod.mesh.identity.as_ref().and_then(|identity| {
+        let loaded = pod.mesh.snapshot();
+        let dest = loaded.snapshot.pod_by_ip(orig.ip())?;
+        if !loaded.snapshot.enrolled(dest) {
+            return None;
+        }
+        let trust_domain = identity.bundle.trust_domain();
+        Some(dest.identity(trust_domain).map_err(|e| e.to_string()))
+    });
+    match tunnelled {
+        None => plaintext(&pod, client, orig, flow).await,
+        Some(Err(e)) => {
+            reset(client);
+            flow.failed(State::Error, format!("destination identity: {e}"));
+        }
+        Some(Ok(dest_identity)) => {
+            flow.path = Path::Hbone;
+            flow.peer_identity = Some(dest_identity.to_string());
+            let identity = pod.mesh.identity.as_ref().expect("checked above");
+            match open_tunnel(&pod, identity, dest_identity, orig, &mut flow).await {
+                Ok(stream) => {
+                    let relayed = relay(client, stream, std::future::pending()).await;
+                    flow.relayed(relayed, None);
+                }
+                Err((state, why)) => {
+                    reset(client);
+                    flow.failed(state, why);
+                }
+            }
+        }
+    }
+}
+
+/// Relays to a destination outside the mesh as plain TCP.
+async fn plaintext(pod: &PodContext, client: TcpStream, orig: SocketAddr, flow: Flow) {
+    let upstream = match socket_in_pod(pod, move || upstream_socket(orig)).await {
         Ok(socket) => connect(socket, orig).await,
         Err(e) => Err(e),
     };
-    let outcome = match upstream {
-        Ok(upstream) => Ok(relay(client, upstream).await),
+    match upstream {
+        Ok(upstream) => flow.relayed(relay(client, upstream, std::future::pending()).await, None),
         Err(e) => {
             reset(client);
-            Err(format!("upstream connect failed: {e}"))
+            flow.failed(State::Error, format!("upstream connect failed: {e}"));
         }
+    }
+}
+
+/// A CONNECT stream to `orig` through the destination pod's port 15008, on
+/// this pod's pooled connection when there is one.
+async fn open_tunnel(
+    pod: &PodContext,
+    identity: &MeshIdentity,
+    dest_identity: crate::identity::SpiffeId,
+    orig: SocketAddr,
+    flow: &mut Flow,
+) -> Result<crate::tunnel::server::Tunnel, (State, String)> {
+    let Some(cert) = identity.certs.wait(&pod.pod, CERT_WAIT).await else {
+        return Err((
+            State::Error,
+            format!(
+                "{} has no workload certificate yet (is the CA reachable? see `meshctl status`)",
+                pod.pod
+            ),
+        ));
     };
-    log_flow(Direction::Outbound, &pod, peer, orig, started, outcome);
+    flow.source_identity = Some(cert.identity.to_string());
+    let hbone = SocketAddr::new(orig.ip(), ports::HBONE);
+    let key = Key {
+        source: cert.identity.clone(),
+        destination: hbone,
+    };
+    let dial = || async {
+        let tls = client_config(&cert.cert, &identity.bundle, Some(dest_identity.clone()))?;
+        let socket = socket_in_pod(pod, move || upstream_socket(hbone))
+            .await
+            .map_err(|source| TunnelError::Connect {
+                addr: hbone,
+                source,
+            })?;
+        let tcp = connect(socket, hbone)
+            .await
+            .map_err(|source| TunnelError::Connect {
+                addr: hbone,
+                source,
+            })?;
+        let conn = Connection::handshake(tcp, hbone, tls).await?;
+        pod.mesh
+            .tunnels
+            .dialled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok::<_, TunnelError>(conn)
+    };
+    let conn = pod
+        .tunnels
+        .get(&key, dial)
+        .await
+        .map_err(|e| (State::Error, format!("tunnel to {hbone}: {e}")))?;
+    conn.connect(orig).await.map_err(|e| match e {
+        TunnelError::Refused { status: 401, .. } => (
+            State::Denied,
+            format!("{e} (denied by the destination's policy)"),
+        ),
+        TunnelError::Refused { status: 400, .. } => (State::Refused, e.to_string()),
+        other => (State::Error, other.to_string()),
+    })
 }

@@ -27,6 +27,8 @@ pub enum End {
     ClientReset,
     /// The server side reset or failed; the client side was reset.
     ServerReset,
+    /// The agent cut it (policy no longer allows it); both sides were reset.
+    Revoked,
 }
 
 /// Bytes moved and how it ended.
@@ -52,40 +54,47 @@ impl Stream for TcpStream {
     }
 }
 
-/// Copies between `client` and `server` until both directions are done.
-pub async fn relay<C: Stream, S: Stream>(client: C, server: S) -> Relayed {
+/// Copies between `client` and `server` until both directions are done, or
+/// until `stop` completes (then both sides are reset).
+pub async fn relay<C: Stream, S: Stream>(
+    client: C,
+    server: S,
+    stop: impl std::future::Future<Output = ()>,
+) -> Relayed {
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut server_r, mut server_w) = tokio::io::split(server);
-    let failed = {
-        let up = copy(&mut client_r, &mut server_w);
-        let down = copy(&mut server_r, &mut client_w);
-        tokio::pin!(up, down);
-        let (mut sent, mut received) = (None, None);
+    // Counted as they are written, so a failed or revoked connection still
+    // reports what it moved.
+    let (mut sent, mut received) = (0u64, 0u64);
+    let end = {
+        let up = copy(&mut client_r, &mut server_w, &mut sent);
+        let down = copy(&mut server_r, &mut client_w, &mut received);
+        tokio::pin!(up, down, stop);
+        let (mut up_done, mut down_done) = (false, false);
         let mut failed = None;
-        while failed.is_none() && (sent.is_none() || received.is_none()) {
+        while failed.is_none() && !(up_done && down_done) {
             tokio::select! {
-                r = &mut up, if sent.is_none() => match r {
-                    Ok(n) => sent = Some(n),
+                r = &mut up, if !up_done => match r {
+                    Ok(()) => up_done = true,
                     Err(e) => failed = Some(e.blame_for(End::ClientReset, End::ServerReset)),
                 },
-                r = &mut down, if received.is_none() => match r {
-                    Ok(n) => received = Some(n),
+                r = &mut down, if !down_done => match r {
+                    Ok(()) => down_done = true,
                     Err(e) => failed = Some(e.blame_for(End::ServerReset, End::ClientReset)),
                 },
+                () = &mut stop => failed = Some(End::Revoked),
             }
         }
-        (sent, received, failed)
+        failed.unwrap_or(End::Closed)
     };
-    let (sent, received, failed) = failed;
-    let end = failed.unwrap_or(End::Closed);
     if end != End::Closed {
         // Pass the failure on as a reset to whichever side is still there.
         client_r.unsplit(client_w).prepare_reset();
         server_r.unsplit(server_w).prepare_reset();
     }
     Relayed {
-        sent: sent.unwrap_or(0),
-        received: received.unwrap_or(0),
+        sent,
+        received,
         end,
     }
 }
@@ -106,13 +115,12 @@ impl CopyError {
     }
 }
 
-async fn copy<R, W>(from: &mut R, to: &mut W) -> Result<u64, CopyError>
+async fn copy<R, W>(from: &mut R, to: &mut W, total: &mut u64) -> Result<(), CopyError>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; BUF];
-    let mut total = 0u64;
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) => break,
@@ -123,12 +131,11 @@ where
         to.write_all(&buf[..n])
             .await
             .map_err(|_| CopyError { on_read: false })?;
-        total += n as u64;
+        *total += n as u64;
     }
     to.shutdown()
         .await
-        .map_err(|_| CopyError { on_read: false })?;
-    Ok(total)
+        .map_err(|_| CopyError { on_read: false })
 }
 
 #[cfg(test)]
@@ -148,7 +155,7 @@ mod tests {
     async fn half_close_passes_through_and_the_other_direction_keeps_flowing() {
         let (mut app, agent_client) = pair().await;
         let (agent_server, mut upstream) = pair().await;
-        let relay = tokio::spawn(relay(agent_client, agent_server));
+        let relay = tokio::spawn(relay(agent_client, agent_server, std::future::pending()));
 
         app.write_all(b"request").await.unwrap();
         app.shutdown().await.unwrap();
@@ -171,7 +178,7 @@ mod tests {
     async fn a_reset_is_passed_on_as_a_reset() {
         let (app, agent_client) = pair().await;
         let (agent_server, mut upstream) = pair().await;
-        let relay = tokio::spawn(relay(agent_client, agent_server));
+        let relay = tokio::spawn(relay(agent_client, agent_server, std::future::pending()));
 
         SockRef::from(&app)
             .set_linger(Some(std::time::Duration::ZERO))

@@ -42,6 +42,21 @@ pub struct PodInfo {
     pub cgroup: PathBuf,
 }
 
+impl PodInfo {
+    /// `namespace/name`, as the agent names pods everywhere.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The SPIFFE ID its namespace and service account give it.
+    pub fn identity(
+        &self,
+        trust_domain: &str,
+    ) -> Result<crate::identity::SpiffeId, crate::identity::IdentityError> {
+        crate::identity::SpiffeId::new(trust_domain, &self.namespace, &self.service_account)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceInfo {
     pub namespace: String,
@@ -93,6 +108,14 @@ impl Snapshot {
     /// STRICT or PERMISSIVE for a namespace, and which object decided it.
     pub fn peer_auth_mode(&self, namespace: &str) -> (Mode, ModeSource) {
         peer_auth::mode_for(&self.peer_auth, namespace)
+    }
+
+    /// The pod `namespace/name`.
+    pub fn pod(&self, key: &str) -> Option<&PodInfo> {
+        let (namespace, name) = key.split_once('/')?;
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
     }
 
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodInfo> {

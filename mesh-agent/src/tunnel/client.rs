@@ -31,6 +31,16 @@ impl Connection {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|source| TunnelError::Connect { addr, source })?;
+        Self::handshake(tcp, addr, tls).await
+    }
+
+    /// Completes mutual TLS and the HTTP/2 handshake on a connected socket
+    /// (one the caller made, e.g. inside a pod's network namespace).
+    pub async fn handshake(
+        tcp: TcpStream,
+        addr: SocketAddr,
+        tls: Arc<ClientConfig>,
+    ) -> Result<Self, TunnelError> {
         let _ = tcp.set_nodelay(true);
         let sni = ServerName::try_from(SNI).expect("constant is a valid DNS name");
         let tls = TlsConnector::from(tls)
@@ -38,6 +48,9 @@ impl Connection {
             .await
             .map_err(|source| TunnelError::Handshake { peer: addr, source })?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(super::STREAM_WINDOW)
+            .initial_connection_window_size(super::CONNECTION_WINDOW)
+            .max_frame_size(super::MAX_FRAME)
             .handshake(TokioIo::new(tls))
             .await?;
         tokio::spawn(async move {

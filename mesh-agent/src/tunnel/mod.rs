@@ -18,6 +18,19 @@ mod tests;
 
 use crate::identity::IdentityError;
 
+/// HTTP/2 flow control sized for bulk transfer: one stream may have 4 MiB in
+/// flight (a node-to-node link's bandwidth-delay product with room to
+/// spare), the whole connection 16 MiB, so a few busy streams never starve
+/// the rest. The defaults (64 KiB) would cap a stream at ~64 KiB per RTT.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Larger frames mean fewer headers and wakeups per megabyte.
+pub const MAX_FRAME: u32 = 256 << 10;
+/// What HTTP/2 accepts as a header block; the CONNECT handler's own limit
+/// ([`server::MAX_HEADER_BYTES`]) is lower so oversized requests are
+/// answered and logged by nodemesh rather than refused inside h2.
+pub const H2_MAX_HEADER_LIST: u32 = 64 << 10;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
     #[error("TLS configuration: {0}")]

@@ -18,13 +18,16 @@ use tokio::{
 use super::{
     TunnelError,
     client::Connection,
-    server::{Refusal, serve_connection},
-    tls::{WorkloadCert, client_config, server_config},
+    server::{Handler, Peer, Refusal, Session, serve},
+    tls::{WorkloadCert, accept, client_config, server_config},
 };
-use crate::identity::{
-    SpiffeId,
-    ca::{DEFAULT_LIFETIME, MeshCa},
-    verify::TrustBundle,
+use crate::{
+    identity::{
+        SpiffeId,
+        ca::{DEFAULT_LIFETIME, MeshCa},
+        verify::TrustBundle,
+    },
+    proxy::relay::relay,
 };
 
 struct Pki {
@@ -85,8 +88,38 @@ struct Hbone {
     handshakes: Arc<AtomicUsize>,
 }
 
-/// An HBONE server that serves `workloads` only, refuses service account
-/// `intruder` with 401, and answers 503 when the workload does not accept.
+/// Serves `workloads` only, refuses service account `intruder` with 401,
+/// and answers 503 when the workload does not accept.
+struct TestHandler {
+    workloads: Vec<SocketAddr>,
+}
+
+impl Handler for TestHandler {
+    async fn open(&self, peer: Peer, target: SocketAddr) -> Result<Session, Refusal> {
+        if peer.identity.service_account() == "intruder" {
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, "policy"));
+        }
+        if !self.workloads.contains(&target) {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "not a workload on this node",
+            ));
+        }
+        let upstream = TcpStream::connect(target)
+            .await
+            .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        Ok(Box::new(move |tunnel| {
+            Box::pin(async move {
+                if let Ok(tunnel) = tunnel {
+                    relay(tunnel, upstream, std::future::pending()).await;
+                }
+            })
+        }))
+    }
+
+    fn rejected(&self, _: &Peer, _: &str, _: &Refusal) {}
+}
+
 async fn hbone_server(pki: &Pki, workloads: Vec<SocketAddr>) -> Hbone {
     let tls = server_config(&workload(&pki.ca, "node-agent"), &pki.bundle).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -94,34 +127,20 @@ async fn hbone_server(pki: &Pki, workloads: Vec<SocketAddr>) -> Hbone {
     let handshakes = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&handshakes);
     let bundle = Arc::clone(&pki.bundle);
-    let workloads = Arc::new(workloads);
+    let handler = Arc::new(TestHandler { workloads });
     tokio::spawn(async move {
         while let Ok((tcp, peer)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
-            let workloads = Arc::clone(&workloads);
-            let connect = move |who: SpiffeId, target: SocketAddr| {
-                let workloads = Arc::clone(&workloads);
-                async move {
-                    let refuse = |status, reason: &str| Refusal {
-                        status,
-                        reason: reason.into(),
-                    };
-                    if who.service_account() == "intruder" {
-                        return Err(refuse(StatusCode::UNAUTHORIZED, "policy"));
-                    }
-                    if !workloads.contains(&target) {
-                        return Err(refuse(
-                            StatusCode::BAD_REQUEST,
-                            "not a workload on this node",
-                        ));
-                    }
-                    TcpStream::connect(target)
-                        .await
-                        .map_err(|e| refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))
-                }
-            };
             let (tls, bundle) = (Arc::clone(&tls), Arc::clone(&bundle));
-            tokio::spawn(serve_connection(tcp, peer, tls, bundle, connect));
+            let handler = Arc::clone(&handler);
+            tokio::spawn(async move {
+                let (tls, identity) = accept(tcp, peer, tls, &bundle).await?;
+                let peer = Peer {
+                    identity,
+                    addr: peer,
+                };
+                serve(tls, peer, handler).await
+            });
         }
     });
     Hbone { addr, handshakes }

@@ -10,7 +10,8 @@ use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{CryptoProvider, ring, verify_tls12_signature, verify_tls13_signature},
-    server::WebPkiClientVerifier,
+    server::{ResolvesServerCert, WebPkiClientVerifier},
+    sign::CertifiedKey,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
@@ -39,13 +40,30 @@ impl Clone for WorkloadCert {
     }
 }
 
+impl WorkloadCert {
+    /// The form a certificate resolver hands to rustls (the key parsed once).
+    pub fn certified_key(&self) -> Result<Arc<CertifiedKey>, rustls::Error> {
+        CertifiedKey::from_der(self.chain.clone(), self.key.clone_key(), &provider()).map(Arc::new)
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
-/// Server side: client certificates are required and must chain to `bundle`.
+/// Server side with one fixed certificate: client certificates are required
+/// and must chain to `bundle`.
 pub fn server_config(
     cert: &WorkloadCert,
+    bundle: &TrustBundle,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    server_config_resolving(Arc::new(Fixed(cert.certified_key()?)), bundle)
+}
+
+/// Server side whose certificate is chosen at each handshake, so a renewed
+/// certificate is used by new connections while old ones carry on.
+pub fn server_config_resolving(
+    resolver: Arc<dyn ResolvesServerCert>,
     bundle: &TrustBundle,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut roots = RootCertStore::empty();
@@ -58,9 +76,18 @@ pub fn server_config(
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
 }
 
 /// Completes the server side of a handshake and returns the client's

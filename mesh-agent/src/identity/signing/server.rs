@@ -142,14 +142,9 @@ pub fn lookup_from(
     trust_domain: String,
 ) -> Lookup {
     Arc::new(move |pod: &str| {
-        let (namespace, name) = pod.split_once('/')?;
         let loaded = config.borrow();
-        let info = loaded
-            .snapshot
-            .pods
-            .iter()
-            .find(|p| p.namespace == namespace && p.name == name)?;
-        let id = SpiffeId::new(&trust_domain, &info.namespace, &info.service_account).ok()?;
+        let info = loaded.snapshot.pod(pod)?;
+        let id = info.identity(&trust_domain).ok()?;
         Some((info.node.clone(), id))
     })
 }

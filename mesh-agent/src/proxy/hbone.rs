@@ -1,0 +1,184 @@
+//! Inbound tunnel: HBONE connections to an enrolled pod's port 15008,
+//! terminated by the agent inside that pod's namespace.
+//!
+//! The TLS server presents the pod's own certificate (renewals reach new
+//! handshakes through a resolver) and requires a client certificate of this
+//! mesh. Each CONNECT must target this pod: one of its addresses, an app
+//! port, never the agent's own ports, so the agent is never an open relay.
+//! Then the same admission and delivery as plaintext inbound, with the
+//! verified identity, and the source address of the tunnel (the source
+//! pod's IP) as the app's peer.
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use http::StatusCode;
+use mesh_common::ports;
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{
+    PodContext,
+    admission::Arrival,
+    flow::{Direction, Flow, Path, State},
+    inbound::{admit_and_deliver, carry},
+    mesh::MeshIdentity,
+};
+use crate::tunnel::{
+    server::{Handler, Peer, Refusal, Session, serve},
+    tls::{accept, server_config_resolving},
+};
+
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts HBONE connections for `pod` until the task is aborted.
+pub fn listen(
+    listener: TcpListener,
+    pod: Arc<PodContext>,
+    identity: &MeshIdentity,
+) -> Result<tokio::task::JoinHandle<()>, rustls::Error> {
+    let tls = server_config_resolving(identity.certs.resolver(&pod.pod), &identity.bundle)?;
+    let handler = Arc::new(PodHandler(pod));
+    Ok(tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(connection(
+                        tcp,
+                        peer,
+                        Arc::clone(&tls),
+                        Arc::clone(&handler),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %handler.0.pod, error = %e, "HBONE accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }))
+}
+
+/// One HBONE connection: handshake, then its streams until the peer closes.
+async fn connection(
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    tls: Arc<ServerConfig>,
+    handler: Arc<PodHandler>,
+) {
+    let pod = &handler.0;
+    let Some(identity) = pod.mesh.identity.as_ref() else {
+        return;
+    };
+    let counters = &pod.mesh.tunnels;
+    let local = tcp.local_addr().unwrap_or(peer_addr);
+    let handshake = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        accept(tcp, peer_addr, tls, &identity.bundle),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(crate::tunnel::TunnelError::Handshake {
+            peer: peer_addr,
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"),
+        })
+    });
+    let (stream, id) = match handshake {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            counters.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(pod = %pod.pod, peer = %peer_addr, "HBONE connection refused: {e}");
+            let mut flow = Flow::new(Direction::Inbound, &pod.pod, peer_addr, local);
+            flow.path = Path::Hbone;
+            flow.failed(State::Refused, format!("mTLS handshake failed: {e}"));
+            return;
+        }
+    };
+    counters.accepted.fetch_add(1, Ordering::Relaxed);
+    counters.open.fetch_add(1, Ordering::Relaxed);
+    let peer = Peer {
+        identity: id,
+        addr: peer_addr,
+    };
+    if let Err(e) = serve(stream, peer, Arc::clone(&handler)).await {
+        tracing::debug!(pod = %pod.pod, peer = %peer_addr, "HBONE connection ended: {e}");
+    }
+    counters.open.fetch_sub(1, Ordering::Relaxed);
+}
+
+struct PodHandler(Arc<PodContext>);
+
+impl PodHandler {
+    fn flow(&self, peer: &Peer, target: SocketAddr) -> Flow {
+        let mut flow = Flow::new(Direction::Inbound, &self.0.pod, peer.addr, target);
+        flow.path = Path::Hbone;
+        flow.peer_identity = Some(peer.identity.to_string());
+        flow.source_identity = flow.peer_identity.clone();
+        flow
+    }
+
+    /// This pod, an app port: anything else is not ours to serve.
+    fn serves(&self, target: SocketAddr) -> bool {
+        self.0.ips.contains(&target.ip().to_canonical())
+            && ![ports::OUTBOUND, ports::INBOUND_PLAINTEXT, ports::HBONE].contains(&target.port())
+    }
+}
+
+impl Handler for PodHandler {
+    async fn open(&self, peer: Peer, target: SocketAddr) -> Result<Session, Refusal> {
+        let pod = &self.0;
+        let mut flow = self.flow(&peer, target);
+        if !self.serves(target) {
+            let why = format!(
+                "CONNECT target {target} is not a workload port of {} on this node (no open relay)",
+                pod.pod
+            );
+            tracing::warn!(pod = %pod.pod, peer = %peer.identity, "HBONE CONNECT refused: {why}");
+            flow.failed(State::Refused, why.clone());
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, why));
+        }
+        let arrival = Arrival {
+            source: Some(peer.identity.clone()),
+            source_ip: peer.addr.ip().to_canonical(),
+            port: target.port(),
+        };
+        match admit_and_deliver(pod, &mut flow, arrival, target).await {
+            Ok((app, registration)) => Ok(Box::new(move |tunnel| {
+                Box::pin(async move {
+                    match tunnel {
+                        Ok(tunnel) => carry(tunnel, app, registration, flow).await,
+                        Err(e) => flow.failed(State::Error, format!("tunnel stream: {e}")),
+                    }
+                })
+            })),
+            Err((state, why)) => {
+                let status = match state {
+                    State::Denied | State::Refused => StatusCode::UNAUTHORIZED,
+                    State::Error | State::Closed => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                flow.failed(state, why.clone());
+                Err(Refusal::new(status, why))
+            }
+        }
+    }
+
+    fn rejected(&self, peer: &Peer, request: &str, refusal: &Refusal) {
+        tracing::warn!(
+            pod = %self.0.pod,
+            peer = %peer.identity,
+            request,
+            "HBONE request refused: {}",
+            refusal.reason
+        );
+        let local = SocketAddr::new(
+            self.0.ips.first().copied().unwrap_or([0, 0, 0, 0].into()),
+            ports::HBONE,
+        );
+        self.flow(peer, local)
+            .failed(State::Refused, refusal.reason.clone());
+    }
+}
