@@ -11,11 +11,11 @@ use libtest_mimic::Trial;
 use nodemesh_tests::{
     Cluster, ClusterSpec, Host,
     mesh::{Agent, DATAPLANE, MeshConfig, workspace_binary, write_atomically},
-    traffic::Event,
 };
 
 use crate::support::{
-    MIB, WAIT, assert_intact, connect, connect_parallel, next_done, serve, traffic_tool, trial,
+    MIB, assert_intact, connect, connect_parallel, connect_paused, finished, next_done, serve,
+    trial,
 };
 
 pub fn trials() -> Vec<Trial> {
@@ -563,33 +563,14 @@ fn unenrolment_keeps_open_connections() -> anyhow::Result<()> {
     let (a, b) = (mesh.pod("a").clone(), mesh.pod("b").clone());
     let target = addr(b.ipv4, 7000);
     let mut server = serve(&mesh.cluster, &b, "[::]:7000", 4 * MIB, 2)?;
-    let mut cmd = traffic_tool();
-    cmd.args(["connect", "--to", &target.to_string(), "--send-bytes"])
-        .arg((4 * MIB).to_string())
-        .args(["--pause-after", &MIB.to_string(), "--pause-ms", "2000"]);
-    let mut client = mesh.cluster.spawn(&a, cmd)?;
-    ensure!(
-        matches!(
-            Event::parse(&client.next_line(Duration::from_secs(10))?)?,
-            Event::Paused
-        ),
-        "client did not pause"
-    );
+    let mut client = connect_paused(&mesh.cluster, &a, target, 4 * MIB, MIB, 2000)?;
     // Take the whole namespace out of the mesh while the connection is open.
     let off = MeshConfig::new()
         .namespace("shop", false)
         .pod(&a, "shop")
         .pod(&b, "shop");
     mesh.reconfigure(off, &[])?;
-    let (status, out) = client.wait_output(WAIT)?;
-    ensure!(
-        status.success(),
-        "the open connection was cut by un-enrolment: {out}"
-    );
-    let done = match Event::parse(out.lines().next().unwrap_or_default())? {
-        Event::Done(done) => done,
-        other => anyhow::bail!("{other:?}"),
-    };
+    let done = finished(&mut client)?.context("the open connection was cut by un-enrolment")?;
     assert_intact(&done, &next_done(&mut server)?)?;
     let flow = mesh
         .agent("n1")

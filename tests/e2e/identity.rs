@@ -7,7 +7,7 @@ use libtest_mimic::Trial;
 use mesh_agent::identity::verify::{PeerRole, TrustBundle};
 use nodemesh_tests::{
     ClusterSpec,
-    mesh::{Agent, MeshConfig, workspace_binary},
+    mesh::{Agent, MeshConfig, Pki, workspace_binary},
 };
 
 use crate::support::{WAIT, trial};
@@ -25,14 +25,12 @@ pub fn trials() -> Vec<Trial> {
     ]
 }
 
-/// Two nodes with pods a (n1) and b (n2) in enrolled namespace `shop`, a mesh
-/// CA made with `mesh-agent ca init`, and node credentials for both nodes
-/// (`ca issue-node`), all under the cluster's scratch directory.
+/// Two nodes with pods a (n1) and b (n2) in enrolled namespace `shop`, and
+/// a mesh CA with credentials for both nodes.
 struct CaFixture {
     cluster: nodemesh_tests::Cluster,
     config_dir: std::path::PathBuf,
-    pki: std::path::PathBuf,
-    agent: std::path::PathBuf,
+    pki: Pki,
 }
 
 impl CaFixture {
@@ -44,86 +42,24 @@ impl CaFixture {
             .pod(cluster.pod("a"), "shop")
             .pod(cluster.pod("b"), "shop")
             .write(&cluster, &config_dir)?;
-        let pki = cluster.scratch_dir("pki")?;
-        let fixture = Self {
+        let pki = Pki::init(&cluster, &["n1", "n2"])?;
+        Ok(Self {
             cluster,
             config_dir,
             pki,
-            agent: workspace_binary("mesh-agent")?,
-        };
-        cli(
-            &fixture.agent,
-            &["ca", "init", "--dir", &fixture.path("ca")],
-        )?;
-        for node in ["n1", "n2"] {
-            let (ca, out) = (fixture.path("ca"), fixture.path(node));
-            cli(
-                &fixture.agent,
-                &[
-                    "ca",
-                    "issue-node",
-                    "--dir",
-                    &ca,
-                    "--node",
-                    node,
-                    "--out",
-                    &out,
-                ],
-            )?;
-        }
-        Ok(fixture)
+        })
     }
-
-    fn path(&self, p: &str) -> String {
-        self.pki.join(p).display().to_string()
-    }
-}
-
-/// Runs a `mesh-agent` command to completion, failing with its stderr.
-fn cli(agent: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(agent).args(args).output()?;
-    ensure!(
-        out.status.success(),
-        "mesh-agent {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn agents_obtain_and_renew_pod_certificates() -> anyhow::Result<()> {
-    let fixture = CaFixture::new()?;
-    let (cluster, config_dir, agent) = (&fixture.cluster, &fixture.config_dir, &fixture.agent);
-    let path = |p: &str| fixture.path(p);
-    // The CA listens on node n1's underlay address, reachable from both nodes;
+    let mut fixture = CaFixture::new()?;
+    let (cluster, config_dir) = (&fixture.cluster, &fixture.config_dir);
     // 6 s certificates make renewal (at half-life) observable.
-    let ca_addr = format!("{}:15012", cluster.node("n1").ipv4);
-    let mut serve = Command::new(agent);
-    serve
-        .args([
-            "ca",
-            "serve",
-            "--dir",
-            &path("ca"),
-            "--listen",
-            &ca_addr,
-            "--lifetime-secs",
-            "6",
-        ])
-        .arg("--config-dir")
-        .arg(config_dir);
-    let ca = cluster.spawn(cluster.node("n1"), serve)?;
-    ca.wait_stderr_line(Duration::from_secs(10), "the CA serving", |l| {
-        l.contains("CA serving")
-    })?;
+    fixture.pki.serve(cluster, config_dir, 6)?;
+    let pki = &fixture.pki;
 
     for (node, pod) in [("n1", "shop/a"), ("n2", "shop/b")] {
-        let extra = [
-            "--ca".to_owned(),
-            ca_addr.clone(),
-            "--credentials".to_owned(),
-            path(node),
-        ];
-        let agent = Agent::start_with(cluster, node, config_dir, &extra)?;
+        let agent = Agent::start_with(cluster, node, config_dir, &pki.agent_args(node))?;
         let cert_of = |status: &serde_json::Value| {
             status["certs"]
                 .as_array()
@@ -152,8 +88,9 @@ fn agents_obtain_and_renew_pod_certificates() -> anyhow::Result<()> {
 
 fn ca_signs_only_for_pods_on_the_requesting_node() -> anyhow::Result<()> {
     let fixture = CaFixture::new()?;
-    let (cluster, config_dir, agent) = (&fixture.cluster, &fixture.config_dir, &fixture.agent);
-    let path = |p: &str| fixture.path(p);
+    let (cluster, config_dir) = (&fixture.cluster, &fixture.config_dir);
+    let agent = &workspace_binary("mesh-agent")?;
+    let path = |p: &str| fixture.pki.path(p);
 
     // The CA runs in node n1's namespace; requests come from there too.
     let n1 = cluster.node("n1");
@@ -188,17 +125,18 @@ fn ca_signs_only_for_pods_on_the_requesting_node() -> anyhow::Result<()> {
         ok && out.contains("spiffe://cluster.local/ns/shop/sa/default"),
         "n1 asking for its own pod a: {out}"
     );
-    let key_mode = std::fs::metadata(fixture.pki.join("out-n1/a.key"))?
+    let key_mode = std::fs::metadata(fixture.pki.dir.join("out-n1/a.key"))?
         .permissions()
         .mode()
         & 0o777;
     ensure!(key_mode == 0o600, "pod key mode {key_mode:o}");
     let bundle = TrustBundle::from_pem(
         "cluster.local",
-        &std::fs::read_to_string(fixture.pki.join("n1/bundle.crt"))?,
+        &std::fs::read_to_string(fixture.pki.dir.join("n1/bundle.crt"))?,
     )?;
-    let cert =
-        TrustBundle::certs_from_pem(&std::fs::read_to_string(fixture.pki.join("out-n1/a.crt"))?)?;
+    let cert = TrustBundle::certs_from_pem(&std::fs::read_to_string(
+        fixture.pki.dir.join("out-n1/a.crt"),
+    )?)?;
     let id = bundle.verify(&cert, std::time::SystemTime::now(), PeerRole::Server)?;
     ensure!(
         id.to_string() == "spiffe://cluster.local/ns/shop/sa/default",

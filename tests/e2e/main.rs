@@ -14,6 +14,7 @@ mod harness;
 mod identity;
 mod network;
 mod support;
+mod tunnel;
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
         capture::trials(),
         agent::trials(),
         identity::trials(),
+        tunnel::trials(),
     ]
     .into_iter()
     .flatten()

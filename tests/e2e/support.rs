@@ -1,10 +1,11 @@
 //! Small helpers shared by the end-to-end test modules.
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context as _, bail};
 use libtest_mimic::Trial;
 use nodemesh_tests::{
     Cluster, Host, PodChild,
+    mesh::{Agent, MeshConfig, Pki, write_atomically},
     traffic::{Event, Exchange},
 };
 
@@ -111,4 +112,113 @@ pub fn assert_intact(client: &Exchange, server: &Exchange) -> anyhow::Result<()>
         );
     }
     Ok(())
+}
+
+/// A cluster with a mesh CA and an agent with identities on every node.
+/// Fields drop in order: agents, then the CA, then the cluster.
+pub struct Meshed {
+    pub agents: Vec<Agent>,
+    pub pki: Pki,
+    pub config_dir: PathBuf,
+    pub cluster: Cluster,
+}
+
+impl Meshed {
+    /// Writes `config`, starts the CA (certificates valid `lifetime_secs`)
+    /// and the agents, and waits until every enrolled pod has a certificate.
+    pub fn start(cluster: Cluster, config: MeshConfig, lifetime_secs: u64) -> anyhow::Result<Self> {
+        let config_dir = cluster.scratch_dir("config")?;
+        config.write(&cluster, &config_dir)?;
+        let nodes: Vec<String> = cluster.nodes().iter().map(|n| n.name.clone()).collect();
+        let node_refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        let mut pki = Pki::init(&cluster, &node_refs)?;
+        pki.serve(&cluster, &config_dir, lifetime_secs)?;
+        let mut agents = Vec::new();
+        for node in &nodes {
+            let agent = Agent::start_with(&cluster, node, &config_dir, &pki.agent_args(node))?;
+            agent.wait_status("a certificate for every enrolled pod", |s| {
+                let count = |k: &str| s[k].as_array().map_or(0, Vec::len);
+                count("certs") == count("pods")
+            })?;
+            agents.push(agent);
+        }
+        Ok(Self {
+            agents,
+            pki,
+            config_dir,
+            cluster,
+        })
+    }
+
+    pub fn agent(&self, node: &str) -> &Agent {
+        self.agents
+            .iter()
+            .find(|a| a.node == node)
+            .unwrap_or_else(|| panic!("no agent on {node}"))
+    }
+
+    /// Replaces (or adds) one file of the local config; agents pick it up.
+    pub fn write_config(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        write_atomically(&self.config_dir.join(file), yaml)
+    }
+}
+
+/// The `tunnel` section of an agent's status.
+pub fn tunnel_counter(agent: &Agent, name: &str) -> anyhow::Result<u64> {
+    agent.status()?["tunnel"][name]
+        .as_u64()
+        .with_context(|| format!("status has no tunnel.{name}"))
+}
+
+/// Starts `mesh-traffic connect` in `host` that pauses after `pause_after`
+/// bytes for `pause_ms`; returns once it reports the pause (the connection
+/// is then open and idle).
+pub fn connect_paused(
+    cluster: &Cluster,
+    host: &Host,
+    to: SocketAddr,
+    send_bytes: u64,
+    pause_after: u64,
+    pause_ms: u64,
+) -> anyhow::Result<PodChild> {
+    let mut cmd = traffic_tool();
+    cmd.args(["connect", "--to", &to.to_string()])
+        .args(["--send-bytes", &send_bytes.to_string()])
+        .args(["--pause-after", &pause_after.to_string()])
+        .args(["--pause-ms", &pause_ms.to_string()]);
+    let mut client = cluster.spawn(host, cmd)?;
+    match Event::parse(&client.next_line(Duration::from_secs(10))?)? {
+        Event::Paused => Ok(client),
+        other => bail!("client in {} did not pause: {other:?}", host.name),
+    }
+}
+
+/// The result a `mesh-traffic connect` process reports when it ends.
+pub fn finished(client: &mut PodChild) -> anyhow::Result<anyhow::Result<Exchange>> {
+    let (_, out) = client.wait_output(WAIT)?;
+    Ok(
+        match Event::parse(out.lines().next().unwrap_or_default())? {
+            Event::Done(done) => Ok(done),
+            Event::Error { error } => Err(anyhow::anyhow!("{error}")),
+            other => Err(anyhow::anyhow!("unexpected {other:?}")),
+        },
+    )
+}
+
+/// Retries `check` (bounded) until it holds: for changes that take effect
+/// "soon" (a config reload), never a fixed sleep.
+pub fn eventually(
+    what: &str,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{what}: still not true after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -162,6 +162,10 @@ impl Cluster {
         self.cgroup_root.join("pods")
     }
 
+    pub fn nodes(&self) -> &[Host] {
+        &self.nodes
+    }
+
     pub fn node(&self, name: &str) -> &Host {
         Self::find(&self.nodes, name, "node")
     }
@@ -216,6 +220,30 @@ impl Cluster {
             ],
         )?;
         Ok(name)
+    }
+
+    /// Records every frame crossing the node-to-node link (the underlay
+    /// bridge) into `pcap`, until [`PodChild::interrupt`] stops it.
+    pub fn record_underlay(&self, pcap: &Path) -> anyhow::Result<crate::PodChild> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.underlay()])
+            .args([
+                "tcpdump",
+                "-i",
+                "br0",
+                "-n",
+                "-s",
+                "0",
+                "-U",
+                "--immediate-mode",
+                "-w",
+            ])
+            .arg(pcap);
+        let recorder = crate::process::spawn_here(cmd)?;
+        recorder.wait_stderr_line(Duration::from_secs(10), "tcpdump listening", |l| {
+            l.contains("listening on")
+        })?;
+        Ok(recorder)
     }
 
     fn underlay(&self) -> String {

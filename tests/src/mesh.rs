@@ -19,6 +19,7 @@ use crate::{Cluster, Host, PodChild};
 pub struct MeshConfig {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pods: Vec<(Host, String, BTreeMap<String, String>)>,
+    service_accounts: BTreeMap<String, String>,
 }
 
 pub const DATAPLANE: &str = "nodemesh.io/dataplane";
@@ -55,6 +56,13 @@ impl MeshConfig {
         self
     }
 
+    /// Gives an already declared pod a service account (default: `default`).
+    pub fn service_account(mut self, pod: &str, account: &str) -> Self {
+        self.service_accounts
+            .insert(pod.to_owned(), account.to_owned());
+        self
+    }
+
     /// Writes `namespaces.yaml` and `pods.yaml` into `dir` (atomically each,
     /// so an agent never reads half a file).
     pub fn write(&self, cluster: &Cluster, dir: &Path) -> anyhow::Result<()> {
@@ -75,10 +83,14 @@ impl MeshConfig {
                 name = host.name
             )?;
             write_labels(&mut pods, labels)?;
+            let account = self
+                .service_accounts
+                .get(&host.name)
+                .map_or("default", String::as_str);
             writeln!(
                 pods,
                 "  annotations:\n    nodemesh.io/netns: {netns}\n    nodemesh.io/cgroup: {cgroup}\n\
-                 spec:\n  nodeName: {node}\n  containers:\n  - name: app\n    image: app\n\
+                 spec:\n  nodeName: {node}\n  serviceAccountName: {account}\n  containers:\n  - name: app\n    image: app\n\
                  status:\n  podIP: {v4}\n  podIPs:\n  - ip: {v4}\n  - ip: {v6}",
                 netns = host.netns_path().display(),
                 cgroup = host.cgroup.display(),
@@ -131,6 +143,96 @@ pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A mesh CA for a test cluster, made with the real CLI: `ca init`, node
+/// credentials for every node (`ca issue-node`), and `ca serve` on node
+/// `n1`'s underlay address, reachable from every node.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca_addr: String,
+    server: Option<PodChild>,
+}
+
+impl Pki {
+    pub fn init(cluster: &Cluster, nodes: &[&str]) -> anyhow::Result<Self> {
+        let dir = cluster.scratch_dir("pki")?;
+        let pki = Self {
+            ca_addr: format!("{}:15012", cluster.node("n1").ipv4),
+            dir,
+            server: None,
+        };
+        mesh_agent_cli(&["ca", "init", "--dir", &pki.path("ca")])?;
+        for node in nodes {
+            let (ca, out) = (pki.path("ca"), pki.path(node));
+            mesh_agent_cli(&[
+                "ca",
+                "issue-node",
+                "--dir",
+                &ca,
+                "--node",
+                node,
+                "--out",
+                &out,
+            ])?;
+        }
+        Ok(pki)
+    }
+
+    /// A path under the PKI directory (`ca`, a node's credentials, …).
+    pub fn path(&self, p: &str) -> String {
+        self.dir.join(p).display().to_string()
+    }
+
+    /// Starts `mesh-agent ca serve` (certificates valid `lifetime_secs`),
+    /// with `config_dir` as its view of which pod runs where.
+    pub fn serve(
+        &mut self,
+        cluster: &Cluster,
+        config_dir: &Path,
+        lifetime_secs: u64,
+    ) -> anyhow::Result<()> {
+        let mut cmd = Command::new(workspace_binary("mesh-agent")?);
+        cmd.args(["ca", "serve", "--dir", &self.path("ca")])
+            .args(["--listen", &self.ca_addr])
+            .args(["--lifetime-secs", &lifetime_secs.to_string()])
+            .arg("--config-dir")
+            .arg(config_dir);
+        let server = cluster.spawn(cluster.node("n1"), cmd)?;
+        server.wait_stderr_line(Duration::from_secs(10), "the CA serving", |l| {
+            l.contains("CA serving")
+        })?;
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// `mesh-agent run` arguments that give `node`'s agent identities.
+    pub fn agent_args(&self, node: &str) -> Vec<String> {
+        vec![
+            "--ca".to_owned(),
+            self.ca_addr.clone(),
+            "--credentials".to_owned(),
+            self.path(node),
+        ]
+    }
+
+    /// The CA process, once serving.
+    pub fn server(&self) -> Option<&PodChild> {
+        self.server.as_ref()
+    }
+}
+
+/// Runs a `mesh-agent` command to completion, failing with its stderr.
+pub fn mesh_agent_cli(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(workspace_binary("mesh-agent")?)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mesh-agent {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A running node agent.
 pub struct Agent {
     pub node: String,
@@ -140,7 +242,7 @@ pub struct Agent {
     pub bpffs_dir: PathBuf,
 }
 
-/// One `flow closed` / `flow failed` log record of an agent.
+/// One flow record (`nodemesh::flow` log line) of an agent.
 #[derive(Debug, Clone, Deserialize)]
 pub struct FlowLog {
     pub message: String,
@@ -148,6 +250,22 @@ pub struct FlowLog {
     pub pod: String,
     pub src: String,
     pub orig_dst: String,
+    /// `plaintext` or `hbone`.
+    pub path: String,
+    /// `closed`, `refused`, `denied` or `error`.
+    pub state: String,
+    #[serde(default)]
+    pub source_identity: Option<String>,
+    #[serde(default)]
+    pub peer_identity: Option<String>,
+    /// `allow` / `deny`, when policy was evaluated.
+    #[serde(default)]
+    pub decision: Option<String>,
+    /// The verdict in words, naming the deciding policy and rule.
+    #[serde(default)]
+    pub verdict: Option<String>,
+    #[serde(default)]
+    pub dry_run: Option<String>,
     #[serde(default)]
     pub sent: u64,
     #[serde(default)]

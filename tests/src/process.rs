@@ -52,6 +52,18 @@ pub fn spawn_in(host: &Host, mut cmd: Command) -> anyhow::Result<PodChild> {
     Ok(PodChild::new(child, label))
 }
 
+/// Starts `cmd` where the test runs (for tools that enter a namespace
+/// themselves, like `ip netns exec`), with the same bounded waits and
+/// kill-on-drop as pod processes.
+pub fn spawn_here(mut cmd: Command) -> anyhow::Result<PodChild> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let label = format!("{:?}", cmd.get_program());
+    let child = cmd.spawn().with_context(|| format!("spawning {label}"))?;
+    Ok(PodChild::new(child, label))
+}
+
 /// A process started in a pod. Its stdout is read line by line; its stderr
 /// is collected for error messages. Dropping it kills it.
 pub struct PodChild {
@@ -190,6 +202,15 @@ impl PodChild {
             );
         }
         Ok(out)
+    }
+
+    /// Interrupts the process (SIGINT: tools flush and summarise) and waits
+    /// for it to exit; returns its stderr.
+    pub fn interrupt(mut self, timeout: Duration) -> anyhow::Result<String> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)?;
+        self.wait_output(timeout)?;
+        Ok(self.stderr())
     }
 
     pub fn kill(&mut self) {

@@ -57,6 +57,16 @@ pub struct Pause {
     pub announce: fn(),
 }
 
+/// The first `len` bytes a connection with `seed` sends: a plaintext
+/// marker a test can look for on the wire.
+pub fn marker(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut buf = vec![0u8; CHUNK];
+    rng.fill_bytes(&mut buf);
+    buf.truncate(len);
+    buf
+}
+
 /// Sends `send_bytes` seeded bytes and reads until EOF, concurrently.
 pub fn exchange(
     stream: &TcpStream,
