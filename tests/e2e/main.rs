@@ -11,6 +11,7 @@ use nodemesh_tests::{cluster::suite_prefix, leaks, require_root};
 mod agent;
 mod capture;
 mod harness;
+mod hostile;
 mod identity;
 mod network;
 mod support;
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
         agent::trials(),
         identity::trials(),
         tunnel::trials(),
+        hostile::trials(),
     ]
     .into_iter()
     .flatten()

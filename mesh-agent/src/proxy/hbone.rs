@@ -104,10 +104,35 @@ async fn connection(
         identity: id,
         addr: peer_addr,
     };
-    if let Err(e) = serve(stream, peer, Arc::clone(&handler)).await {
-        tracing::debug!(pod = %pod.pod, peer = %peer_addr, "HBONE connection ended: {e}");
+    let identity = peer.identity.to_string();
+    match serve(stream, peer, Arc::clone(&handler)).await {
+        Ok(()) => {}
+        Err(e) if went_away(&e) => {
+            tracing::debug!(pod = %pod.pod, peer = %peer_addr, %identity, "HBONE peer went away: {e}");
+        }
+        Err(e) => {
+            tracing::warn!(pod = %pod.pod, peer = %peer_addr, %identity, "HBONE connection failed: {e}");
+            let mut flow = Flow::new(Direction::Inbound, &pod.pod, peer_addr, local);
+            flow.path = Path::Hbone;
+            flow.peer_identity = Some(identity);
+            flow.failed(State::Refused, format!("not a valid HTTP/2 peer: {e}"));
+        }
     }
     counters.open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A peer that vanished (process killed, connection reset) rather than one
+/// that spoke something other than HTTP/2.
+fn went_away(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+            return matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof);
+        }
+        cause = c.source();
+    }
+    false
 }
 
 struct PodHandler(Arc<PodContext>);
