@@ -14,6 +14,7 @@ mod harness;
 mod hostile;
 mod identity;
 mod network;
+mod policy;
 mod support;
 mod tunnel;
 
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         identity::trials(),
         tunnel::trials(),
         hostile::trials(),
+        policy::trials(),
     ]
     .into_iter()
     .flatten()
