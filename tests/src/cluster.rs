@@ -227,17 +227,11 @@ impl Cluster {
     pub fn record_underlay(&self, pcap: &Path) -> anyhow::Result<crate::PodChild> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.underlay()])
-            .args([
-                "tcpdump",
-                "-i",
-                "br0",
-                "-n",
-                "-s",
-                "0",
-                "-U",
-                "--immediate-mode",
-                "-w",
-            ])
+            .args(["tcpdump", "-i", "br0", "-n", "-s", "0"])
+            // Every frame handed over at once and written at once, with
+            // 64 MiB of kernel buffer: frames are up to 64 KiB (GSO), and a
+            // busy machine must not make the recorder drop any.
+            .args(["-U", "--immediate-mode", "-B", "65536", "-w"])
             .arg(pcap);
         let recorder = crate::process::spawn_here(cmd)?;
         recorder.wait_stderr_line(Duration::from_secs(10), "tcpdump listening", |l| {
