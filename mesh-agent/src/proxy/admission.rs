@@ -179,3 +179,119 @@ impl Drop for Registration {
             .remove(&self.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        policy::{
+            Policy,
+            api::{AuthorizationPolicy, Mode},
+            peer_auth::PeerAuth,
+        },
+        state::PodInfo,
+    };
+
+    const POD: &str = "shop/payments";
+
+    /// One pod, `shop/payments`; optionally STRICT, optionally a DENY of
+    /// `port` for everyone.
+    fn snapshot(strict: bool, deny_port: Option<u16>) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        snapshot.pods.push(PodInfo {
+            namespace: "shop".into(),
+            name: "payments".into(),
+            node: "n1".into(),
+            service_account: "payments".into(),
+            ips: vec!["10.1.0.11".parse().unwrap()],
+            labels: Default::default(),
+            netns: "/run/netns/p".into(),
+            cgroup: "/sys/fs/cgroup/p".into(),
+        });
+        if strict {
+            snapshot.peer_auth.push(PeerAuth {
+                namespace: "shop".into(),
+                name: "strict".into(),
+                mode: Mode::Strict,
+            });
+        }
+        if let Some(port) = deny_port {
+            let api: AuthorizationPolicy = serde_yaml_ng::from_str(&format!(
+                "apiVersion: nodemesh.io/v1alpha1\nkind: AuthorizationPolicy\n\
+                 metadata: {{name: no-{port}, namespace: shop}}\n\
+                 spec: {{action: DENY, rules: [{{to: {{ports: [{port}]}}}}]}}"
+            ))
+            .unwrap();
+            snapshot
+                .policies
+                .insert("shop".into(), vec![Policy::compile(api).unwrap()]);
+        }
+        snapshot
+    }
+
+    fn arrival(tunnelled: bool, port: u16) -> Arrival {
+        Arrival {
+            source: tunnelled.then(|| SpiffeId::new("cluster.local", "shop", "frontend").unwrap()),
+            source_ip: "10.2.0.11".parse().unwrap(),
+            port,
+        }
+    }
+
+    #[test]
+    fn strict_refuses_plaintext_only() {
+        let strict = snapshot(true, None);
+        match admit(&strict, POD, &arrival(false, 8080)) {
+            Err(Refused::Strict { mode_source }) => {
+                assert_eq!(mode_source, "PeerAuthentication shop/strict")
+            }
+            other => panic!("plaintext under STRICT: {other:?}"),
+        }
+        assert!(admit(&strict, POD, &arrival(true, 8080)).is_ok());
+        assert!(admit(&snapshot(false, None), POD, &arrival(false, 8080)).is_ok());
+        assert_eq!(
+            admit(&strict, "shop/gone", &arrival(true, 8080)),
+            Err(Refused::UnknownPod)
+        );
+    }
+
+    #[test]
+    fn policy_decides_both_paths_and_names_the_rule() {
+        let snapshot = snapshot(false, Some(9090));
+        for tunnelled in [false, true] {
+            assert!(admit(&snapshot, POD, &arrival(tunnelled, 8080)).is_ok());
+            let refused = admit(&snapshot, POD, &arrival(tunnelled, 9090)).unwrap_err();
+            assert_eq!(refused.to_string(), "denied by shop/no-9090 rule 0 (DENY)");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_config_revokes_exactly_what_it_refuses() {
+        let live = Arc::new(Live::default());
+        let mut denied = live.register(POD, arrival(true, 9090));
+        let mut kept = live.register(POD, arrival(true, 8080));
+        let plaintext = live.register(POD, arrival(false, 8080));
+        assert_eq!(live.len(), 3);
+
+        assert_eq!(live.revoke_refused(&snapshot(false, None)), 0);
+        assert_eq!(live.revoke_refused(&snapshot(false, Some(9090))), 1);
+        let why = tokio::time::timeout(Duration::from_secs(1), denied.revoked())
+            .await
+            .expect("the denied connection is told at once");
+        assert_eq!(why, "denied by shop/no-9090 rule 0 (DENY)");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), kept.revoked())
+                .await
+                .is_err(),
+            "an allowed connection is left alone"
+        );
+
+        // STRICT arrives: the plaintext connection goes, the tunnelled stays.
+        assert_eq!(live.revoke_refused(&snapshot(true, Some(9090))), 1);
+        assert_eq!(live.len(), 1);
+        drop((plaintext, denied));
+        drop(kept);
+        assert!(live.is_empty(), "ended connections unregister themselves");
+    }
+}

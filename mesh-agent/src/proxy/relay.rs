@@ -192,4 +192,25 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
         assert_eq!(relay.await.unwrap().end, End::ClientReset);
     }
+
+    #[tokio::test]
+    async fn stopping_resets_both_sides_and_keeps_the_counts() {
+        let (mut app, agent_client) = pair().await;
+        let (agent_server, mut upstream) = pair().await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let relay = tokio::spawn(relay(agent_client, agent_server, async {
+            let _ = stopped.await;
+        }));
+        app.write_all(b"before").await.unwrap();
+        let mut got = [0u8; 6];
+        upstream.read_exact(&mut got).await.unwrap();
+        stop.send(()).unwrap();
+        let done = relay.await.unwrap();
+        assert_eq!((done.sent, done.end), (6, End::Revoked));
+        let mut buf = [0u8; 1];
+        for side in [&mut app, &mut upstream] {
+            let err = side.read(&mut buf).await.expect_err("a reset, not EOF");
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        }
+    }
 }
