@@ -36,6 +36,26 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         count: u32,
     },
+    /// Accept connections and send back every byte received, until EOF
+    /// (the server side of `rr`).
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Request/response latency: `--connections` persistent connections at
+    /// once, each sending `--requests` requests of `--size` bytes and waiting
+    /// for the echo before the next; prints one JSON line with requests/s
+    /// and latency percentiles in microseconds (an HDR histogram).
+    Rr {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        connections: u32,
+        #[arg(long, default_value_t = 1000)]
+        requests: u32,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
     /// Connect, send `--send-bytes` and read to EOF.
     Connect {
         #[arg(long)]
@@ -68,6 +88,13 @@ fn main() {
             seed,
         } => serve(listen, reply_bytes, seed),
         Command::Churn { to, count } => churn(to, count),
+        Command::Echo { listen } => echo(listen),
+        Command::Rr {
+            to,
+            connections,
+            requests,
+            size,
+        } => rr(to, connections, requests, size),
         Command::Connect {
             to,
             send_bytes,
@@ -102,7 +129,9 @@ fn emit(event: &Event) {
     let _ = out.flush();
 }
 
-fn serve(listen: SocketAddr, reply_bytes: u64, seed: u64) -> bool {
+/// Binds, announces `listening`, and runs `handle` on a thread per
+/// accepted connection, forever.
+fn accept_loop(listen: SocketAddr, handle: impl Fn(TcpStream) + Copy + Send + 'static) -> bool {
     let listener = match TcpListener::bind(listen) {
         Ok(l) => l,
         Err(e) => {
@@ -117,7 +146,8 @@ fn serve(listen: SocketAddr, reply_bytes: u64, seed: u64) -> bool {
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => {
-                std::thread::spawn(move || report(exchange(&stream, reply_bytes, seed, None)));
+                let _ = stream.set_nodelay(true);
+                std::thread::spawn(move || handle(stream));
             }
             Err(e) => emit(&Event::Error {
                 error: format!("accept: {e}"),
@@ -125,6 +155,76 @@ fn serve(listen: SocketAddr, reply_bytes: u64, seed: u64) -> bool {
         }
     }
     true
+}
+
+fn serve(listen: SocketAddr, reply_bytes: u64, seed: u64) -> bool {
+    accept_loop(listen, move |stream| {
+        report(exchange(&stream, reply_bytes, seed, None));
+    })
+}
+
+fn echo(listen: SocketAddr) -> bool {
+    accept_loop(listen, |mut stream| {
+        if let Ok(mut reader) = stream.try_clone() {
+            let _ = std::io::copy(&mut reader, &mut stream);
+        }
+    })
+}
+
+fn rr(to: SocketAddr, connections: u32, requests: u32, size: usize) -> bool {
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = (0..connections)
+        .map(|_| std::thread::spawn(move || rr_connection(to, requests, size)))
+        .collect();
+    let mut all = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant figures");
+    for worker in workers {
+        match worker
+            .join()
+            .unwrap_or_else(|_| Err("worker panicked".into()))
+        {
+            Ok(h) => all.add(&h).expect("same bounds"),
+            Err(error) => {
+                emit(&Event::Error { error });
+                return false;
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let q = |p: f64| all.value_at_quantile(p);
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": all.len(), "seconds": seconds, "rps": all.len() as f64 / seconds,
+            "p50_us": q(0.5), "p90_us": q(0.9), "p99_us": q(0.99), "p999_us": q(0.999),
+        })
+    );
+    true
+}
+
+/// One persistent connection's request/response latencies, in microseconds.
+fn rr_connection(
+    to: SocketAddr,
+    requests: u32,
+    size: usize,
+) -> Result<hdrhistogram::Histogram<u64>, String> {
+    use std::io::Read as _;
+    let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .map_err(|e| format!("connect {to}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let mut histogram = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant figures");
+    let request = vec![0x5au8; size];
+    let mut response = vec![0u8; size];
+    for _ in 0..requests {
+        let sent = std::time::Instant::now();
+        stream
+            .write_all(&request)
+            .and_then(|()| stream.read_exact(&mut response))
+            .map_err(|e| format!("request to {to}: {e}"))?;
+        histogram
+            .record(sent.elapsed().as_micros() as u64)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(histogram)
 }
 
 fn connect(
