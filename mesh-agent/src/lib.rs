@@ -2,6 +2,7 @@
 //! the binaries in `src/bin` are thin shells around it.
 pub mod admin;
 pub mod capture;
+pub mod flows;
 pub mod identity;
 pub mod policy;
 pub mod proxy;

@@ -1,3 +1,6 @@
-//! What the agent tells operators about itself. For now a status document
-//! the agent rewrites in its run directory and `meshctl status` reads.
+//! What the agent tells operators about itself: the status document in its
+//! run directory, the admin API, Prometheus metrics, and `meshctl why`.
+pub mod api;
+pub mod metrics;
 pub mod status;
+pub mod why;

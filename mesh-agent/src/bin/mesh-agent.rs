@@ -8,7 +8,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use mesh_agent::{
-    admin::status::Status,
+    admin::{
+        api::{self, Admin},
+        metrics,
+        status::Status,
+    },
     capture::{
         Capture, cgroup,
         enrol::{Enrolment, PodPlacement},
@@ -19,12 +23,15 @@ use mesh_agent::{
         self,
         store::{CertSource, CertStore},
     },
+    flows::FlowStore,
     proxy::mesh::{Mesh, MeshIdentity},
     state::{self, Snapshot},
 };
 
 const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/nodemesh";
 const DEFAULT_RUN_DIR: &str = "/run/nodemesh";
+/// The admin API's unix socket, in the run directory.
+const ADMIN_SOCKET: &str = "admin.sock";
 
 /// The nodemesh node agent: captures enrolled pods' TCP with eBPF and hands
 /// it to the mesh.
@@ -152,6 +159,17 @@ struct RunArgs {
     /// This node's credentials (`mesh-agent ca issue-node --out`).
     #[arg(long, requires = "ca")]
     credentials: Option<PathBuf>,
+    /// Closed flow records kept for `meshctl flows` (a ring: the oldest go
+    /// first). Memory is bounded by this, about 1 KiB per record.
+    #[arg(long, default_value_t = mesh_agent::flows::store::DEFAULT_CAPACITY)]
+    flow_capacity: usize,
+    /// Also serve the admin API on this TCP address (keep it on localhost:
+    /// it has no authentication). It is always on `<run-dir>/admin.sock`.
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// Where Prometheus scrapes `/metrics`.
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics_listen: std::net::SocketAddr,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -276,18 +294,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.config_dir.clone(),
         Duration::from_millis(args.reload_interval_ms),
     );
-    let mesh = Arc::new(Mesh::new(config.clone(), mesh_identity(&args)?));
+    let flows = FlowStore::new(&args.node, args.flow_capacity);
+    let mesh = Arc::new(Mesh::new(config.clone(), mesh_identity(&args)?, flows));
+    let admin = Arc::new(Admin::new(Arc::clone(&mesh)));
+    let socket = args.run_dir.join(ADMIN_SOCKET);
+    api::serve_unix(Arc::clone(&admin), &socket)
+        .with_context(|| format!("serving the admin API on {}", socket.display()))?;
+    if let Some(addr) = args.admin_listen {
+        api::serve_tcp(Arc::clone(&admin), addr, false)
+            .await
+            .with_context(|| format!("--admin-listen {addr}"))?;
+    }
+    api::serve_tcp(Arc::clone(&admin), args.metrics_listen, true)
+        .await
+        .with_context(|| format!("--metrics-listen {}", args.metrics_listen))?;
     let mut enrolment = Enrolment::new(Arc::clone(&capture), Arc::clone(&mesh), &args.pods_cgroup);
-    let mut config_errors = reconcile(&args, &mut enrolment, &mesh, &capture, &mut config).await?;
-    tracing::info!(node = %args.node, "ready");
+    let mut config_errors = reconcile(&args, &mut enrolment, &admin, &capture, &mut config).await?;
+    admin.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(node = %args.node, admin = %socket.display(), "ready");
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             changed = config.changed() => {
                 changed.context("the config watcher stopped")?;
-                config_errors = reconcile(&args, &mut enrolment, &mesh, &capture, &mut config).await?;
+                config_errors = reconcile(&args, &mut enrolment, &admin, &capture, &mut config).await?;
             }
-            _ = status_tick.tick() => write_status(&args, &enrolment, &mesh, &capture, &config_errors)?,
+            _ = status_tick.tick() => write_status(&args, &enrolment, &admin, &capture, &config_errors)?,
             _ = shutdown_signal() => {
                 tracing::info!(
                     "stopping; capture stays pinned, so enrolled pods' new connections are \
@@ -304,7 +336,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn reconcile(
     args: &RunArgs,
     enrolment: &mut Enrolment,
-    mesh: &Mesh,
+    admin: &Admin,
     capture: &Mutex<Capture>,
     config: &mut tokio::sync::watch::Receiver<Arc<state::Loaded>>,
 ) -> anyhow::Result<Vec<String>> {
@@ -313,13 +345,14 @@ async fn reconcile(
     for error in enrolment.reconcile(&wanted).await {
         tracing::error!("{error}");
     }
+    let mesh = &admin.mesh;
     if let Some(identity) = &mesh.identity {
         let pods: Vec<String> = wanted.iter().map(|p| p.pod.clone()).collect();
         identity.certs.reconcile(&pods);
     }
     mesh.live.revoke_refused(&loaded.snapshot);
     let config_errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
-    write_status(args, enrolment, mesh, capture, &config_errors)?;
+    write_status(args, enrolment, admin, capture, &config_errors)?;
     Ok(config_errors)
 }
 
@@ -446,14 +479,16 @@ fn placements(snapshot: &Snapshot, node: &str) -> Vec<PodPlacement> {
         .collect()
 }
 
-/// Writes the status document `meshctl status` reads.
+/// Writes the status document (file and admin API) and refreshes the
+/// metrics that are copied from elsewhere.
 fn write_status(
     args: &RunArgs,
     enrolment: &Enrolment,
-    mesh: &Mesh,
+    admin: &Admin,
     capture: &Mutex<Capture>,
     config_errors: &[String],
 ) -> anyhow::Result<()> {
+    let mesh = &admin.mesh;
     let counters = capture.lock().expect("capture lock").counters()?;
     let status = Status {
         node: args.node.clone(),
@@ -469,6 +504,18 @@ fn write_status(
         tunnel: mesh.tunnel_status(),
     };
     status.write(&args.run_dir)?;
+    let t = &status.tunnel;
+    mesh.metrics.refresh(&metrics::Snapshot {
+        handshakes: [
+            ("dialled", t.handshakes_dialled),
+            ("accepted", t.handshakes_accepted),
+            ("rejected", t.handshakes_rejected),
+        ],
+        pooled_connections: enrolment.pooled_tunnels() as u64,
+        certs: &status.certs,
+        capture: &status.counters,
+    });
+    *admin.status.lock().expect("status") = Some(status);
     Ok(())
 }
 

@@ -314,6 +314,11 @@ impl Enrolment {
         Ok(())
     }
 
+    /// Pooled outbound tunnels held by every enrolled pod.
+    pub fn pooled_tunnels(&self) -> usize {
+        self.pods.values().map(|e| e.context.tunnels.len()).sum()
+    }
+
     /// Capture proof for every enrolled pod.
     pub fn status(&self) -> Vec<PodCaptureStatus> {
         let capture = self.capture.lock().expect("capture lock");

@@ -36,6 +36,54 @@ pub enum IdentityMatch {
 /// A bad field: (path, what is wrong and what to do).
 pub type FieldError = (String, String);
 
+impl std::fmt::Display for IdentityMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Any => write!(f, "*"),
+            Self::Exact(id) => write!(f, "{id}"),
+            Self::Prefix(p) => write!(f, "{p}*"),
+            Self::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+/// A rule in words: `from identities [..] namespaces [..] ipBlocks [..] to ports [..]`.
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |items: Vec<String>| format!("[{}]", items.join(", "));
+        let mut parts = Vec::new();
+        if !self.identities.is_empty() {
+            parts.push(format!(
+                "identities {}",
+                list(self.identities.iter().map(ToString::to_string).collect())
+            ));
+        }
+        if !self.namespaces.is_empty() {
+            parts.push(format!("namespaces {}", list(self.namespaces.clone())));
+        }
+        if !self.ip_blocks.is_empty() {
+            parts.push(format!(
+                "ipBlocks {}",
+                list(self.ip_blocks.iter().map(ToString::to_string).collect())
+            ));
+        }
+        let from = if parts.is_empty() {
+            "from anyone".to_owned()
+        } else {
+            format!("from {}", parts.join(" "))
+        };
+        if self.ports.is_empty() {
+            write!(f, "{from} to any port")
+        } else {
+            write!(
+                f,
+                "{from} to ports {}",
+                list(self.ports.iter().map(ToString::to_string).collect())
+            )
+        }
+    }
+}
+
 impl IdentityMatch {
     fn parse(field: String, text: &str) -> Result<Self, FieldError> {
         Ok(if text == "*" {

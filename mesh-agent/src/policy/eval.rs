@@ -12,7 +12,7 @@
 //! is reported alongside it.
 use std::{fmt, net::IpAddr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     api::Action,
@@ -29,7 +29,7 @@ pub struct Connection<'a> {
     pub port: u16,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     Allow,
@@ -37,7 +37,7 @@ pub enum Decision {
 }
 
 /// Why the decision was taken.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Reason {
     /// No enforced ALLOW policy selects the pod (and no DENY matched).
@@ -57,14 +57,14 @@ pub enum Reason {
 }
 
 /// What a dry-run policy would have done.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DryRun {
     pub policy: String,
     pub rule: Option<usize>,
     pub would: Decision,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     pub decision: Decision,
     pub reason: Reason,

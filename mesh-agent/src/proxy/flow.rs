@@ -1,144 +1,201 @@
-//! The record of one captured connection: who, where, how it travelled,
-//! what policy said, and how it ended. Logged when the connection ends
-//! (target `nodemesh::flow`, one line per flow, so it can be filtered and
-//! parsed).
-use std::{net::SocketAddr, time::Instant};
+//! A connection's flow record while the proxy handles it: filled in as the
+//! handler learns things, shown as open while bytes move, and finished
+//! exactly once — into the flow store, the metrics and the log (target
+//! `nodemesh::flow`, one line per flow).
+use std::{net::SocketAddr, sync::Arc};
 
-use super::relay::{End, Relayed};
-use crate::policy::{Decision, Verdict};
+use super::{PodContext, relay::End, relay::Relayed};
+use crate::{
+    admin::metrics::Metrics,
+    flows::{
+        FlowRecord, FlowStore,
+        record::{Direction, Endpoint, FlowVerdict, Hook, Path, State, Tls, unix_ms_now},
+    },
+    policy::Verdict,
+    state::Snapshot,
+};
 
-/// Which way a captured connection goes, relative to the pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Outbound,
-    Inbound,
-}
-
-/// How the bytes travelled between the nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Path {
-    /// Plain TCP: the destination is outside the mesh, or the source is
-    /// (inbound plaintext, accepted in PERMISSIVE mode).
-    Plaintext,
-    /// HTTP/2 CONNECT over mutual TLS.
-    Hbone,
-}
-
-/// How a flow ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Bytes were relayed (see `end` for how the relay finished).
-    Closed,
-    /// Refused before policy: peer authentication, a bad request, a failed
-    /// handshake.
-    Refused,
-    /// Denied by an authorization policy.
-    Denied,
-    /// The mesh could not carry it (upstream or tunnel failure).
-    Error,
-}
-
-/// A flow being handled; [`Flow::finish`] logs it.
 pub struct Flow {
-    pub direction: Direction,
-    pub pod: String,
-    pub src: SocketAddr,
-    pub orig_dst: SocketAddr,
-    pub path: Path,
-    /// The source workload's SPIFFE ID, when it has one.
-    pub source_identity: Option<String>,
-    /// The far end's verified SPIFFE ID (outbound: the server; inbound: the
-    /// client), when the path is HBONE.
-    pub peer_identity: Option<String>,
-    pub verdict: Option<Verdict>,
-    started: Instant,
+    pub record: FlowRecord,
+    store: Arc<FlowStore>,
+    metrics: Arc<Metrics>,
+    opened: bool,
 }
 
 impl Flow {
-    pub fn new(direction: Direction, pod: &str, src: SocketAddr, orig_dst: SocketAddr) -> Self {
+    /// A flow of `pod` (its source when outbound, its destination when
+    /// inbound); the other end's pod is looked up by address.
+    pub fn new(
+        pod: &PodContext,
+        direction: Direction,
+        hook: Option<Hook>,
+        src: SocketAddr,
+        orig_dst: SocketAddr,
+    ) -> Self {
+        let snapshot = pod.mesh.snapshot();
+        let known = |addr: SocketAddr| {
+            let mut end = Endpoint::new(addr);
+            end.pod = pod_at(&snapshot.snapshot, addr);
+            end
+        };
+        let (mut source, mut destination) = (known(src), known(orig_dst));
+        match direction {
+            Direction::Outbound => source.pod = Some(pod.pod.clone()),
+            Direction::Inbound => destination.pod = Some(pod.pod.clone()),
+        }
+        let store = Arc::clone(&pod.mesh.flows);
         Self {
-            direction,
-            pod: pod.to_owned(),
-            src,
-            orig_dst,
-            path: Path::Plaintext,
-            source_identity: None,
-            peer_identity: None,
-            verdict: None,
-            started: Instant::now(),
+            record: FlowRecord {
+                id: store.next_id(),
+                node: store.node().to_owned(),
+                start_unix_ms: unix_ms_now(),
+                end_unix_ms: None,
+                direction,
+                hook,
+                path: Path::Passthrough,
+                source,
+                destination,
+                service: None,
+                endpoint: None,
+                tls: None,
+                verdict: None,
+                bytes_sent: 0,
+                bytes_received: 0,
+                state: State::Open,
+                end: None,
+                error: None,
+            },
+            store,
+            metrics: Arc::clone(&pod.mesh.metrics),
+            opened: false,
         }
     }
 
-    /// Logs a flow that relayed bytes.
-    pub fn relayed(self, relayed: Relayed, revoked_by: Option<String>) {
-        self.log(State::Closed, Some(relayed), revoked_by);
+    /// Marks the flow tunnelled (HBONE), same-node when `peer` is a pod of
+    /// this node.
+    pub fn tunnelled(&mut self, same_node: bool, peer_identity: &str, version: &str) {
+        self.record.path = if same_node {
+            Path::SameNode
+        } else {
+            Path::Tunnel
+        };
+        self.record.tls = Some(Tls {
+            peer_identity: peer_identity.to_owned(),
+            version: version.to_owned(),
+        });
     }
 
-    /// Logs a flow that never relayed: `state` and why.
+    pub fn set_verdict(&mut self, verdict: &Verdict) {
+        self.record.verdict = Some(FlowVerdict::from(verdict));
+    }
+
+    /// Bytes start to move: the flow is listed as open and counted.
+    pub fn relaying(&mut self) {
+        self.opened = true;
+        self.metrics.connection_opened(&self.record);
+        self.store.open(self.record.clone());
+    }
+
+    /// Ends a flow that relayed bytes.
+    pub fn relayed(mut self, relayed: Relayed, revoked_by: Option<String>) {
+        self.record.bytes_sent = relayed.sent;
+        self.record.bytes_received = relayed.received;
+        self.record.end = Some(
+            match relayed.end {
+                End::Closed => "closed",
+                End::ClientReset => "client_reset",
+                End::ServerReset => "server_reset",
+                End::Revoked => "revoked",
+            }
+            .to_owned(),
+        );
+        self.finish(State::Closed, revoked_by);
+    }
+
+    /// Ends a flow that never relayed: `state` and why.
     pub fn failed(self, state: State, error: impl Into<String>) {
-        self.log(state, None, Some(error.into()));
+        self.finish(state, Some(error.into()));
     }
 
-    fn log(self, state: State, relayed: Option<Relayed>, error: Option<String>) {
-        let duration_ms = self.started.elapsed().as_millis() as u64;
-        let decision = self.verdict.as_ref().map(|v| match v.decision {
-            Decision::Allow => "allow",
-            Decision::Deny => "deny",
-        });
-        let verdict = self.verdict.as_ref().map(ToString::to_string);
-        let dry_run = self
-            .verdict
-            .as_ref()
-            .filter(|v| !v.dry_run.is_empty())
-            .map(|v| serde_json::to_string(&v.dry_run).unwrap_or_default());
-        let end = relayed.map(|r| match r.end {
-            End::Closed => "closed",
-            End::ClientReset => "client_reset",
-            End::ServerReset => "server_reset",
-            End::Revoked => "revoked",
-        });
-        let state_name = match state {
-            State::Closed => "closed",
-            State::Refused => "refused",
-            State::Denied => "denied",
-            State::Error => "error",
-        };
-        let path = match self.path {
-            Path::Plaintext => "plaintext",
-            Path::Hbone => "hbone",
-        };
-        let direction = match self.direction {
-            Direction::Outbound => "outbound",
-            Direction::Inbound => "inbound",
-        };
-        macro_rules! record {
-            ($level:ident, $message:literal) => {
-                tracing::$level!(
-                    target: "nodemesh::flow",
-                    direction,
-                    pod = %self.pod,
-                    src = %self.src,
-                    orig_dst = %self.orig_dst,
-                    path,
-                    source_identity = self.source_identity.as_deref(),
-                    peer_identity = self.peer_identity.as_deref(),
-                    decision,
-                    verdict = verdict.as_deref(),
-                    dry_run = dry_run.as_deref(),
-                    state = state_name,
-                    sent = relayed.map(|r| r.sent),
-                    received = relayed.map(|r| r.received),
-                    end,
-                    error = error.as_deref(),
-                    duration_ms,
-                    $message
-                )
-            };
+    fn finish(mut self, state: State, error: Option<String>) {
+        self.record.state = state;
+        self.record.error = error;
+        self.record.end_unix_ms = Some(unix_ms_now());
+        if self.opened {
+            self.metrics.connection_closed(&self.record);
         }
-        match state {
-            State::Closed => record!(info, "flow closed"),
-            State::Refused | State::Denied => record!(info, "flow refused"),
-            State::Error => record!(warn, "flow failed"),
+        self.metrics.flow_ended(&self.record);
+        log(&self.record);
+        self.store.close(self.record);
+    }
+}
+
+/// `namespace/name` of the pod at `addr`, if any.
+fn pod_at(snapshot: &Snapshot, addr: SocketAddr) -> Option<String> {
+    snapshot.pod_by_ip(addr.ip()).map(|p| p.key())
+}
+
+fn log(r: &FlowRecord) {
+    let name = |v: &dyn erased::Named| v.name();
+    let verdict = r.verdict.as_ref();
+    let decision = verdict.map(|v| match v.decision {
+        crate::policy::Decision::Allow => "allow",
+        crate::policy::Decision::Deny => "deny",
+    });
+    let dry_run = verdict
+        .filter(|v| !v.dry_run.is_empty())
+        .map(|v| serde_json::to_string(&v.dry_run).unwrap_or_default());
+    let (owner, peer_identity, source_identity) = match r.direction {
+        Direction::Outbound => (&r.source, &r.destination.identity, &r.source.identity),
+        Direction::Inbound => (&r.destination, &r.source.identity, &r.source.identity),
+    };
+    let relayed = r.end.is_some();
+    macro_rules! record {
+        ($level:ident, $message:literal) => {
+            tracing::$level!(
+                target: "nodemesh::flow",
+                id = r.id,
+                direction = name(&r.direction),
+                pod = owner.pod.as_deref().unwrap_or("-"),
+                src = %r.source.addr(),
+                orig_dst = %r.destination.addr(),
+                path = name(&r.path),
+                hook = r.hook.as_ref().map(|h| name(h)),
+                source_identity = source_identity.as_deref(),
+                peer_identity = peer_identity.as_deref(),
+                decision,
+                verdict = verdict.map(|v| v.reason.as_str()),
+                dry_run = dry_run.as_deref(),
+                state = name(&r.state),
+                sent = relayed.then_some(r.bytes_sent),
+                received = relayed.then_some(r.bytes_received),
+                end = r.end.as_deref(),
+                error = r.error.as_deref(),
+                duration_ms = r.duration_ms(),
+                $message
+            )
+        };
+    }
+    match r.state {
+        State::Open | State::Closed => record!(info, "flow closed"),
+        State::Refused | State::Denied => record!(info, "flow refused"),
+        State::Error => record!(warn, "flow failed"),
+    }
+}
+
+/// The snake_case names the record serializes its enums to, reused for the
+/// log line so the two never differ.
+mod erased {
+    pub trait Named {
+        fn name(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Named for T {
+        fn name(&self) -> String {
+            match serde_json::to_value(self) {
+                Ok(serde_json::Value::String(s)) => s,
+                _ => String::new(),
+            }
         }
     }
 }

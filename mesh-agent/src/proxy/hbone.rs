@@ -22,13 +22,17 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{
     PodContext,
     admission::Arrival,
-    flow::{Direction, Flow, Path, State},
+    flow::Flow,
     inbound::{admit_and_deliver, carry},
     mesh::MeshIdentity,
 };
-use crate::tunnel::{
-    server::{Handler, Peer, Refusal, Session, serve},
-    tls::{accept, server_config_resolving},
+use crate::{
+    flows::record::{Direction, Path, State},
+    tunnel::{
+        client::version_name,
+        server::{Handler, Peer, Refusal, Session, serve},
+        tls::{accept, server_config_resolving},
+    },
 };
 
 /// A client that has not finished its TLS handshake by then is dropped.
@@ -92,8 +96,8 @@ async fn connection(
         Err(e) => {
             counters.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(pod = %pod.pod, peer = %peer_addr, "HBONE connection refused: {e}");
-            let mut flow = Flow::new(Direction::Inbound, &pod.pod, peer_addr, local);
-            flow.path = Path::Hbone;
+            let mut flow = Flow::new(pod, Direction::Inbound, None, peer_addr, local);
+            flow.record.path = Path::Tunnel;
             flow.failed(State::Refused, format!("mTLS handshake failed: {e}"));
             return;
         }
@@ -103,6 +107,7 @@ async fn connection(
     let peer = Peer {
         identity: id,
         addr: peer_addr,
+        tls_version: version_name(stream.get_ref().1.protocol_version()),
     };
     let identity = peer.identity.to_string();
     match serve(stream, peer, Arc::clone(&handler)).await {
@@ -112,9 +117,9 @@ async fn connection(
         }
         Err(e) => {
             tracing::warn!(pod = %pod.pod, peer = %peer_addr, %identity, "HBONE connection failed: {e}");
-            let mut flow = Flow::new(Direction::Inbound, &pod.pod, peer_addr, local);
-            flow.path = Path::Hbone;
-            flow.peer_identity = Some(identity);
+            let mut flow = Flow::new(pod, Direction::Inbound, None, peer_addr, local);
+            flow.record.path = Path::Tunnel;
+            flow.record.source.identity = Some(identity);
             flow.failed(State::Refused, format!("not a valid HTTP/2 peer: {e}"));
         }
     }
@@ -139,10 +144,24 @@ struct PodHandler(Arc<PodContext>);
 
 impl PodHandler {
     fn flow(&self, peer: &Peer, target: SocketAddr) -> Flow {
-        let mut flow = Flow::new(Direction::Inbound, &self.0.pod, peer.addr, target);
-        flow.path = Path::Hbone;
-        flow.peer_identity = Some(peer.identity.to_string());
-        flow.source_identity = flow.peer_identity.clone();
+        let pod = &self.0;
+        let mut flow = Flow::new(pod, Direction::Inbound, None, peer.addr, target);
+        let identity = peer.identity.to_string();
+        let snapshot = pod.mesh.snapshot();
+        let same_node = snapshot
+            .snapshot
+            .pod_by_ip(peer.addr.ip())
+            .is_some_and(|p| p.node == pod.mesh.flows.node());
+        flow.tunnelled(same_node, &identity, peer.tls_version);
+        flow.record.source.identity = Some(identity);
+        if let Some(me) = snapshot.snapshot.pod(&pod.pod)
+            && let Some(identity) = &pod.mesh.identity
+        {
+            flow.record.destination.identity = me
+                .identity(identity.bundle.trust_domain())
+                .ok()
+                .map(|id| id.to_string());
+        }
         flow
     }
 
@@ -183,7 +202,7 @@ impl Handler for PodHandler {
             Err((state, why)) => {
                 let status = match state {
                     State::Denied | State::Refused => StatusCode::UNAUTHORIZED,
-                    State::Error | State::Closed => StatusCode::SERVICE_UNAVAILABLE,
+                    State::Error | State::Closed | State::Open => StatusCode::SERVICE_UNAVAILABLE,
                 };
                 flow.failed(state, why.clone());
                 Err(Refusal::new(status, why))

@@ -19,17 +19,20 @@ use super::{
     PodContext,
     admission::{Arrival, Refused, Registration, admit},
     connect,
-    flow::{Direction, Flow, State},
+    flow::Flow,
     relay::{Stream, relay},
     reset, socket_in_pod,
 };
-use crate::capture::inpod::delivery_socket;
+use crate::{
+    capture::inpod::delivery_socket,
+    flows::record::{Direction, Hook, State},
+};
 
 pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     let Ok(orig) = client.local_addr() else {
         return;
     };
-    let mut flow = Flow::new(Direction::Inbound, &pod.pod, peer, orig);
+    let mut flow = Flow::new(&pod, Direction::Inbound, Some(Hook::SkLookup), peer, orig);
     let arrival = Arrival {
         source: None,
         source_ip: peer.ip().to_canonical(),
@@ -58,12 +61,12 @@ pub(super) async fn admit_and_deliver(
         Ok(verdict) => verdict,
         Err(Refused::Denied(verdict)) => {
             let why = verdict.to_string();
-            flow.verdict = Some(verdict);
+            flow.set_verdict(&verdict);
             return Err((State::Denied, why));
         }
         Err(other) => return Err((State::Refused, other.to_string())),
     };
-    flow.verdict = Some(verdict);
+    flow.set_verdict(&verdict);
     let registration = pod.mesh.live.register(&pod.pod, arrival.clone());
     match deliver(pod, arrival.source_ip, app).await {
         Ok(stream) => Ok((stream, registration)),
@@ -77,8 +80,9 @@ pub(super) async fn carry<C: Stream>(
     client: C,
     app: TcpStream,
     mut registration: Registration,
-    flow: Flow,
+    mut flow: Flow,
 ) {
+    flow.relaying();
     let mut revoked_by = None;
     let relayed = relay(client, app, async {
         revoked_by = Some(registration.revoked().await);

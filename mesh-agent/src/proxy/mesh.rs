@@ -10,6 +10,8 @@ use tokio::sync::watch;
 
 use super::admission::Live;
 use crate::{
+    admin::metrics::Metrics,
+    flows::FlowStore,
     identity::{store::CertStore, verify::TrustBundle},
     state::Loaded,
 };
@@ -23,6 +25,8 @@ pub struct Mesh {
     pub identity: Option<MeshIdentity>,
     pub live: Arc<Live>,
     pub tunnels: TunnelCounters,
+    pub flows: Arc<FlowStore>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Pod certificates and the trust bundle that checks peers.
@@ -56,12 +60,18 @@ pub struct TunnelStatus {
 }
 
 impl Mesh {
-    pub fn new(config: watch::Receiver<Arc<Loaded>>, identity: Option<MeshIdentity>) -> Self {
+    pub fn new(
+        config: watch::Receiver<Arc<Loaded>>,
+        identity: Option<MeshIdentity>,
+        flows: FlowStore,
+    ) -> Self {
         Self {
             config,
             identity,
             live: Arc::default(),
             tunnels: TunnelCounters::default(),
+            flows: Arc::new(flows),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 

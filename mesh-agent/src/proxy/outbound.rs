@@ -12,15 +12,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use mesh_common::{TupleKey, ports};
 use tokio::net::TcpStream;
 
-use super::{
-    PodContext, connect,
-    flow::{Direction, Flow, Path, State},
-    mesh::MeshIdentity,
-    relay::relay,
-    reset, socket_in_pod,
-};
+use super::{PodContext, connect, flow::Flow, mesh::MeshIdentity, relay::relay, reset, socket_in_pod};
 use crate::{
     capture::{inpod::upstream_socket, object::ip_key},
+    flows::record::{Direction, Hook, State},
+    identity::SpiffeId,
     tunnel::{TunnelError, client::Connection, pool::Key, tls::client_config},
 };
 
@@ -59,7 +55,12 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             return reset(client);
         }
     };
-    let mut flow = Flow::new(Direction::Outbound, &pod.pod, peer, orig);
+    let hook = if local.is_ipv4() {
+        Hook::Connect4
+    } else {
+        Hook::Connect6
+    };
+    let mut flow = Flow::new(&pod, Direction::Outbound, Some(hook), peer, orig);
     let orig = SocketAddr::new(orig.ip().to_canonical(), orig.port());
     let tunnelled = pod.mesh.identity.as_ref().and_then(|identity| {
         let loaded = pod.mesh.snapshot();
@@ -67,21 +68,21 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         if !loaded.snapshot.enrolled(dest) {
             return None;
         }
+        let same_node = dest.node == pod.mesh.flows.node();
         let trust_domain = identity.bundle.trust_domain();
-        Some(dest.identity(trust_domain).map_err(|e| e.to_string()))
+        Some((identity, dest.identity(trust_domain), same_node))
     });
     match tunnelled {
         None => plaintext(&pod, client, orig, flow).await,
-        Some(Err(e)) => {
+        Some((_, Err(e), _)) => {
             reset(client);
             flow.failed(State::Error, format!("destination identity: {e}"));
         }
-        Some(Ok(dest_identity)) => {
-            flow.path = Path::Hbone;
-            flow.peer_identity = Some(dest_identity.to_string());
-            let identity = pod.mesh.identity.as_ref().expect("checked above");
-            match open_tunnel(&pod, identity, dest_identity, orig, &mut flow).await {
+        Some((identity, Ok(dest_identity), same_node)) => {
+            flow.record.destination.identity = Some(dest_identity.to_string());
+            match open_tunnel(&pod, identity, dest_identity, orig, &mut flow, same_node).await {
                 Ok(stream) => {
+                    flow.relaying();
                     let relayed = relay(client, stream, std::future::pending()).await;
                     flow.relayed(relayed, None);
                 }
@@ -95,13 +96,16 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
 }
 
 /// Relays to a destination outside the mesh as plain TCP.
-async fn plaintext(pod: &PodContext, client: TcpStream, orig: SocketAddr, flow: Flow) {
+async fn plaintext(pod: &PodContext, client: TcpStream, orig: SocketAddr, mut flow: Flow) {
     let upstream = match socket_in_pod(pod, move || upstream_socket(orig)).await {
         Ok(socket) => connect(socket, orig).await,
         Err(e) => Err(e),
     };
     match upstream {
-        Ok(upstream) => flow.relayed(relay(client, upstream, std::future::pending()).await, None),
+        Ok(upstream) => {
+            flow.relaying();
+            flow.relayed(relay(client, upstream, std::future::pending()).await, None);
+        }
         Err(e) => {
             reset(client);
             flow.failed(State::Error, format!("upstream connect failed: {e}"));
@@ -114,9 +118,10 @@ async fn plaintext(pod: &PodContext, client: TcpStream, orig: SocketAddr, flow: 
 async fn open_tunnel(
     pod: &PodContext,
     identity: &MeshIdentity,
-    dest_identity: crate::identity::SpiffeId,
+    dest_identity: SpiffeId,
     orig: SocketAddr,
     flow: &mut Flow,
+    same_node: bool,
 ) -> Result<crate::tunnel::server::Tunnel, (State, String)> {
     let Some(cert) = identity.certs.wait(&pod.pod, CERT_WAIT).await else {
         return Err((
@@ -127,7 +132,7 @@ async fn open_tunnel(
             ),
         ));
     };
-    flow.source_identity = Some(cert.identity.to_string());
+    flow.record.source.identity = Some(cert.identity.to_string());
     let hbone = SocketAddr::new(orig.ip(), ports::HBONE);
     let key = Key {
         source: cert.identity.clone(),
@@ -159,6 +164,7 @@ async fn open_tunnel(
         .get(&key, dial)
         .await
         .map_err(|e| (State::Error, format!("tunnel to {hbone}: {e}")))?;
+    flow.tunnelled(same_node, &dest_identity.to_string(), conn.tls_version());
     conn.connect(orig).await.map_err(|e| match e {
         TunnelError::Refused { status: 401, .. } => (
             State::Denied,

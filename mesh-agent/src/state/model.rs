@@ -123,6 +123,15 @@ impl Snapshot {
         self.pods.iter().find(|p| p.ips.contains(&ip))
     }
 
+    /// The pods a service's selector picks (none for a selector-less one).
+    pub fn endpoints<'a>(&'a self, svc: &'a ServiceInfo) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        self.pods.iter().filter(move |p| {
+            !svc.selector.is_empty()
+                && p.namespace == svc.namespace
+                && svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+        })
+    }
+
     pub fn service_by_ip(&self, ip: IpAddr) -> Option<&ServiceInfo> {
         let ip = ip.to_canonical();
         self.services.iter().find(|s| s.cluster_ips.contains(&ip))

@@ -23,6 +23,7 @@ const SNI: &str = "hbone.nodemesh.invalid";
 #[derive(Clone)]
 pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
+    tls_version: &'static str,
 }
 
 impl Connection {
@@ -47,6 +48,7 @@ impl Connection {
             .connect(sni, tcp)
             .await
             .map_err(|source| TunnelError::Handshake { peer: addr, source })?;
+        let tls_version = version_name(tls.get_ref().1.protocol_version());
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(super::STREAM_WINDOW)
             .initial_connection_window_size(super::CONNECTION_WINDOW)
@@ -58,7 +60,10 @@ impl Connection {
                 tracing::debug!(%addr, error = %e, "HBONE connection ended");
             }
         });
-        Ok(Self { sender })
+        Ok(Self {
+            sender,
+            tls_version,
+        })
     }
 
     /// Sends one request on the shared connection (its own stream).
@@ -88,8 +93,22 @@ impl Connection {
         Ok(TokioIo::new(hyper::upgrade::on(response).await?))
     }
 
+    /// The negotiated TLS version, e.g. `TLSv1.3`.
+    pub fn tls_version(&self) -> &'static str {
+        self.tls_version
+    }
+
     /// False once the peer has gone away (the pool then dials again).
     pub fn is_open(&self) -> bool {
         !self.sender.is_closed()
+    }
+}
+
+/// How flow records name a TLS version.
+pub fn version_name(version: Option<rustls::ProtocolVersion>) -> &'static str {
+    match version {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "unknown",
     }
 }

@@ -27,6 +27,8 @@ pub struct Peer {
     pub identity: SpiffeId,
     /// The TCP source of the HBONE connection.
     pub addr: SocketAddr,
+    /// The negotiated TLS version, e.g. `TLSv1.3`.
+    pub tls_version: &'static str,
 }
 
 /// Why a CONNECT is not served.

@@ -138,6 +138,7 @@ async fn hbone_server(pki: &Pki, workloads: Vec<SocketAddr>) -> Hbone {
                 let peer = Peer {
                     identity,
                     addr: peer,
+                    tls_version: "TLSv1.3",
                 };
                 serve(tls, peer, handler).await
             });

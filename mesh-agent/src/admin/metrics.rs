@@ -1,0 +1,264 @@
+//! Prometheus metrics (`/metrics` on port 15020), with the
+//! `prometheus-client` crate. TCP metrics carry Istio's names and labels so
+//! existing dashboards map over; every label is bounded by the number of
+//! workloads and policies, never by connections.
+//!
+//! As in Istio, `istio_tcp_received_bytes_total` counts bytes from the
+//! client to the server (the request side) and `istio_tcp_sent_bytes_total`
+//! bytes from the server back to the client.
+use std::sync::atomic::Ordering;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::Registry,
+};
+
+use crate::flows::{
+    FlowRecord,
+    record::{Direction, Endpoint, Path, State},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TcpLabels {
+    reporter: &'static str,
+    source_workload: String,
+    source_workload_namespace: String,
+    source_principal: String,
+    destination_workload: String,
+    destination_workload_namespace: String,
+    destination_principal: String,
+    destination_service: String,
+    connection_security_policy: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    pod: String,
+    identity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CaptureLabels {
+    hook: String,
+    counter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    opened: Family<TcpLabels, Counter>,
+    closed: Family<TcpLabels, Counter>,
+    sent: Family<TcpLabels, Counter>,
+    received: Family<TcpLabels, Counter>,
+    denials: Family<PolicyLabels, Counter>,
+    flows: Family<StateLabels, Counter>,
+    handshakes: Family<RoleLabels, Counter>,
+    pooled: Gauge,
+    cert_expiry: Family<CertLabels, Gauge>,
+    capture: Family<CaptureLabels, Counter>,
+}
+
+/// Gauges and totals the agent reads from elsewhere, once per refresh.
+pub struct Snapshot<'a> {
+    pub handshakes: [(&'static str, u64); 3],
+    pub pooled_connections: u64,
+    pub certs: &'a [crate::identity::store::CertStatus],
+    pub capture: &'a [super::status::CounterValue],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            opened: Family::default(),
+            closed: Family::default(),
+            sent: Family::default(),
+            received: Family::default(),
+            denials: Family::default(),
+            flows: Family::default(),
+            handshakes: Family::default(),
+            pooled: Gauge::default(),
+            cert_expiry: Family::default(),
+            capture: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections the mesh started relaying",
+            m.opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections the mesh finished relaying",
+            m.closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent from the server back to the client",
+            m.sent.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the client for the server",
+            m.received.clone(),
+        );
+        registry.register(
+            "nodemesh_policy_denials",
+            "Connections denied by authorization policy, by deciding policy",
+            m.denials.clone(),
+        );
+        registry.register("nodemesh_flows", "Flows ended, by final state", m.flows.clone());
+        registry.register(
+            "nodemesh_tls_handshakes",
+            "HBONE TLS handshakes: dialled, accepted, rejected",
+            m.handshakes.clone(),
+        );
+        registry.register(
+            "nodemesh_tunnel_pool_connections",
+            "Pooled outbound HBONE connections held",
+            m.pooled.clone(),
+        );
+        registry.register(
+            "nodemesh_certificate_expiry_timestamp_seconds",
+            "When each pod's current certificate expires (Unix time)",
+            m.cert_expiry.clone(),
+        );
+        registry.register(
+            "nodemesh_capture_events",
+            "eBPF capture counters, by hook",
+            m.capture.clone(),
+        );
+        registry.register(
+            "nodemesh_build",
+            "The agent's build",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn connection_opened(&self, r: &FlowRecord) {
+        self.opened.get_or_create(&labels(r)).inc();
+    }
+
+    pub fn connection_closed(&self, r: &FlowRecord) {
+        let l = labels(r);
+        self.closed.get_or_create(&l).inc();
+        self.received.get_or_create(&l).inc_by(r.bytes_sent);
+        self.sent.get_or_create(&l).inc_by(r.bytes_received);
+    }
+
+    pub fn flow_ended(&self, r: &FlowRecord) {
+        let state = match r.state {
+            State::Open | State::Closed => "closed",
+            State::Refused => "refused",
+            State::Denied => "denied",
+            State::Error => "error",
+        };
+        self.flows.get_or_create(&StateLabels { state }).inc();
+        if r.state == State::Denied
+            && r.direction == Direction::Inbound
+            && let Some(v) = &r.verdict
+        {
+            let policy = v
+                .policy
+                .clone()
+                .unwrap_or_else(|| "(no ALLOW rule matched)".to_owned());
+            self.denials.get_or_create(&PolicyLabels { policy }).inc();
+        }
+    }
+
+    /// Brings gauges and copied totals up to date.
+    pub fn refresh(&self, s: &Snapshot<'_>) {
+        for (role, value) in s.handshakes {
+            set(&self.handshakes.get_or_create(&RoleLabels { role }), value);
+        }
+        self.pooled.set(s.pooled_connections as i64);
+        self.cert_expiry.clear();
+        for c in s.certs {
+            self.cert_expiry
+                .get_or_create(&CertLabels {
+                    pod: c.pod.clone(),
+                    identity: c.identity.clone(),
+                })
+                .set(c.not_after_unix as i64);
+        }
+        for c in s.capture {
+            let l = CaptureLabels {
+                hook: c.hook.clone(),
+                counter: c.counter.clone(),
+            };
+            set(&self.capture.get_or_create(&l), c.value);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Copies a total kept elsewhere into a counter.
+fn set(counter: &Counter, value: u64) {
+    counter.inner().store(value, Ordering::Relaxed);
+}
+
+fn labels(r: &FlowRecord) -> TcpLabels {
+    let workload = |e: &Endpoint| {
+        e.pod
+            .as_deref()
+            .and_then(|p| p.split_once('/'))
+            .map_or(("unknown".to_owned(), "unknown".to_owned()), |(ns, name)| {
+                (name.to_owned(), ns.to_owned())
+            })
+    };
+    let principal = |e: &Endpoint| e.identity.clone().unwrap_or_else(|| "unknown".to_owned());
+    let (source_workload, source_workload_namespace) = workload(&r.source);
+    let (destination_workload, destination_workload_namespace) = workload(&r.destination);
+    TcpLabels {
+        reporter: match r.direction {
+            Direction::Outbound => "source",
+            Direction::Inbound => "destination",
+        },
+        source_workload,
+        source_workload_namespace,
+        source_principal: principal(&r.source),
+        destination_workload,
+        destination_workload_namespace,
+        destination_principal: principal(&r.destination),
+        destination_service: r.service.clone().unwrap_or_else(|| "unknown".to_owned()),
+        connection_security_policy: match r.path {
+            Path::Tunnel | Path::SameNode => "mutual_tls",
+            Path::Passthrough => "none",
+        },
+    }
+}

@@ -1,0 +1,169 @@
+//! One flow record. Field names are part of the admin API: add fields,
+//! never rename or remove them.
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{Decision, Verdict, eval::Reason};
+
+/// Which way a captured connection goes, relative to the pod that owns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+/// How the bytes travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Path {
+    /// HBONE (mTLS + HTTP/2 CONNECT) to another node.
+    Tunnel,
+    /// HBONE between two pods of the same node.
+    SameNode,
+    /// Plain TCP: one end is outside the mesh (or the agent has no CA).
+    Passthrough,
+}
+
+/// The kernel hook that captured the connection (none for tunnelled
+/// arrivals: port 15008 is not steered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    Connect4,
+    Connect6,
+    SkLookup,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Being relayed now.
+    Open,
+    /// Relayed to its end (see `end`).
+    Closed,
+    /// Refused before policy: peer authentication, a bad request, a failed
+    /// handshake.
+    Refused,
+    /// Denied by an authorization policy.
+    Denied,
+    /// The mesh could not carry it (upstream, delivery or tunnel failure).
+    Error,
+}
+
+/// One end of a flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// `namespace/name`, when the address is a known pod.
+    pub pod: Option<String>,
+    pub ip: IpAddr,
+    pub port: u16,
+    /// Its SPIFFE ID, when it proved one (or, for a destination, the one
+    /// the tunnel insisted on).
+    pub identity: Option<String>,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            pod: None,
+            ip: addr.ip().to_canonical(),
+            port: addr.port(),
+            identity: None,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
+    }
+
+    /// The namespace part of `pod`.
+    pub fn namespace(&self) -> Option<&str> {
+        self.pod.as_deref()?.split_once('/').map(|(ns, _)| ns)
+    }
+}
+
+/// The mutual TLS of a tunnelled flow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tls {
+    /// The far end's verified SPIFFE ID.
+    pub peer_identity: String,
+    /// e.g. `TLSv1.3`.
+    pub version: String,
+}
+
+/// The policy decision, with the rule that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowVerdict {
+    pub decision: Decision,
+    /// `namespace/name` of the deciding policy, when one decided.
+    pub policy: Option<String>,
+    pub rule: Option<usize>,
+    /// The decision in words.
+    pub reason: String,
+    /// What dry-run policies would have done.
+    pub dry_run: Vec<crate::policy::eval::DryRun>,
+}
+
+impl From<&Verdict> for FlowVerdict {
+    fn from(v: &Verdict) -> Self {
+        let (policy, rule) = match &v.reason {
+            Reason::AllowedBy { policy, rule } | Reason::DeniedBy { policy, rule } => {
+                (Some(policy.clone()), Some(*rule))
+            }
+            Reason::NoAllowPolicy | Reason::NoAllowRuleMatched { .. } => (None, None),
+        };
+        Self {
+            decision: v.decision,
+            policy,
+            rule,
+            reason: v.to_string(),
+            dry_run: v.dry_run.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// Unique per agent run, increasing.
+    pub id: u64,
+    /// The node whose agent recorded it.
+    pub node: String,
+    pub start_unix_ms: u64,
+    pub end_unix_ms: Option<u64>,
+    pub direction: Direction,
+    pub hook: Option<Hook>,
+    pub path: Path,
+    pub source: Endpoint,
+    /// The original destination (what the app connected to).
+    pub destination: Endpoint,
+    /// `namespace/name` when the original destination was a Service address.
+    pub service: Option<String>,
+    /// The endpoint chosen for a Service address.
+    pub endpoint: Option<SocketAddr>,
+    pub tls: Option<Tls>,
+    pub verdict: Option<FlowVerdict>,
+    /// Bytes from the source to the destination.
+    pub bytes_sent: u64,
+    /// Bytes from the destination back to the source.
+    pub bytes_received: u64,
+    pub state: State,
+    /// How a relayed flow ended: `closed`, `client_reset`, `server_reset`,
+    /// `revoked`.
+    pub end: Option<String>,
+    /// Why it was refused, denied, failed or revoked.
+    pub error: Option<String>,
+}
+
+impl FlowRecord {
+    pub fn duration_ms(&self) -> Option<u64> {
+        Some(self.end_unix_ms?.saturating_sub(self.start_unix_ms))
+    }
+}
+
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,261 @@
+//! Flow records as a table for people (`meshctl flows`): aligned columns,
+//! human byte counts and durations, colour only when asked (a terminal).
+use super::{
+    FlowRecord,
+    record::{Endpoint, Path, State},
+};
+
+/// Column widths adapt to the content; `wide` adds ids, hooks, identities,
+/// TLS and errors.
+pub fn table(records: &[FlowRecord], wide: bool, colour: bool) -> String {
+    let mut header = vec![
+        "TIME", "SOURCE", "DESTINATION", "PATH", "VERDICT", "SENT", "RECEIVED", "DURATION",
+    ];
+    if wide {
+        header.extend([
+            "ID",
+            "NODE",
+            "HOOK",
+            "SOURCE IDENTITY",
+            "DESTINATION IDENTITY",
+            "TLS",
+            "DETAIL",
+        ]);
+    }
+    let rows: Vec<(Vec<String>, Option<&str>)> = records
+        .iter()
+        .map(|r| {
+            let (verdict, paint) = verdict(r);
+            let mut row = vec![
+                clock(r.start_unix_ms),
+                end_name(&r.source, false),
+                end_name(&r.destination, true),
+                path(r),
+                verdict,
+                bytes(r.bytes_sent),
+                bytes(r.bytes_received),
+                r.duration_ms().map_or_else(|| "open".to_owned(), duration),
+            ];
+            if wide {
+                row.extend([
+                    r.id.to_string(),
+                    r.node.clone(),
+                    r.hook
+                        .map(|h| serde_json::to_value(h).ok())
+                        .and_then(|v| v?.as_str().map(str::to_owned))
+                        .unwrap_or_else(|| "-".into()),
+                    r.source.identity.clone().unwrap_or_else(|| "-".into()),
+                    r.destination.identity.clone().unwrap_or_else(|| "-".into()),
+                    r.tls.as_ref().map_or_else(|| "-".into(), |t| t.version.clone()),
+                    r.error.clone().unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            (row, paint)
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for (row, _) in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String], paint: Option<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            let padded = if i + 1 == cells.len() {
+                cell.clone()
+            } else {
+                format!("{cell:<w$}  ")
+            };
+            match paint.filter(|_| colour && i == 4) {
+                Some(code) => {
+                    out.push_str(&format!("\x1b[{code}m{}\x1b[0m", padded.trim_end()));
+                    out.push_str(&" ".repeat(padded.len() - padded.trim_end().len()));
+                }
+                None => out.push_str(&padded),
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let header: Vec<String> = header.into_iter().map(str::to_owned).collect();
+    let mut out = line(&header, None);
+    for (row, paint) in &rows {
+        out.push_str(&line(row, *paint));
+    }
+    out
+}
+
+/// The verdict column, and its colour (ANSI SGR code).
+fn verdict(r: &FlowRecord) -> (String, Option<&'static str>) {
+    let rule = r.verdict.as_ref().and_then(|v| {
+        Some(format!("{}#{}", v.policy.as_ref()?, v.rule?))
+    });
+    match r.state {
+        State::Open | State::Closed => (
+            rule.map_or_else(|| "allowed".into(), |p| format!("allowed ({p})")),
+            Some("32"),
+        ),
+        State::Denied => (
+            rule.map_or_else(|| "denied (no ALLOW rule)".into(), |p| format!("denied ({p})")),
+            Some("31"),
+        ),
+        State::Refused => ("refused".into(), Some("33")),
+        State::Error => ("error".into(), Some("31")),
+    }
+}
+
+fn path(r: &FlowRecord) -> String {
+    match r.path {
+        Path::Tunnel => "tunnel",
+        Path::SameNode => "same-node",
+        Path::Passthrough => "passthrough",
+    }
+    .to_owned()
+}
+
+/// `namespace/pod` (with the port for a destination), else the address.
+fn end_name(e: &Endpoint, with_port: bool) -> String {
+    match (&e.pod, with_port) {
+        (Some(pod), true) => format!("{pod}:{}", e.port),
+        (Some(pod), false) => pod.clone(),
+        (None, _) => e.addr().to_string(),
+    }
+}
+
+/// UTC wall-clock time of day with milliseconds.
+fn clock(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60,
+        unix_ms % 1000
+    )
+}
+
+/// `512 B`, `1.5 KiB`, `64.0 MiB`, …
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `850ms`, `1.2s`, `3m04s`, `2h05m`.
+pub fn duration(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms / 60_000 % 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        flows::record::{Direction, FlowVerdict, Hook, Tls},
+        policy::Decision,
+    };
+
+    fn records() -> Vec<FlowRecord> {
+        let end = |pod: Option<&str>, ip: &str, port, id: Option<&str>| Endpoint {
+            pod: pod.map(str::to_owned),
+            ip: ip.parse().unwrap(),
+            port,
+            identity: id.map(str::to_owned),
+        };
+        let base = FlowRecord {
+            id: 7,
+            node: "n1".into(),
+            start_unix_ms: 1_764_676_800_123,
+            end_unix_ms: Some(1_764_676_801_323),
+            direction: Direction::Outbound,
+            hook: Some(Hook::Connect4),
+            path: Path::Tunnel,
+            source: end(Some("shop/frontend"), "10.1.0.11", 40312, Some("spiffe://cluster.local/ns/shop/sa/frontend")),
+            destination: end(Some("shop/payments"), "10.2.0.12", 8080, Some("spiffe://cluster.local/ns/shop/sa/payments")),
+            service: None,
+            endpoint: None,
+            tls: Some(Tls {
+                peer_identity: "spiffe://cluster.local/ns/shop/sa/payments".into(),
+                version: "TLSv1.3".into(),
+            }),
+            verdict: Some(FlowVerdict {
+                decision: Decision::Allow,
+                policy: Some("shop/frontend-only".into()),
+                rule: Some(0),
+                reason: "allowed by shop/frontend-only rule 0".into(),
+                dry_run: Vec::new(),
+            }),
+            bytes_sent: 1536,
+            bytes_received: 67_108_864,
+            state: State::Closed,
+            end: Some("closed".into()),
+            error: None,
+        };
+        let mut denied = base.clone();
+        denied.id = 8;
+        denied.source = end(Some("legacy/client"), "10.1.0.12", 50000, None);
+        denied.path = Path::Passthrough;
+        denied.tls = None;
+        denied.state = State::Refused;
+        denied.bytes_sent = 0;
+        denied.bytes_received = 0;
+        denied.end_unix_ms = Some(denied.start_unix_ms + 2);
+        denied.error = Some("plaintext refused: STRICT".into());
+        let mut open = base.clone();
+        open.id = 9;
+        open.destination = end(None, "192.0.2.1", 443, None);
+        open.path = Path::Passthrough;
+        open.verdict = None;
+        open.state = State::Open;
+        open.end_unix_ms = None;
+        open.bytes_sent = 0;
+        open.bytes_received = 0;
+        vec![base, denied, open]
+    }
+
+    #[test]
+    fn the_table_is_aligned_and_human() {
+        let expected = "\
+TIME          SOURCE         DESTINATION         PATH         VERDICT                         SENT     RECEIVED  DURATION
+12:00:00.123  shop/frontend  shop/payments:8080  tunnel       allowed (shop/frontend-only#0)  1.5 KiB  64.0 MiB  1.2s
+12:00:00.123  legacy/client  shop/payments:8080  passthrough  refused                         0 B      0 B       2ms
+12:00:00.123  shop/frontend  192.0.2.1:443       passthrough  allowed                         0 B      0 B       open
+";
+        assert_eq!(table(&records(), false, false), expected);
+    }
+
+    #[test]
+    fn wide_adds_identities_and_colour_only_paints_the_verdict() {
+        let wide = table(&records(), true, false);
+        assert!(wide.lines().next().unwrap().ends_with("TLS      DETAIL"), "{wide}");
+        assert!(wide.contains("spiffe://cluster.local/ns/shop/sa/payments  TLSv1.3"), "{wide}");
+        assert!(wide.contains("plaintext refused: STRICT"), "{wide}");
+        let coloured = table(&records(), false, true);
+        assert!(coloured.contains("\x1b[32mallowed (shop/frontend-only#0)\x1b[0m"));
+        assert!(coloured.contains("\x1b[33mrefused\x1b[0m"));
+        assert_eq!(coloured.matches("\x1b[").count(), 6, "three verdict cells, nothing else");
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024 * 1024 * 3 / 2), "1.5 MiB");
+        assert_eq!(duration(999), "999ms");
+        assert_eq!(duration(61_000), "1m01s");
+        assert_eq!(duration(7_500_000), "2h05m");
+    }
+}

@@ -1,0 +1,106 @@
+//! Where flow records live: every open flow, and the most recent closed
+//! ones in a ring of fixed capacity, so memory stays bounded under any load.
+//! Closed flows are also broadcast to followers.
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use tokio::sync::broadcast;
+
+use super::{Filter, FlowRecord};
+
+/// How many closed flows are kept by default.
+pub const DEFAULT_CAPACITY: usize = 4096;
+/// Closed flows a slow follower may lag behind before it misses some.
+const FOLLOW_BUFFER: usize = 1024;
+
+pub struct FlowStore {
+    node: String,
+    capacity: usize,
+    next_id: AtomicU64,
+    inner: Mutex<Inner>,
+    closed_feed: broadcast::Sender<FlowRecord>,
+}
+
+#[derive(Default)]
+struct Inner {
+    open: BTreeMap<u64, FlowRecord>,
+    closed: VecDeque<FlowRecord>,
+}
+
+impl FlowStore {
+    pub fn new(node: &str, capacity: usize) -> Self {
+        Self {
+            node: node.to_owned(),
+            capacity: capacity.max(1),
+            next_id: AtomicU64::new(1),
+            inner: Mutex::default(),
+            closed_feed: broadcast::channel(FOLLOW_BUFFER).0,
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// A fresh flow id.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Records (or updates) a flow that is still open.
+    pub fn open(&self, record: FlowRecord) {
+        let mut inner = self.inner.lock().expect("flow store");
+        inner.open.insert(record.id, record);
+    }
+
+    /// Records a flow's end: it leaves the open set and enters the ring.
+    pub fn close(&self, record: FlowRecord) {
+        {
+            let mut inner = self.inner.lock().expect("flow store");
+            inner.open.remove(&record.id);
+            if inner.closed.len() == self.capacity {
+                inner.closed.pop_front();
+            }
+            inner.closed.push_back(record.clone());
+        }
+        // No follower is not an error.
+        let _ = self.closed_feed.send(record);
+    }
+
+    /// Open and recent closed flows matching `filter`, oldest first.
+    pub fn list(&self, filter: &Filter) -> Vec<FlowRecord> {
+        let inner = self.inner.lock().expect("flow store");
+        let mut all: Vec<FlowRecord> = inner
+            .closed
+            .iter()
+            .chain(inner.open.values())
+            .filter(|r| filter.matches(r))
+            .cloned()
+            .collect();
+        all.sort_by_key(|r| r.id);
+        if let Some(last) = filter.last {
+            all.drain(..all.len().saturating_sub(last));
+        }
+        all
+    }
+
+    /// Closed flows from now on.
+    pub fn follow(&self) -> broadcast::Receiver<FlowRecord> {
+        self.closed_feed.subscribe()
+    }
+
+    /// (open, closed) flows held.
+    pub fn sizes(&self) -> (usize, usize) {
+        let inner = self.inner.lock().expect("flow store");
+        (inner.open.len(), inner.closed.len())
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
