@@ -541,8 +541,9 @@ fn misplaced_pod_reported() -> anyhow::Result<()> {
             l.contains("WARN") && l.contains("capture not in place") && l.contains("shop/a")
         })?;
     let out = std::process::Command::new(workspace_binary("meshctl")?)
-        .args(["status", "--run-dir"])
-        .arg(&agent.run_dir)
+        .arg("--agent")
+        .arg(agent.run_dir.join("admin.sock"))
+        .arg("status")
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(

@@ -331,7 +331,7 @@ fn untrusted_identities_refused() -> anyhow::Result<()> {
         agent
             .flows()
             .into_iter()
-            .filter(|f| f.state == "refused" && f.path == "hbone")
+            .filter(|f| f.state == "refused" && f.path == "tunnel")
             .count() as u64
     };
     eventually("a refused flow record per refused handshake", || {

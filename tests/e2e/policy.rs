@@ -130,7 +130,7 @@ fn strict_and_permissive() -> anyhow::Result<()> {
         "PERMISSIVE (the default) refused plaintext"
     );
     let plain = n2.wait_flow("the plaintext arrival", |f| {
-        f.direction == "inbound" && f.path == "plaintext"
+        f.direction == "inbound" && f.path == "passthrough"
     })?;
     ensure!(
         plain.state == "closed" && plain.peer_identity.is_none() && plain.sent == 1024,
@@ -145,7 +145,7 @@ fn strict_and_permissive() -> anyhow::Result<()> {
     eventually("STRICT refuses plaintext", || Ok(!shop.reaches("l", 8080)?))?;
     let refused = n2.wait_flow("a STRICT refusal", |f| f.state == "refused")?;
     ensure!(
-        refused.path == "plaintext"
+        refused.path == "passthrough"
             && refused
                 .error
                 .as_deref()

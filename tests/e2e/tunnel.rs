@@ -150,7 +150,7 @@ fn cross_node_encrypted() -> anyhow::Result<()> {
         f.direction == "inbound" && f.orig_dst == target
     })?;
     ensure!(
-        inbound.path == "hbone"
+        inbound.path == "tunnel"
             && inbound.peer_identity.as_deref() == Some(SHOP_DEFAULT)
             && inbound.decision.as_deref() == Some("allow")
             && inbound.sent == 64 * MIB
@@ -164,7 +164,7 @@ fn cross_node_encrypted() -> anyhow::Result<()> {
             f.direction == "outbound" && f.orig_dst == target
         })?;
     ensure!(
-        outbound.path == "hbone"
+        outbound.path == "tunnel"
             && outbound.source_identity.as_deref() == Some(SHOP_DEFAULT)
             && outbound.peer_identity.as_deref() == Some(SHOP_DEFAULT)
             && outbound.sent == 64 * MIB
@@ -240,7 +240,7 @@ fn hundred_connections_one_tunnel() -> anyhow::Result<()> {
         f.direction == "inbound" && f.orig_dst == target
     })?;
     ensure!(
-        flow.path == "hbone"
+        flow.path == "same_node"
             && flow.peer_identity.as_deref() == Some(SHOP_DEFAULT)
             && flow.src.starts_with(&a2.ipv4.to_string()),
         "{flow:?}"

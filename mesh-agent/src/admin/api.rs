@@ -43,6 +43,9 @@ use crate::{
     state::Snapshot,
 };
 
+/// The socket's file name in the agent's run directory.
+pub const SOCKET_NAME: &str = "admin.sock";
+
 /// What the API serves from.
 pub struct Admin {
     pub mesh: Arc<Mesh>,
@@ -137,7 +140,11 @@ impl Admin {
                     .ports
                     .iter()
                     .map(|p| {
-                        let name = p.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+                        let name = p
+                            .name
+                            .as_deref()
+                            .map(|n| format!(" ({n})"))
+                            .unwrap_or_default();
                         format!("{}→{}{name}", p.port, p.target_port)
                     })
                     .collect(),
@@ -171,7 +178,10 @@ impl Admin {
 
     async fn route(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         if req.method() != Method::GET {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "the admin API only answers GET\n");
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "the admin API only answers GET\n",
+            );
         }
         let query = req.uri().query().unwrap_or("");
         let loaded = self.mesh.snapshot();
@@ -179,7 +189,10 @@ impl Admin {
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" if self.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ok\n"),
-            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: config not applied yet\n"),
+            "/readyz" => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: config not applied yet\n",
+            ),
             "/status" => json(&*self.status.lock().expect("status")),
             "/flows" => match Filter::from_query(query) {
                 Ok(filter) => json(&self.mesh.flows.list(&filter)),
@@ -217,7 +230,10 @@ impl Admin {
                     }
                 }
                 let (Some(from), Some(to)) = (from, to) else {
-                    return text(StatusCode::BAD_REQUEST, "why needs ?from=<pod>&to=<ip:port>\n");
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        "why needs ?from=<pod>&to=<ip:port>\n",
+                    );
                 };
                 match why(snapshot, &from, &to, self.trust_domain()) {
                     Ok(answer) => json(&answer),
@@ -227,7 +243,9 @@ impl Admin {
             "/metrics" => metrics(&self.mesh),
             other => text(
                 StatusCode::NOT_FOUND,
-                &format!("no {other} here; see the admin API table in mesh-agent's admin::api docs\n"),
+                &format!(
+                    "no {other} here; see the admin API table in mesh-agent's admin::api docs\n"
+                ),
             ),
         }
     }

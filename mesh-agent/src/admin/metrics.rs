@@ -133,7 +133,11 @@ impl Metrics {
             "Connections denied by authorization policy, by deciding policy",
             m.denials.clone(),
         );
-        registry.register("nodemesh_flows", "Flows ended, by final state", m.flows.clone());
+        registry.register(
+            "nodemesh_flows",
+            "Flows ended, by final state",
+            m.flows.clone(),
+        );
         registry.register(
             "nodemesh_tls_handshakes",
             "HBONE TLS handshakes: dialled, accepted, rejected",
@@ -234,12 +238,10 @@ fn set(counter: &Counter, value: u64) {
 
 fn labels(r: &FlowRecord) -> TcpLabels {
     let workload = |e: &Endpoint| {
-        e.pod
-            .as_deref()
-            .and_then(|p| p.split_once('/'))
-            .map_or(("unknown".to_owned(), "unknown".to_owned()), |(ns, name)| {
-                (name.to_owned(), ns.to_owned())
-            })
+        e.pod.as_deref().and_then(|p| p.split_once('/')).map_or(
+            ("unknown".to_owned(), "unknown".to_owned()),
+            |(ns, name)| (name.to_owned(), ns.to_owned()),
+        )
     };
     let principal = |e: &Endpoint| e.identity.clone().unwrap_or_else(|| "unknown".to_owned());
     let (source_workload, source_workload_namespace) = workload(&r.source);

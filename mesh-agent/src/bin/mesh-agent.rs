@@ -19,19 +19,17 @@ use mesh_agent::{
         events, kernel,
         object::{self, Attached},
     },
+    flows::FlowStore,
     identity::{
         self,
         store::{CertSource, CertStore},
     },
-    flows::FlowStore,
     proxy::mesh::{Mesh, MeshIdentity},
     state::{self, Snapshot},
 };
 
 const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/nodemesh";
 const DEFAULT_RUN_DIR: &str = "/run/nodemesh";
-/// The admin API's unix socket, in the run directory.
-const ADMIN_SOCKET: &str = "admin.sock";
 
 /// The nodemesh node agent: captures enrolled pods' TCP with eBPF and hands
 /// it to the mesh.
@@ -297,7 +295,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let flows = FlowStore::new(&args.node, args.flow_capacity);
     let mesh = Arc::new(Mesh::new(config.clone(), mesh_identity(&args)?, flows));
     let admin = Arc::new(Admin::new(Arc::clone(&mesh)));
-    let socket = args.run_dir.join(ADMIN_SOCKET);
+    let socket = args.run_dir.join(api::SOCKET_NAME);
     api::serve_unix(Arc::clone(&admin), &socket)
         .with_context(|| format!("serving the admin API on {}", socket.display()))?;
     if let Some(addr) = args.admin_listen {
@@ -310,7 +308,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--metrics-listen {}", args.metrics_listen))?;
     let mut enrolment = Enrolment::new(Arc::clone(&capture), Arc::clone(&mesh), &args.pods_cgroup);
     let mut config_errors = reconcile(&args, &mut enrolment, &admin, &capture, &mut config).await?;
-    admin.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    admin
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(node = %args.node, admin = %socket.display(), "ready");
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     loop {

@@ -1,28 +1,77 @@
-//! `meshctl`: the nodemesh command-line interface.
-use std::{io::IsTerminal as _, path::PathBuf};
+//! `meshctl`: the nodemesh command-line interface. Talks to the local
+//! agent's admin API (its unix socket by default).
+use std::io::{IsTerminal as _, Write as _};
 
-use clap::{Parser, Subcommand, ValueEnum};
-use mesh_agent::admin::status::Status;
+use anyhow::{Context as _, bail};
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
+use http_body_util::BodyExt as _;
+use mesh_agent::{
+    admin::{
+        api::{PolicyView, ServiceView, WorkloadView},
+        client::{Agent, DEFAULT_AGENT},
+        status::Status,
+        why::Why,
+    },
+    flows::{
+        Filter, FlowRecord,
+        filter::Criterion,
+        record::unix_ms_now,
+        render::{self, table},
+    },
+    identity::store::CertStatus,
+};
 
-/// Inspect and operate a nodemesh data plane.
+/// Inspect a nodemesh data plane: every redirected flow, workloads,
+/// services, policies, certificates, and what the mesh would do with a
+/// connection.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
+    /// The agent to ask: its admin socket (`<run-dir>/admin.sock`) or a
+    /// `host:port` given to its `--admin-listen`.
+    #[arg(long, global = true, default_value = DEFAULT_AGENT)]
+    agent: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show the local agent's capture state: every enrolled pod, whether
-    /// each capture hook is attached and has fired, and the capture counters.
+    /// Show flows: what the mesh did with each captured connection, and why.
+    /// Filters combine with AND; `--not` negates the filter after it.
+    #[command(after_help = "Examples:\n  \
+        meshctl flows                                   # recent and open flows, as a table\n  \
+        meshctl flows --follow -o jsonl                 # stream flows as they end\n  \
+        meshctl flows --namespace shop --verdict denied --since 10m\n  \
+        meshctl flows --from-pod frontend --to-port 8080 --last 20 -o wide\n  \
+        meshctl flows --to-namespace shop --not --from-namespace shop")]
+    Flows(Box<FlowsArgs>),
+    /// List pods the agent knows: node, addresses, identity, enrolment.
+    #[command(after_help = "Example:\n  meshctl workloads -o json")]
+    Workloads(OutputArg),
+    /// List services: addresses, ports, and the pods they select.
+    Services(OutputArg),
+    /// List authorization policies (with their rules) and peer authentication.
+    Policies(OutputArg),
+    /// List this node's pod certificates: identity, serial, expiry.
+    Certs(OutputArg),
+    /// Show the agent: version, capture state of every enrolled pod,
+    /// counters, tunnel activity. Exits 1 when a pod is not fully captured.
     #[command(after_help = "Examples:\n  \
         meshctl status\n  \
-        meshctl status --run-dir /tmp/demo/run-n1 -o json")]
-    Status {
-        /// The agent's run directory (its --run-dir).
-        #[arg(long, default_value = "/run/nodemesh")]
-        run_dir: PathBuf,
+        meshctl --agent /tmp/demo/run-n1/admin.sock status -o json")]
+    Status(OutputArg),
+    /// Dry run: what would happen if SRC connected to DST:PORT? Enrolment,
+    /// identities, peer authentication, every policy considered, and the
+    /// decision — from the agent's current state, without sending a packet.
+    #[command(after_help = "Examples:\n  \
+        meshctl why shop/frontend 10.2.0.12:8080\n  \
+        meshctl why legacy-client 10.2.0.12:8080 -o json")]
+    Why {
+        /// The source pod: `namespace/name`, a unique name, or its IP.
+        source: String,
+        /// The destination `ip:port`.
+        destination: String,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
@@ -30,19 +79,212 @@ enum Command {
     Version,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(clap::Args)]
+struct OutputArg {
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
     Table,
     Json,
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Status { run_dir, output } => {
-            let status = Status::read(&run_dir)?;
-            match output {
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FlowOutput {
+    Table,
+    Wide,
+    Json,
+    Jsonl,
+}
+
+#[derive(clap::Args)]
+struct FlowsArgs {
+    /// Either end in this namespace.
+    #[arg(long)]
+    namespace: Vec<String>,
+    /// Either end is this pod (`name` or `namespace/name`).
+    #[arg(long)]
+    pod: Vec<String>,
+    /// The source: a pod (`name`, `namespace/name`) or an IP address.
+    #[arg(long)]
+    from: Vec<String>,
+    /// The destination: a pod or an IP address.
+    #[arg(long)]
+    to: Vec<String>,
+    /// Either end has this identity (a SPIFFE ID, or its tail like `sa/cart`).
+    #[arg(long)]
+    identity: Vec<String>,
+    /// The original destination port.
+    #[arg(long, alias = "to-port")]
+    port: Vec<u16>,
+    /// allowed, denied, refused or error.
+    #[arg(long)]
+    verdict: Vec<String>,
+    #[arg(long)]
+    from_namespace: Vec<String>,
+    #[arg(long)]
+    to_namespace: Vec<String>,
+    #[arg(long)]
+    from_pod: Vec<String>,
+    #[arg(long)]
+    to_pod: Vec<String>,
+    #[arg(long)]
+    from_ip: Vec<std::net::IpAddr>,
+    #[arg(long)]
+    to_ip: Vec<std::net::IpAddr>,
+    #[arg(long)]
+    from_identity: Vec<String>,
+    #[arg(long)]
+    to_identity: Vec<String>,
+    /// Negate the filter that follows (e.g. `--not --namespace kube-system`).
+    #[arg(long, action = clap::ArgAction::Count)]
+    not: u8,
+    /// Only flows that started within this long ago: `30s`, `5m`, `2h`.
+    #[arg(long, value_parser = parse_age)]
+    since: Option<u64>,
+    /// Only the newest N flows.
+    #[arg(long)]
+    last: Option<usize>,
+    /// Keep printing flows as they end, until interrupted.
+    #[arg(short, long)]
+    follow: bool,
+    #[arg(short, long, value_enum, default_value_t = FlowOutput::Table)]
+    output: FlowOutput,
+}
+
+fn parse_age(text: &str) -> Result<u64, String> {
+    let (number, unit) = text.split_at(text.trim_end_matches(|c: char| c.is_alphabetic()).len());
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not an age like 30s, 5m or 2h"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" | "" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("unit {other:?}: use ms, s, m, h or d")),
+    };
+    Ok(n * ms)
+}
+
+fn main() -> std::process::ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a single-threaded runtime");
+    match runtime.block_on(run(cli, &matches)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<std::process::ExitCode> {
+    let agent = Agent::parse(&cli.agent);
+    let colour = std::io::stdout().is_terminal();
+    match cli.command {
+        Command::Flows(args) => {
+            let flow_matches = matches.subcommand_matches("flows").expect("flows");
+            let filter = flow_filter(&args, flow_matches)?;
+            flows(&agent, &filter, &args, colour).await?;
+        }
+        Command::Workloads(o) => {
+            let list: Vec<WorkloadView> = agent.get_json("/workloads").await?;
+            print_list(
+                o.output,
+                &list,
+                &["POD", "NODE", "IPS", "IDENTITY", "MESH"],
+                |w| {
+                    vec![
+                        w.pod.clone(),
+                        w.node.clone(),
+                        join(&w.ips),
+                        w.identity.clone().unwrap_or_else(|| "-".into()),
+                        if w.enrolled { "enrolled" } else { "-" }.into(),
+                    ]
+                },
+            )?;
+        }
+        Command::Services(o) => {
+            let list: Vec<ServiceView> = agent.get_json("/services").await?;
+            print_list(
+                o.output,
+                &list,
+                &["SERVICE", "CLUSTER-IPS", "PORTS", "ENDPOINTS"],
+                |s| {
+                    vec![
+                        s.service.clone(),
+                        join(&s.cluster_ips),
+                        s.ports.join(","),
+                        s.endpoints.join(","),
+                    ]
+                },
+            )?;
+        }
+        Command::Policies(o) => {
+            let list: Vec<PolicyView> = agent.get_json("/policies").await?;
+            print_list(
+                o.output,
+                &list,
+                &["POLICY", "KIND", "ACTION/MODE", "RULES"],
+                |p| {
+                    let action = match (p.action, p.mode) {
+                        (Some(a), _) => format!("{a:?}").to_uppercase(),
+                        (_, Some(m)) => format!("{m:?}").to_uppercase(),
+                        _ => "-".into(),
+                    };
+                    let action = if p.dry_run {
+                        format!("{action} (dry run)")
+                    } else {
+                        action
+                    };
+                    vec![
+                        p.policy.clone(),
+                        p.kind.clone(),
+                        action,
+                        if p.rules.is_empty() {
+                            "-".into()
+                        } else {
+                            p.rules.join("; ")
+                        },
+                    ]
+                },
+            )?;
+        }
+        Command::Certs(o) => {
+            let list: Vec<CertStatus> = agent.get_json("/certs").await?;
+            let now = unix_ms_now() / 1000;
+            print_list(
+                o.output,
+                &list,
+                &["POD", "IDENTITY", "SERIAL", "EXPIRES IN", "ISSUED"],
+                |c| {
+                    vec![
+                        c.pod.clone(),
+                        c.identity.clone(),
+                        c.serial.clone(),
+                        render::duration(c.not_after_unix.saturating_sub(now) * 1000),
+                        c.issued.to_string(),
+                    ]
+                },
+            )?;
+        }
+        Command::Status(o) => {
+            let status: Option<Status> = agent.get_json("/status").await?;
+            let status = status.context("the agent has not written its status yet; retry")?;
+            match o.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-                Output::Table => print_status(&status),
+                Output::Table => print_status(&status, colour),
             }
             let broken = status
                 .pods
@@ -50,27 +292,262 @@ fn main() -> anyhow::Result<()> {
                 .filter(|p| !p.problems.is_empty())
                 .count();
             if broken > 0 {
-                anyhow::bail!("{broken} enrolled pod(s) are not fully captured (see PROBLEMS)");
+                eprintln!("error: {broken} enrolled pod(s) are not fully captured (see PROBLEMS)");
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+        Command::Why {
+            source,
+            destination,
+            output,
+        } => {
+            let query = form_urlencoded::Serializer::new(String::new())
+                .append_pair("from", &source)
+                .append_pair("to", &destination)
+                .finish();
+            let answer: Why = agent.get_json(&format!("/why?{query}")).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
+                Output::Table => print_why(&answer),
             }
         }
         Command::Version => println!("meshctl {}", env!("CARGO_PKG_VERSION")),
     }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The filter the flags describe; a `--not` negates the filter flag that
+/// follows it on the command line.
+fn flow_filter(args: &FlowsArgs, m: &ArgMatches) -> anyhow::Result<Filter> {
+    let nots: Vec<usize> = m
+        .indices_of("not")
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    let mut found: Vec<(usize, Criterion)> = Vec::new();
+    for (arg, key) in [
+        ("namespace", "namespace"),
+        ("pod", "pod"),
+        ("identity", "identity"),
+        ("port", "port"),
+        ("verdict", "verdict"),
+        ("from_namespace", "from-namespace"),
+        ("to_namespace", "to-namespace"),
+        ("from_pod", "from-pod"),
+        ("to_pod", "to-pod"),
+        ("from_ip", "from-ip"),
+        ("to_ip", "to-ip"),
+        ("from_identity", "from-identity"),
+        ("to_identity", "to-identity"),
+        ("from", "from"),
+        ("to", "to"),
+    ] {
+        let (Some(indices), Some(values)) = (m.indices_of(arg), m.get_raw(arg)) else {
+            continue;
+        };
+        for (index, value) in indices.zip(values) {
+            let value = value.to_string_lossy();
+            // --from/--to take a pod or an address.
+            let key = match key {
+                "from" | "to" if value.parse::<std::net::IpAddr>().is_ok() => format!("{key}-ip"),
+                "from" | "to" => format!("{key}-pod"),
+                other => other.to_owned(),
+            };
+            found.push((
+                index,
+                Criterion::parse(&key, &value).map_err(anyhow::Error::msg)?,
+            ));
+        }
+    }
+    found.sort_by_key(|(i, _)| *i);
+    let mut filter = Filter {
+        criteria: Vec::new(),
+        last: args.last,
+    };
+    for (index, criterion) in found {
+        // The flag's value sits at `index`; the flag itself just before it,
+        // so a `--not` right before the flag is at `index - 2`.
+        // (`--flag=value` puts both at one index: then it is `index - 1`.)
+        let negated =
+            nots.contains(&index.saturating_sub(2)) || nots.contains(&index.saturating_sub(1));
+        filter.criteria.push((negated, criterion));
+    }
+    let used_nots = filter.criteria.iter().filter(|(n, _)| *n).count();
+    if used_nots != nots.len() {
+        bail!("--not must come right before the filter it negates (e.g. --not --namespace shop)");
+    }
+    if let Some(age) = args.since {
+        filter
+            .criteria
+            .push((false, Criterion::Since(unix_ms_now().saturating_sub(age))));
+    }
+    Ok(filter)
+}
+
+async fn flows(
+    agent: &Agent,
+    filter: &Filter,
+    args: &FlowsArgs,
+    colour: bool,
+) -> anyhow::Result<()> {
+    let query = filter.to_query();
+    if !args.follow {
+        let records: Vec<FlowRecord> = agent.get_json(&format!("/flows?{query}")).await?;
+        return print_flows(&records, args.output, colour, true);
+    }
+    // Following: the recent ones first (unless --last 0), then live.
+    if args.last != Some(0) {
+        let records: Vec<FlowRecord> = agent.get_json(&format!("/flows?{query}")).await?;
+        print_flows(&records, args.output, colour, true)?;
+    }
+    let mut body = agent
+        .get(&format!("/flows/follow?{query}"))
+        .await?
+        .into_body();
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("the agent's flow stream broke")?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let record: FlowRecord = serde_json::from_slice(&line)?;
+            print_flows(&[record], args.output, colour, false)?;
+        }
+    }
+    bail!("the agent closed the flow stream (did it stop?)")
+}
+
+fn print_flows(
+    records: &[FlowRecord],
+    output: FlowOutput,
+    colour: bool,
+    header: bool,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match output {
+        FlowOutput::Json => writeln!(out, "{}", serde_json::to_string_pretty(records)?)?,
+        FlowOutput::Jsonl => {
+            for r in records {
+                writeln!(out, "{}", serde_json::to_string(r)?)?;
+            }
+        }
+        FlowOutput::Table | FlowOutput::Wide => {
+            let text = table(records, output == FlowOutput::Wide, colour);
+            let text = if header {
+                text.as_str()
+            } else {
+                text.split_once('\n').map_or("", |(_, rows)| rows)
+            };
+            write!(out, "{text}")?;
+        }
+    }
+    out.flush()?;
     Ok(())
 }
 
-fn print_status(status: &Status) {
+fn join<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A list as JSON, or as an aligned table of `row(item)`.
+fn print_list<T: serde::Serialize>(
+    output: Output,
+    items: &[T],
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(items)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| (*h).to_owned()).collect())
+        .chain(items.iter().map(row))
+        .collect();
+    let mut widths = vec![0; header.len()];
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    Ok(())
+}
+
+fn print_why(w: &Why) {
+    let side = |s: &mesh_agent::admin::why::Side| {
+        format!(
+            "{} ({}){}{}",
+            s.pod.as_deref().unwrap_or("not a pod"),
+            s.ip,
+            if s.enrolled {
+                ", enrolled"
+            } else {
+                ", not in the mesh"
+            },
+            s.identity
+                .as_deref()
+                .map(|i| format!(", identity {i}"))
+                .unwrap_or_default()
+        )
+    };
+    println!("source       {}", side(&w.source));
+    println!("destination  {} port {}", side(&w.destination), w.port);
+    println!("path         {}", w.path);
+    if let Some(mode) = &w.peer_authentication {
+        println!("peer auth    {mode}");
+    }
+    for p in &w.policies {
+        println!(
+            "policy       {} {:?}{}: {}",
+            p.policy,
+            p.action,
+            if p.dry_run { " (dry run)" } else { "" },
+            p.matched_rule.map_or_else(
+                || "no rule matches".to_owned(),
+                |r| format!("rule {r} matches")
+            )
+        );
+    }
+    println!("decision     {}: {}", w.decision.to_uppercase(), w.reason);
+}
+
+fn print_status(status: &Status, colour: bool) {
     let red = |text: &str| {
-        if std::io::stdout().is_terminal() {
+        if colour {
             format!("\x1b[31m{text}\x1b[0m")
         } else {
             text.to_owned()
         }
     };
     println!(
-        "node {}  agent {}  enrolled pods {}",
+        "node {}  agent {}  enrolled pods {}  certificates {}",
         status.node,
         status.version,
-        status.pods.len()
+        status.pods.len(),
+        status.certs.len()
+    );
+    let t = &status.tunnel;
+    println!(
+        "tunnel: handshakes dialled {} accepted {} rejected {}; open HBONE connections {}; \
+         inbound connections {}",
+        t.handshakes_dialled,
+        t.handshakes_accepted,
+        t.handshakes_rejected,
+        t.hbone_connections_open,
+        t.inbound_connections_open
     );
     println!();
     println!(

@@ -176,13 +176,15 @@ fn in_namespace(e: &Endpoint, ns: &str) -> bool {
 }
 
 fn is_pod(e: &Endpoint, pod: &str) -> bool {
-    e.pod.as_deref().is_some_and(|p| {
-        p == pod || (!pod.contains('/') && p.rsplit('/').next() == Some(pod))
-    })
+    e.pod
+        .as_deref()
+        .is_some_and(|p| p == pod || (!pod.contains('/') && p.rsplit('/').next() == Some(pod)))
 }
 
 fn has_identity(e: &Endpoint, id: &str) -> bool {
-    e.identity.as_deref().is_some_and(|have| have == id || have.ends_with(&format!("/{id}")))
+    e.identity
+        .as_deref()
+        .is_some_and(|have| have == id || have.ends_with(&format!("/{id}")))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -203,7 +205,11 @@ impl Filter {
         let mut query = form_urlencoded::Serializer::new(String::new());
         for (not, c) in &self.criteria {
             let (key, value) = c.key_value();
-            let key = if *not { format!("not.{key}") } else { key.to_owned() };
+            let key = if *not {
+                format!("not.{key}")
+            } else {
+                key.to_owned()
+            };
             query.append_pair(&key, &value);
         }
         if let Some(last) = self.last {
@@ -277,9 +283,24 @@ mod tests {
 
     fn flows() -> Vec<FlowRecord> {
         vec![
-            record(1, ("shop/frontend", "10.1.0.11"), ("shop/cart", "10.2.0.11", 8080), State::Closed),
-            record(2, ("legacy/client", "10.1.0.12"), ("shop/cart", "10.2.0.11", 8080), State::Refused),
-            record(3, ("shop/frontend", "10.1.0.11"), ("shop/payments", "10.2.0.12", 9090), State::Denied),
+            record(
+                1,
+                ("shop/frontend", "10.1.0.11"),
+                ("shop/cart", "10.2.0.11", 8080),
+                State::Closed,
+            ),
+            record(
+                2,
+                ("legacy/client", "10.1.0.12"),
+                ("shop/cart", "10.2.0.11", 8080),
+                State::Refused,
+            ),
+            record(
+                3,
+                ("shop/frontend", "10.1.0.11"),
+                ("shop/payments", "10.2.0.12", 9090),
+                State::Denied,
+            ),
             record(4, ("", "10.9.0.1"), ("", "10.9.0.2", 53), State::Error),
         ]
     }
@@ -305,7 +326,10 @@ mod tests {
         assert_eq!(ids("from-ip=10.1.0.12"), [2]);
         assert_eq!(ids("to-ip=10.2.0.12"), [3]);
         assert_eq!(ids("identity=sa%2Fclient"), [2]);
-        assert_eq!(ids("to-identity=spiffe%3A%2F%2Fcluster.local%2Fns%2Fshop%2Fsa%2Fcart"), [1, 2]);
+        assert_eq!(
+            ids("to-identity=spiffe%3A%2F%2Fcluster.local%2Fns%2Fshop%2Fsa%2Fcart"),
+            [1, 2]
+        );
         assert_eq!(ids("from-identity=sa%2Ffrontend"), [1, 3]);
         assert_eq!(ids("port=9090"), [3]);
         assert_eq!(ids("verdict=allowed"), [1]);
@@ -321,7 +345,10 @@ mod tests {
     fn the_query_string_round_trips_and_bad_input_says_what_is_wrong() {
         let filter = Filter {
             criteria: vec![
-                (false, Criterion::ToIdentity("spiffe://cluster.local/ns/a b/sa/c&d".into())),
+                (
+                    false,
+                    Criterion::ToIdentity("spiffe://cluster.local/ns/a b/sa/c&d".into()),
+                ),
                 (true, Criterion::Port(80)),
                 (false, Criterion::FromIp("fd00::1".parse().unwrap())),
             ],
@@ -329,8 +356,19 @@ mod tests {
         };
         assert_eq!(Filter::from_query(&filter.to_query()).unwrap(), filter);
         let err = Filter::from_query("verdict=maybe").unwrap_err();
-        assert!(err.contains("expected allowed, denied, refused or error"), "{err}");
-        assert!(Filter::from_query("port=http").unwrap_err().contains("not a port"));
-        assert!(Filter::from_query("colour=red").unwrap_err().contains("unknown flow filter"));
+        assert!(
+            err.contains("expected allowed, denied, refused or error"),
+            "{err}"
+        );
+        assert!(
+            Filter::from_query("port=http")
+                .unwrap_err()
+                .contains("not a port")
+        );
+        assert!(
+            Filter::from_query("colour=red")
+                .unwrap_err()
+                .contains("unknown flow filter")
+        );
     }
 }

@@ -9,7 +9,14 @@ use super::{
 /// TLS and errors.
 pub fn table(records: &[FlowRecord], wide: bool, colour: bool) -> String {
     let mut header = vec![
-        "TIME", "SOURCE", "DESTINATION", "PATH", "VERDICT", "SENT", "RECEIVED", "DURATION",
+        "TIME",
+        "SOURCE",
+        "DESTINATION",
+        "PATH",
+        "VERDICT",
+        "SENT",
+        "RECEIVED",
+        "DURATION",
     ];
     if wide {
         header.extend([
@@ -46,7 +53,9 @@ pub fn table(records: &[FlowRecord], wide: bool, colour: bool) -> String {
                         .unwrap_or_else(|| "-".into()),
                     r.source.identity.clone().unwrap_or_else(|| "-".into()),
                     r.destination.identity.clone().unwrap_or_else(|| "-".into()),
-                    r.tls.as_ref().map_or_else(|| "-".into(), |t| t.version.clone()),
+                    r.tls
+                        .as_ref()
+                        .map_or_else(|| "-".into(), |t| t.version.clone()),
                     r.error.clone().unwrap_or_else(|| "-".into()),
                 ]);
             }
@@ -87,16 +96,20 @@ pub fn table(records: &[FlowRecord], wide: bool, colour: bool) -> String {
 
 /// The verdict column, and its colour (ANSI SGR code).
 fn verdict(r: &FlowRecord) -> (String, Option<&'static str>) {
-    let rule = r.verdict.as_ref().and_then(|v| {
-        Some(format!("{}#{}", v.policy.as_ref()?, v.rule?))
-    });
+    let rule = r
+        .verdict
+        .as_ref()
+        .and_then(|v| Some(format!("{}#{}", v.policy.as_ref()?, v.rule?)));
     match r.state {
         State::Open | State::Closed => (
             rule.map_or_else(|| "allowed".into(), |p| format!("allowed ({p})")),
             Some("32"),
         ),
         State::Denied => (
-            rule.map_or_else(|| "denied (no ALLOW rule)".into(), |p| format!("denied ({p})")),
+            rule.map_or_else(
+                || "denied (no ALLOW rule)".into(),
+                |p| format!("denied ({p})"),
+            ),
             Some("31"),
         ),
         State::Refused => ("refused".into(), Some("33")),
@@ -183,8 +196,18 @@ mod tests {
             direction: Direction::Outbound,
             hook: Some(Hook::Connect4),
             path: Path::Tunnel,
-            source: end(Some("shop/frontend"), "10.1.0.11", 40312, Some("spiffe://cluster.local/ns/shop/sa/frontend")),
-            destination: end(Some("shop/payments"), "10.2.0.12", 8080, Some("spiffe://cluster.local/ns/shop/sa/payments")),
+            source: end(
+                Some("shop/frontend"),
+                "10.1.0.11",
+                40312,
+                Some("spiffe://cluster.local/ns/shop/sa/frontend"),
+            ),
+            destination: end(
+                Some("shop/payments"),
+                "10.2.0.12",
+                8080,
+                Some("spiffe://cluster.local/ns/shop/sa/payments"),
+            ),
             service: None,
             endpoint: None,
             tls: Some(Tls {
@@ -240,13 +263,23 @@ TIME          SOURCE         DESTINATION         PATH         VERDICT           
     #[test]
     fn wide_adds_identities_and_colour_only_paints_the_verdict() {
         let wide = table(&records(), true, false);
-        assert!(wide.lines().next().unwrap().ends_with("TLS      DETAIL"), "{wide}");
-        assert!(wide.contains("spiffe://cluster.local/ns/shop/sa/payments  TLSv1.3"), "{wide}");
+        assert!(
+            wide.lines().next().unwrap().ends_with("TLS      DETAIL"),
+            "{wide}"
+        );
+        assert!(
+            wide.contains("spiffe://cluster.local/ns/shop/sa/payments  TLSv1.3"),
+            "{wide}"
+        );
         assert!(wide.contains("plaintext refused: STRICT"), "{wide}");
         let coloured = table(&records(), false, true);
         assert!(coloured.contains("\x1b[32mallowed (shop/frontend-only#0)\x1b[0m"));
         assert!(coloured.contains("\x1b[33mrefused\x1b[0m"));
-        assert_eq!(coloured.matches("\x1b[").count(), 6, "three verdict cells, nothing else");
+        assert_eq!(
+            coloured.matches("\x1b[").count(),
+            6,
+            "three verdict cells, nothing else"
+        );
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use mesh_common::{TupleKey, ports};
 use tokio::net::TcpStream;
 
-use super::{PodContext, connect, flow::Flow, mesh::MeshIdentity, relay::relay, reset, socket_in_pod};
+use super::{
+    PodContext, connect, flow::Flow, mesh::MeshIdentity, relay::relay, reset, socket_in_pod,
+};
 use crate::{
     capture::{inpod::upstream_socket, object::ip_key},
     flows::record::{Direction, Hook, State},
