@@ -5,12 +5,9 @@ use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
 use anyhow::{Context as _, ensure};
 use libtest_mimic::Trial;
 use mesh_agent::identity::verify::{PeerRole, TrustBundle};
-use nodemesh_tests::{
-    ClusterSpec,
-    mesh::{Agent, MeshConfig, Pki, workspace_binary},
-};
+use nodemesh_tests::mesh::{Agent, Pki, workspace_binary};
 
-use crate::support::{WAIT, trial};
+use crate::support::{WAIT, shop_pair, trial};
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -35,13 +32,7 @@ struct CaFixture {
 
 impl CaFixture {
     fn new() -> anyhow::Result<Self> {
-        let cluster = ClusterSpec::cross_node_pair().build()?;
-        let config_dir = cluster.scratch_dir("config")?;
-        MeshConfig::new()
-            .namespace("shop", true)
-            .pod(cluster.pod("a"), "shop")
-            .pod(cluster.pod("b"), "shop")
-            .write(&cluster, &config_dir)?;
+        let (cluster, config_dir) = shop_pair()?;
         let pki = Pki::init(&cluster, &["n1", "n2"])?;
         Ok(Self {
             cluster,

@@ -10,6 +10,7 @@ use nodemesh_tests::{cluster::suite_prefix, leaks, require_root};
 
 mod agent;
 mod capture;
+mod flows;
 mod harness;
 mod hostile;
 mod identity;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         tunnel::trials(),
         hostile::trials(),
         policy::trials(),
+        flows::trials(),
     ]
     .into_iter()
     .flatten()

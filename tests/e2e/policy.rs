@@ -106,6 +106,7 @@ impl Shop {
             self.reaches(from, port)? == allowed,
             "{from} → b:{port}: expected allowed={allowed}"
         );
+        self.why_agrees(from, port, allowed)?;
         // The agent records a flow when it ends, a moment after the client.
         eventually(&format!("a flow record for {from} → b:{port}"), || {
             Ok(recorded().len() > before)
@@ -122,6 +123,30 @@ impl Shop {
     }
 }
 
+impl Shop {
+    /// `meshctl why` on both agents predicts what the connection just did.
+    fn why_agrees(&self, from: &str, port: u16, allowed: bool) -> anyhow::Result<()> {
+        let target = self.b(port).to_string();
+        for node in ["n1", "n2"] {
+            let answer: serde_json::Value = serde_json::from_str(
+                &self
+                    .meshed
+                    .agent(node)
+                    .meshctl(&["why", from, &target, "-o", "json"])?,
+            )?;
+            let predicted = answer["decision"] == "allow";
+            ensure!(
+                predicted == allowed,
+                "meshctl why on {node} predicts {} for {from} → b:{port}, but the connection was \
+                 {}: {answer:#}",
+                answer["decision"],
+                if allowed { "allowed" } else { "refused" }
+            );
+        }
+        Ok(())
+    }
+}
+
 fn strict_and_permissive() -> anyhow::Result<()> {
     let shop = Shop::start()?;
     let n2 = shop.meshed.agent("n2");
@@ -129,6 +154,7 @@ fn strict_and_permissive() -> anyhow::Result<()> {
         shop.reaches("l", 8080)?,
         "PERMISSIVE (the default) refused plaintext"
     );
+    shop.why_agrees("l", 8080, true)?;
     let plain = n2.wait_flow("the plaintext arrival", |f| {
         f.direction == "inbound" && f.path == "passthrough"
     })?;
@@ -143,6 +169,7 @@ fn strict_and_permissive() -> anyhow::Result<()> {
          metadata:\n  name: strict\n  namespace: shop\nspec:\n  mode: STRICT\n",
     )?;
     eventually("STRICT refuses plaintext", || Ok(!shop.reaches("l", 8080)?))?;
+    shop.why_agrees("l", 8080, false)?;
     let refused = n2.wait_flow("a STRICT refusal", |f| f.state == "refused")?;
     ensure!(
         refused.path == "passthrough"
@@ -156,6 +183,7 @@ fn strict_and_permissive() -> anyhow::Result<()> {
         shop.reaches("a", 8080)?,
         "STRICT refused tunnelled traffic from an enrolled pod"
     );
+    shop.why_agrees("a", 8080, true)?;
     Ok(())
 }
 

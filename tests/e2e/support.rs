@@ -222,3 +222,17 @@ pub fn eventually(
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The smallest meshed layout: pods `a` (n1) and `b` (n2) in the enrolled
+/// namespace `shop`, its config written; returns the cluster and the
+/// config directory.
+pub fn shop_pair() -> anyhow::Result<(Cluster, PathBuf)> {
+    let cluster = nodemesh_tests::ClusterSpec::cross_node_pair().build()?;
+    let config_dir = cluster.scratch_dir("config")?;
+    MeshConfig::new()
+        .namespace("shop", true)
+        .pod(cluster.pod("a"), "shop")
+        .pod(cluster.pod("b"), "shop")
+        .write(&cluster, &config_dir)?;
+    Ok((cluster, config_dir))
+}

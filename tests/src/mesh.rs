@@ -20,6 +20,8 @@ pub struct MeshConfig {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pods: Vec<(Host, String, BTreeMap<String, String>)>,
     service_accounts: BTreeMap<String, String>,
+    /// (namespace, name, cluster IP, port, target port, selector app label)
+    services: Vec<(String, String, std::net::IpAddr, u16, u16, String)>,
 }
 
 pub const DATAPLANE: &str = "nodemesh.io/dataplane";
@@ -63,7 +65,28 @@ impl MeshConfig {
         self
     }
 
-    /// Writes `namespaces.yaml` and `pods.yaml` into `dir` (atomically each,
+    /// Declares a Service `namespace/name` at `cluster_ip:port`, sending to
+    /// `target_port` of the pods labelled `app: <app>`.
+    pub fn service(
+        mut self,
+        namespace: &str,
+        name: &str,
+        cluster_ip: std::net::IpAddr,
+        (port, target_port): (u16, u16),
+        app: &str,
+    ) -> Self {
+        self.services.push((
+            namespace.to_owned(),
+            name.to_owned(),
+            cluster_ip,
+            port,
+            target_port,
+            app.to_owned(),
+        ));
+        self
+    }
+
+    /// Writes `namespaces.yaml`, `pods.yaml` and `services.yaml` into `dir` (atomically each,
     /// so an agent never reads half a file).
     pub fn write(&self, cluster: &Cluster, dir: &Path) -> anyhow::Result<()> {
         let mut ns = String::new();
@@ -99,7 +122,17 @@ impl MeshConfig {
                 v6 = host.ipv6,
             )?;
         }
+        let mut services = String::new();
+        for (namespace, name, ip, port, target, app) in &self.services {
+            writeln!(
+                services,
+                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+                 spec:\n  clusterIP: {ip}\n  selector:\n    app: {app}\n  ports:\n  - port: {port}\n    \
+                 targetPort: {target}"
+            )?;
+        }
         write_atomically(&dir.join("namespaces.yaml"), &ns)?;
+        write_atomically(&dir.join("services.yaml"), &services)?;
         write_atomically(&dir.join("pods.yaml"), &pods)
     }
 }
@@ -390,6 +423,38 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The agent's admin API socket.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.run_dir.join("admin.sock")
+    }
+
+    /// Runs `meshctl --agent <this agent> <args>`; fails with its stderr
+    /// unless it exits 0; returns stdout.
+    pub fn meshctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(workspace_binary("meshctl")?)
+            .arg("--agent")
+            .arg(self.admin_socket())
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "meshctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The agent's flow records (`meshctl flows -o json` plus `filter`).
+    pub fn flow_records(
+        &self,
+        filter: &[&str],
+    ) -> anyhow::Result<Vec<mesh_agent::flows::FlowRecord>> {
+        let mut args = vec!["flows", "-o", "json"];
+        args.extend_from_slice(filter);
+        Ok(serde_json::from_str(&self.meshctl(&args)?)?)
     }
 
     /// Pods the agent reports as enrolled (`namespace/name`).

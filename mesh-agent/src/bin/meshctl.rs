@@ -319,10 +319,14 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<std::process::Exi
 /// The filter the flags describe; a `--not` negates the filter flag that
 /// follows it on the command line.
 fn flow_filter(args: &FlowsArgs, m: &ArgMatches) -> anyhow::Result<Filter> {
-    let nots: Vec<usize> = m
-        .indices_of("not")
-        .map(Iterator::collect)
-        .unwrap_or_default();
+    // A count flag reports an index even when absent: only ask when used.
+    let nots: Vec<usize> = if args.not > 0 {
+        m.indices_of("not")
+            .map(Iterator::collect)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let mut found: Vec<(usize, Criterion)> = Vec::new();
     for (arg, key) in [
         ("namespace", "namespace"),

@@ -40,7 +40,20 @@ impl Flow {
         };
         let (mut source, mut destination) = (known(src), known(orig_dst));
         match direction {
-            Direction::Outbound => source.pod = Some(pod.pod.clone()),
+            Direction::Outbound => {
+                source.pod = Some(pod.pod.clone());
+                // The app reached the agent's loopback listener, so the
+                // kernel gave it a loopback source; name the pod's address
+                // its connection would have left with.
+                if let Some(ip) = pod
+                    .ips
+                    .iter()
+                    .find(|ip| ip.is_ipv4() == orig_dst.ip().to_canonical().is_ipv4())
+                    .filter(|_| src.ip().is_loopback())
+                {
+                    source.ip = *ip;
+                }
+            }
             Direction::Inbound => destination.pod = Some(pod.pod.clone()),
         }
         let store = Arc::clone(&pod.mesh.flows);

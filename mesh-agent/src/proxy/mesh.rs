@@ -27,6 +27,8 @@ pub struct Mesh {
     pub tunnels: TunnelCounters,
     pub flows: Arc<FlowStore>,
     pub metrics: Arc<Metrics>,
+    /// Round-robin position for Service endpoints.
+    endpoint_cursor: AtomicU64,
 }
 
 /// Pod certificates and the trust bundle that checks peers.
@@ -72,7 +74,13 @@ impl Mesh {
             tunnels: TunnelCounters::default(),
             flows: Arc::new(flows),
             metrics: Arc::new(Metrics::new()),
+            endpoint_cursor: AtomicU64::new(0),
         }
+    }
+
+    /// The next position in the round robin over a Service's endpoints.
+    pub fn next_endpoint(&self) -> usize {
+        self.endpoint_cursor.fetch_add(1, Ordering::Relaxed) as usize
     }
 
     /// The config as of now.

@@ -64,6 +64,13 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     };
     let mut flow = Flow::new(&pod, Direction::Outbound, Some(hook), peer, orig);
     let orig = SocketAddr::new(orig.ip().to_canonical(), orig.port());
+    let orig = match resolve_service(&pod, orig, &mut flow) {
+        Ok(target) => target,
+        Err(why) => {
+            reset(client);
+            return flow.failed(State::Error, why);
+        }
+    };
     let tunnelled = pod.mesh.identity.as_ref().and_then(|identity| {
         let loaded = pod.mesh.snapshot();
         let dest = loaded.snapshot.pod_by_ip(orig.ip())?;
@@ -95,6 +102,48 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             }
         }
     }
+}
+
+/// The endpoint to connect to: for a Service address, one of the pods its
+/// selector picks (round robin) on the port's target port, recorded in the
+/// flow; any other address is itself.
+fn resolve_service(
+    pod: &PodContext,
+    orig: SocketAddr,
+    flow: &mut Flow,
+) -> Result<SocketAddr, String> {
+    let loaded = pod.mesh.snapshot();
+    let snapshot = &loaded.snapshot;
+    let Some(svc) = snapshot.service_by_ip(orig.ip()) else {
+        return Ok(orig);
+    };
+    let name = format!("{}/{}", svc.namespace, svc.name);
+    flow.record.service = Some(name.clone());
+    let port = svc
+        .ports
+        .iter()
+        .find(|p| p.port == orig.port())
+        .ok_or_else(|| format!("service {name} has no port {}", orig.port()))?;
+    let endpoints: Vec<_> = snapshot
+        .endpoints(svc)
+        .filter_map(|p| {
+            let ip = p
+                .ips
+                .iter()
+                .find(|ip| ip.is_ipv4() == orig.is_ipv4())
+                .or(p.ips.first())?;
+            Some((p, SocketAddr::new(*ip, port.target_port)))
+        })
+        .collect();
+    if endpoints.is_empty() {
+        return Err(format!(
+            "service {name} has no endpoints (no pod matches its selector)"
+        ));
+    }
+    let (chosen, target) = endpoints[pod.mesh.next_endpoint() % endpoints.len()];
+    flow.record.endpoint = Some(target);
+    flow.record.destination.pod = Some(chosen.key());
+    Ok(target)
 }
 
 /// Relays to a destination outside the mesh as plain TCP.
