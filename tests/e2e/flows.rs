@@ -278,8 +278,8 @@ fn follow_and_filters() -> anyhow::Result<()> {
     eventually("four flows on n2", || Ok(n2.flow_records(&[])?.len() >= 4))?;
     let all = n2.flow_records(&[])?;
     let a_ip = a.ipv4.to_string();
-    type Keep = Box<dyn Fn(&FlowRecord) -> bool>;
-    let cases: Vec<(Vec<&str>, Keep)> = vec![
+    type Keep<'a> = Box<dyn Fn(&FlowRecord) -> bool + 'a>;
+    let cases: Vec<(Vec<&str>, Keep<'_>)> = vec![
         (
             vec!["--namespace", "legacy"],
             Box::new(|r| r.source.pod.as_deref() == Some("legacy/l")),
