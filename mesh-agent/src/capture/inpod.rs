@@ -121,6 +121,10 @@ pub fn delivery_socket(client: IpAddr, app: SocketAddr) -> io::Result<std::net::
     }
     socket.set_mark(DELIVERY_MARK)?;
     socket.set_tcp_nodelay(true)?;
+    // The agent closes first, so delivery sockets end in TIME_WAIT, each
+    // holding its port for a minute; without reuse, a busy pod runs out of
+    // ports to bind (see `prepare_delivery_routing` for the other half).
+    socket.set_reuse_address(true)?;
     socket.bind(&SockAddr::from(SocketAddr::new(client, 0)))?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
@@ -130,6 +134,12 @@ pub fn delivery_socket(client: IpAddr, app: SocketAddr) -> io::Result<std::net::
 /// Must run inside the pod's namespace.
 pub fn prepare_delivery_routing() -> io::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1")?;
+    // A delivery socket may bind a port whose previous connection to the
+    // same app is still in TIME_WAIT; let connect() take it over once it is
+    // a second old (TCP timestamps make that safe) instead of failing. It
+    // also covers the app's own outgoing connections, where `1` is the usual
+    // production setting anyway.
+    std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")?;
     let mark = format!("{DELIVERY_MARK:#x}");
     for family in ["-4", "-6"] {
         // `ip rule` has no "replace": delete any earlier copy, then add.

@@ -99,6 +99,24 @@ async fn deliver(
     client_ip: IpAddr,
     app: SocketAddr,
 ) -> std::io::Result<TcpStream> {
+    // A port still in TIME_WAIT with this very app can be refused at
+    // connect (younger than a second): take another one.
+    let mut attempts = 3;
+    loop {
+        match deliver_once(pod, client_ip, app).await {
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) && attempts > 1 => {
+                attempts -= 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+async fn deliver_once(
+    pod: &PodContext,
+    client_ip: IpAddr,
+    app: SocketAddr,
+) -> std::io::Result<TcpStream> {
     let socket = socket_in_pod(pod, move || delivery_socket(client_ip, app)).await?;
     let source = socket.local_addr()?;
     let register = |begin: bool| -> std::io::Result<()> {
