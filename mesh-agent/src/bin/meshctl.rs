@@ -50,10 +50,15 @@ enum Command {
     #[command(after_help = "Example:\n  meshctl workloads -o json")]
     Workloads(OutputArg),
     /// List services: addresses, ports, and the pods they select.
+    #[command(after_help = "Example:\n  meshctl services")]
     Services(OutputArg),
     /// List authorization policies (with their rules) and peer authentication.
+    #[command(after_help = "Example:\n  meshctl policies -o json")]
     Policies(OutputArg),
     /// List this node's pod certificates: identity, serial, expiry.
+    #[command(
+        after_help = "Example:\n  meshctl certs   # EXPIRES IN shows when renewal is due (half-life)"
+    )]
     Certs(OutputArg),
     /// Show the agent: version, capture state of every enrolled pod,
     /// counters, tunnel activity. Exits 1 when a pod is not fully captured.
@@ -122,20 +127,28 @@ struct FlowsArgs {
     /// allowed, denied, refused or error.
     #[arg(long)]
     verdict: Vec<String>,
+    /// The source is in this namespace.
     #[arg(long)]
     from_namespace: Vec<String>,
+    /// The destination is in this namespace.
     #[arg(long)]
     to_namespace: Vec<String>,
+    /// The source is this pod.
     #[arg(long)]
     from_pod: Vec<String>,
+    /// The destination is this pod.
     #[arg(long)]
     to_pod: Vec<String>,
+    /// The source has this address.
     #[arg(long)]
     from_ip: Vec<std::net::IpAddr>,
+    /// The original destination has this address.
     #[arg(long)]
     to_ip: Vec<std::net::IpAddr>,
+    /// The source has this identity.
     #[arg(long)]
     from_identity: Vec<String>,
+    /// The destination has this identity.
     #[arg(long)]
     to_identity: Vec<String>,
     /// Negate the filter that follows (e.g. `--not --namespace kube-system`).
