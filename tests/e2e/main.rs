@@ -10,6 +10,7 @@ use nodemesh_tests::{cluster::suite_prefix, leaks, require_root};
 
 mod agent;
 mod capture;
+mod demo;
 mod flows;
 mod harness;
 mod hostile;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         hostile::trials(),
         policy::trials(),
         flows::trials(),
+        demo::trials(),
     ]
     .into_iter()
     .flatten()

@@ -135,12 +135,7 @@ impl Meshed {
         pki.serve(&cluster, &config_dir, lifetime_secs)?;
         let mut agents = Vec::new();
         for node in &nodes {
-            let agent = Agent::start_with(&cluster, node, &config_dir, &pki.agent_args(node))?;
-            agent.wait_status("a certificate for every enrolled pod", |s| {
-                let count = |k: &str| s[k].as_array().map_or(0, Vec::len);
-                count("certs") == count("pods")
-            })?;
-            agents.push(agent);
+            agents.push(Agent::start_meshed(&cluster, node, &config_dir, &pki)?);
         }
         Ok(Self {
             agents,

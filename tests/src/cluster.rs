@@ -13,9 +13,22 @@ use mesh_agent::capture::{cgroup::cgroup2_mount, netns};
 
 use crate::process::{self, PodChild};
 
-/// Prefix of everything this test process creates; [`crate::leaks`] looks for it.
+static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Prefix of everything this process creates; [`crate::leaks`] looks for
+/// it. Tests get `nmt-<pid>-`; a program may choose its own first.
 pub fn suite_prefix() -> String {
-    format!("nmt-{}-", std::process::id())
+    PREFIX
+        .get_or_init(|| format!("nmt-{}-", std::process::id()))
+        .clone()
+}
+
+/// Names this process's resources `<name>-<pid>-…` instead of `nmt-<pid>-…`;
+/// only before the first cluster is built.
+pub fn set_suite_prefix(name: &str) -> anyhow::Result<()> {
+    PREFIX
+        .set(format!("{name}-{}-", std::process::id()))
+        .map_err(|_| anyhow::anyhow!("the name prefix is already in use"))
 }
 
 /// What to build: nodes, and pods placed on them.

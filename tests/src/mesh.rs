@@ -158,15 +158,23 @@ pub fn write_atomically(path: &Path, content: &str) -> anyhow::Result<()> {
 /// target directory the tests run from (`cargo xtask test` builds them
 /// first); `NODEMESH_BIN_DIR` points elsewhere.
 pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let dir = match std::env::var_os("NODEMESH_BIN_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => std::env::current_exe()?
-            .ancestors()
-            .nth(2)
-            .context("test binary outside a target directory")?
-            .to_owned(),
+    let path = match std::env::var_os("NODEMESH_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir).join(name),
+        // Test executables live in <target>/<profile>/deps, binaries such as
+        // the demo in <target>/<profile>: look beside this one, then above.
+        None => {
+            let exe = std::env::current_exe()?;
+            let here = exe.parent().context("executable without a directory")?;
+            let beside = here.join(name);
+            if beside.is_file() {
+                beside
+            } else {
+                here.parent()
+                    .context("executable outside a target directory")?
+                    .join(name)
+            }
+        }
     };
-    let path = dir.join(name);
     anyhow::ensure!(
         path.is_file(),
         "{} not found: run `cargo build -p mesh-agent --bins` (cargo xtask test does) or set \
@@ -358,6 +366,22 @@ impl Agent {
             run_dir,
             bpffs_dir,
         })
+    }
+
+    /// Starts an agent with identities from `pki` and waits until every
+    /// enrolled pod of its node has a certificate.
+    pub fn start_meshed(
+        cluster: &Cluster,
+        node: &str,
+        config_dir: &Path,
+        pki: &Pki,
+    ) -> anyhow::Result<Self> {
+        let agent = Self::start_with(cluster, node, config_dir, &pki.agent_args(node))?;
+        agent.wait_status("a certificate for every enrolled pod", |s| {
+            let count = |k: &str| s[k].as_array().map_or(0, Vec::len);
+            count("certs") == count("pods")
+        })?;
+        Ok(agent)
     }
 
     /// Every flow record logged so far.

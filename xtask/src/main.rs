@@ -2,6 +2,7 @@
 //! nothing but cargo to build, test and run nodemesh.
 use clap::{Parser, Subcommand};
 
+mod demo;
 #[path = "../../mesh-agent/ebpf_toolchain.rs"]
 mod ebpf_toolchain;
 mod run;
@@ -13,6 +14,7 @@ mod test;
     about = "nodemesh developer commands",
     after_help = "Examples:\n  \
         cargo xtask setup     # install every prerequisite (idempotent)\n  \
+        sudo -E cargo xtask demo   # a meshed two-node cluster on this machine, with live traffic\n  \
         sudo -E cargo xtask test   # the whole test suite, as CI runs it"
 )]
 struct Cli {
@@ -28,11 +30,16 @@ enum Command {
     /// Run everything CI runs: setup, rustfmt, clippy (host and eBPF),
     /// unit tests, and the end-to-end tests on real network namespaces (root).
     Test(test::TestArgs),
+    /// Run the demo: a simulated two-node cluster on this machine (root),
+    /// a mesh CA and agents, real apps and traffic, a summary from the
+    /// agents' flow records, then commands to try; Ctrl-C removes it all.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run().map(|_| ()),
         Command::Test(args) => test::run(&args),
+        Command::Demo(args) => demo::run(&args),
     }
 }

@@ -24,3 +24,10 @@ pub fn workspace_root() -> std::path::PathBuf {
         .expect("xtask sits inside the workspace")
         .to_owned()
 }
+
+/// `cargo` (the one running xtask), in the workspace root.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}

@@ -22,11 +22,7 @@ pub struct TestArgs {
 pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let root = run::workspace_root();
-    let cargo = || {
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(&root);
-        cmd
-    };
+    let cargo = run::cargo;
 
     stage("setup", || setup::run().map(|_| ()))?;
     if !args.no_lint {
@@ -94,7 +90,7 @@ fn lint_ebpf(root: &std::path::Path) -> anyhow::Result<()> {
     run::status(&mut cmd)
 }
 
-fn stage(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+pub fn stage(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
     println!("==> {name}");
     let started = Instant::now();
     let result = f();

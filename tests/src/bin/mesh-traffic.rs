@@ -42,6 +42,14 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// A minimal HTTP/1.1 server: answers every request with
+    /// `hello from <--name>` and closes (the demo's web apps).
+    Http {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        name: String,
+    },
     /// Request/response latency: `--connections` persistent connections at
     /// once, each sending `--requests` requests of `--size` bytes and waiting
     /// for the echo before the next; prints one JSON line with requests/s
@@ -89,6 +97,7 @@ fn main() {
         } => serve(listen, reply_bytes, seed),
         Command::Churn { to, count } => churn(to, count),
         Command::Echo { listen } => echo(listen),
+        Command::Http { listen, name } => http(listen, name),
         Command::Rr {
             to,
             connections,
@@ -168,6 +177,28 @@ fn echo(listen: SocketAddr) -> bool {
         if let Ok(mut reader) = stream.try_clone() {
             let _ = std::io::copy(&mut reader, &mut stream);
         }
+    })
+}
+
+fn http(listen: SocketAddr, name: String) -> bool {
+    let body: &'static str = Box::leak(format!("hello from {name}\n").into_boxed_str());
+    accept_loop(listen, move |mut stream| {
+        use std::io::Read as _;
+        // Read the request head (a GET has no body), then answer.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        );
     })
 }
 
