@@ -2,6 +2,7 @@
 //! nothing but cargo to build, test and run nodemesh.
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 #[path = "../../mesh-agent/ebpf_toolchain.rs"]
 mod ebpf_toolchain;
@@ -15,6 +16,7 @@ mod test;
     after_help = "Examples:\n  \
         cargo xtask setup     # install every prerequisite (idempotent)\n  \
         sudo -E cargo xtask demo   # a meshed two-node cluster on this machine, with live traffic\n  \
+        sudo -E cargo xtask bench --quick --json bench.json   # mesh vs direct, side by side\n  \
         sudo -E cargo xtask test   # the whole test suite, as CI runs it"
 )]
 struct Cli {
@@ -34,6 +36,10 @@ enum Command {
     /// a mesh CA and agents, real apps and traffic, a summary from the
     /// agents' flow records, then commands to try; Ctrl-C removes it all.
     Demo(demo::DemoArgs),
+    /// Benchmark the mesh against direct connections in the same run
+    /// (release build, root): throughput, latency, churn, agent CPU and
+    /// memory. `cargo xtask bench -- --quick` for a smoke run.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run().map(|_| ()),
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }

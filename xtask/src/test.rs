@@ -1,7 +1,8 @@
 //! `cargo xtask test`: the one test command, locally and in CI.
 //!
 //! Order is cheapest first, so a formatting slip fails in seconds rather than
-//! after the end-to-end suite.
+//! after the end-to-end suite; a quick benchmark run closes it, so the
+//! instrument never rots.
 use std::{process::Command, time::Instant};
 
 use anyhow::bail;
@@ -60,6 +61,9 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
             )
         },
     )?;
+    // The benchmark must keep working: a quick, unjudged run of every
+    // scenario (figures are printed, never asserted).
+    crate::bench::quick_or_full(&["--quick".to_owned()])?;
     println!("xtask test: all stages passed in {:.0?}", started.elapsed());
     Ok(())
 }

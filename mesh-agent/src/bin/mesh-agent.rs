@@ -271,6 +271,7 @@ fn check(bpffs_dir: &Path) -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     kernel::check()?;
+    raise_open_files_limit();
     check_pods_cgroup(&args.pods_cgroup)?;
     let mut capture = Capture::open(&args.bpffs_dir)?;
     match capture.attach_cgroup(&args.pods_cgroup)? {
@@ -440,6 +441,23 @@ async fn serve_ca(
     tokio::select! {
         () = server::serve(listener, tls, signer) => Ok(()),
         () = shutdown_signal() => Ok(()),
+    }
+}
+
+/// Every relayed connection holds two or three descriptors (more with
+/// tunnels and listeners per pod): lift the soft limit to the hard one, as
+/// busy proxies do, so a node is not capped at ~300 connections by a
+/// default of 1024.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!("could not raise the open-files limit from {soft} to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("reading the open-files limit: {e}"),
     }
 }
 

@@ -50,6 +50,27 @@ enum Command {
         #[arg(long)]
         name: String,
     },
+    /// Bulk throughput: `--streams` connections each sending as fast as
+    /// they can for `--seconds`, then half-closing; prints one JSON line
+    /// with the bytes sent and the time taken (to a `serve` sink).
+    Bulk {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        streams: u32,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
+    /// Open `--count` connections and hold them idle for `--seconds`
+    /// (prints `{"held": N}` once all are open).
+    Hold {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: u32,
+        #[arg(long)]
+        seconds: u64,
+    },
     /// Request/response latency: `--connections` persistent connections at
     /// once, each sending `--requests` requests of `--size` bytes and waiting
     /// for the echo before the next; prints one JSON line with requests/s
@@ -98,6 +119,12 @@ fn main() {
         Command::Churn { to, count } => churn(to, count),
         Command::Echo { listen } => echo(listen),
         Command::Http { listen, name } => http(listen, name),
+        Command::Bulk {
+            to,
+            streams,
+            seconds,
+        } => bulk(to, streams, Duration::from_secs_f64(seconds)),
+        Command::Hold { to, count, seconds } => hold(to, count, Duration::from_secs(seconds)),
         Command::Rr {
             to,
             connections,
@@ -202,6 +229,69 @@ fn http(listen: SocketAddr, name: String) -> bool {
     })
 }
 
+fn bulk(to: SocketAddr, streams: u32, duration: Duration) -> bool {
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = (0..streams)
+        .map(|_| {
+            std::thread::spawn(move || -> std::io::Result<u64> {
+                let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+                let chunk = vec![0x5au8; 256 * 1024];
+                let mut sent = 0u64;
+                while started.elapsed() < duration {
+                    stream.write_all(&chunk)?;
+                    sent += chunk.len() as u64;
+                }
+                stream.shutdown(std::net::Shutdown::Write)?;
+                // Wait for the sink's EOF: every byte was received.
+                let mut rest = Vec::new();
+                std::io::Read::read_to_end(&mut stream, &mut rest)?;
+                Ok(sent)
+            })
+        })
+        .collect();
+    let mut bytes = 0;
+    for worker in workers {
+        match worker
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
+        {
+            Ok(n) => bytes += n,
+            Err(e) => {
+                emit(&Event::Error {
+                    error: format!("bulk to {to}: {e}"),
+                });
+                return false;
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"bytes": bytes, "seconds": seconds,
+            "mib_per_s": bytes as f64 / seconds / (1024.0 * 1024.0)})
+    );
+    true
+}
+
+fn hold(to: SocketAddr, count: u32, duration: Duration) -> bool {
+    let mut held = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+            Ok(s) => held.push(s),
+            Err(e) => {
+                emit(&Event::Error {
+                    error: format!("hold to {to}: {e}"),
+                });
+                return false;
+            }
+        }
+    }
+    println!("{}", serde_json::json!({ "held": held.len() }));
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(duration);
+    true
+}
+
 fn rr(to: SocketAddr, connections: u32, requests: u32, size: usize) -> bool {
     let started = std::time::Instant::now();
     let workers: Vec<_> = (0..connections)
@@ -277,6 +367,7 @@ fn connect(
 }
 
 fn churn(to: SocketAddr, count: u32) -> bool {
+    let started = std::time::Instant::now();
     let mut micros = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let started = std::time::Instant::now();
@@ -296,7 +387,8 @@ fn churn(to: SocketAddr, count: u32) -> bool {
     let pct = |p: f64| micros[((micros.len() as f64 - 1.0) * p) as usize];
     println!(
         "{}",
-        serde_json::json!({"count": count, "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99)})
+        serde_json::json!({"count": count, "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99),
+            "per_second": f64::from(count) / started.elapsed().as_secs_f64()})
     );
     true
 }
