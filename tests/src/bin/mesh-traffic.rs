@@ -42,6 +42,12 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Accept connections and discard what they send, until EOF (the
+    /// server side of `bulk`: no hashing, so it costs the machine little).
+    Sink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// A minimal HTTP/1.1 server: answers every request with
     /// `hello from <--name>` and closes (the demo's web apps).
     Http {
@@ -118,6 +124,9 @@ fn main() {
         } => serve(listen, reply_bytes, seed),
         Command::Churn { to, count } => churn(to, count),
         Command::Echo { listen } => echo(listen),
+        Command::Sink { listen } => accept_loop(listen, |mut stream| {
+            let _ = std::io::copy(&mut stream, &mut std::io::sink());
+        }),
         Command::Http { listen, name } => http(listen, name),
         Command::Bulk {
             to,

@@ -237,7 +237,7 @@ impl Lab {
         for pod in ["b", "d", "a2", "c2"] {
             for args in [
                 vec![
-                    "serve".to_owned(),
+                    "sink".to_owned(),
                     "--listen".into(),
                     format!("0.0.0.0:{SINK}"),
                 ],
@@ -426,7 +426,7 @@ fn footprint(load: &Load) -> anyhow::Result<Value> {
     let traffic = workspace_binary("mesh-traffic")?;
     let server_pod = cluster.pod(&names[1]);
     let mut serve = Command::new(&traffic);
-    serve.args(["serve", "--listen", &format!("0.0.0.0:{SINK}")]);
+    serve.args(["sink", "--listen", &format!("0.0.0.0:{SINK}")]);
     let mut server = cluster.spawn(server_pod, serve)?;
     server.next_line(Duration::from_secs(10))?;
     let mut hold = Command::new(&traffic);
