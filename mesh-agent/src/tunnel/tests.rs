@@ -275,3 +275,50 @@ async fn a_client_refuses_a_server_with_another_identity() {
         "{err}"
     );
 }
+
+/// A workload that reads a little, then resets its connection.
+async fn resetting_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 5];
+            let _ = s.read_exact(&mut buf).await;
+            s.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+            drop(s);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_reset_crosses_the_tunnel_as_a_reset_not_an_end() {
+    let pki = pki();
+    let resetting = resetting_server().await;
+    let server = hbone_server(&pki, vec![resetting]).await;
+    let conn = Connection::dial(server.addr, client(&pki, "frontend", None))
+        .await
+        .unwrap();
+    let mut stream = conn.connect(resetting).await.unwrap();
+    stream.write_all(b"hello").await.unwrap();
+    let mut rest = Vec::new();
+    let read = stream.read_to_end(&mut rest).await;
+    assert!(
+        read.is_err(),
+        "the workload reset its connection, but the tunnel reported a clean end ({} bytes)",
+        rest.len()
+    );
+    assert!(conn.is_open(), "one stream's reset does not take the connection down");
+    assert_eq!(round_trip_after_reset(&pki, &server).await, b"still");
+}
+
+/// After a reset, the same server still carries new streams.
+async fn round_trip_after_reset(pki: &Pki, server: &Hbone) -> Vec<u8> {
+    let echo = echo_server().await;
+    let _ = server;
+    let fresh = hbone_server(pki, vec![echo]).await;
+    let conn = Connection::dial(fresh.addr, client(pki, "frontend", None))
+        .await
+        .unwrap();
+    round_trip(&conn, echo, b"still").await
+}
