@@ -1,19 +1,17 @@
 //! The sending end of HBONE: one mutually authenticated TLS + HTTP/2
 //! connection to a peer agent, carrying one CONNECT stream per application
-//! connection.
+//! connection (and, to the CA, plain requests).
 use std::{net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
+use h2::client::SendRequest;
 use http::{Method, Request, StatusCode};
-use http_body_util::Full;
-use hyper::{Response, body::Incoming, client::conn::http2::SendRequest, upgrade::Upgraded};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::TunnelError;
+use super::{TunnelError, stream::H2Stream};
 
 /// HBONE dials addresses; the server is authenticated by SPIFFE ID (see
 /// `tls`), so the SNI is a fixed, never-resolvable placeholder.
@@ -22,7 +20,7 @@ const SNI: &str = "hbone.nodemesh.invalid";
 /// An HTTP/2 connection to a peer agent. Cheap to clone; clones share it.
 #[derive(Clone)]
 pub struct Connection {
-    sender: SendRequest<Full<Bytes>>,
+    sender: SendRequest<Bytes>,
     tls_version: &'static str,
 }
 
@@ -49,11 +47,11 @@ impl Connection {
             .await
             .map_err(|source| TunnelError::Handshake { peer: addr, source })?;
         let tls_version = version_name(tls.get_ref().1.protocol_version());
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(super::STREAM_WINDOW)
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(super::STREAM_WINDOW)
             .initial_connection_window_size(super::CONNECTION_WINDOW)
             .max_frame_size(super::MAX_FRAME)
-            .handshake(TokioIo::new(tls))
+            .handshake(tls)
             .await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -66,31 +64,55 @@ impl Connection {
         })
     }
 
-    /// Sends one request on the shared connection (its own stream).
-    pub async fn send(
+    /// A stream for `request`, once the connection can take one more.
+    async fn open(
         &self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, TunnelError> {
-        let mut sender = self.sender.clone();
-        sender.ready().await?;
-        Ok(sender.send_request(request).await?)
+        request: Request<()>,
+        end_of_stream: bool,
+    ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), TunnelError> {
+        let mut sender = self.sender.clone().ready().await?;
+        Ok(sender.send_request(request, end_of_stream)?)
+    }
+
+    /// Sends one request with `body` on its own stream; returns the status
+    /// and the whole response body (for small control exchanges).
+    pub async fn request(
+        &self,
+        request: Request<()>,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), TunnelError> {
+        let (response, mut send) = self.open(request, body.is_empty()).await?;
+        if !body.is_empty() {
+            send.send_data(body, true)?;
+        }
+        let response = response.await?;
+        let status = response.status();
+        let mut recv = response.into_body();
+        let mut all = Vec::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk?;
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            all.extend_from_slice(&chunk);
+        }
+        Ok((status, Bytes::from(all)))
     }
 
     /// Opens a stream to `target` through the peer agent.
-    pub async fn connect(&self, target: SocketAddr) -> Result<TokioIo<Upgraded>, TunnelError> {
+    pub async fn connect(&self, target: SocketAddr) -> Result<H2Stream, TunnelError> {
         let request = Request::builder()
             .method(Method::CONNECT)
             .uri(target.to_string())
-            .body(Full::default())
+            .body(())
             .expect("a CONNECT to a socket address is a valid request");
-        let response = self.send(request).await?;
+        let (response, send) = self.open(request, false).await?;
+        let response = response.await?;
         if response.status() != StatusCode::OK {
             return Err(TunnelError::Refused {
                 target,
                 status: response.status().as_u16(),
             });
         }
-        Ok(TokioIo::new(hyper::upgrade::on(response).await?))
+        Ok(H2Stream::new(send, response.into_body()))
     }
 
     /// The negotiated TLS version, e.g. `TLSv1.3`.
@@ -100,7 +122,12 @@ impl Connection {
 
     /// False once the peer has gone away (the pool then dials again).
     pub fn is_open(&self) -> bool {
-        !self.sender.is_closed()
+        let mut probe = self.sender.clone();
+        // A closed connection reports an error instead of readiness.
+        !matches!(
+            probe.poll_ready(&mut std::task::Context::from_waker(std::task::Waker::noop())),
+            std::task::Poll::Ready(Err(_))
+        )
     }
 }
 

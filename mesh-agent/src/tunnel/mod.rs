@@ -11,6 +11,7 @@
 pub mod client;
 pub mod pool;
 pub mod server;
+pub mod stream;
 pub mod tls;
 
 #[cfg(test)]
@@ -56,7 +57,10 @@ pub enum TunnelError {
         source: std::io::Error,
     },
     #[error("HTTP/2: {0}")]
-    Http(#[from] hyper::Error),
+    Http(#[from] h2::Error),
+    /// From the CA's request/response server, which uses hyper.
+    #[error("HTTP: {0}")]
+    Server(#[from] hyper::Error),
     #[error("CONNECT {target} refused with status {status}")]
     Refused {
         target: std::net::SocketAddr,

@@ -3,18 +3,16 @@
 //! caller's [`Handler`] (so this module cannot become an open relay), and
 //! the answers match ztunnel's: 200 tunnel up, 400 not CONNECT or bad
 //! target, 401 denied, 503 upstream connect failed.
-use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
 use bytes::Bytes;
+use h2::{RecvStream, server::SendResponse};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper::{body::Incoming, service::service_fn, upgrade::Upgraded};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use super::TunnelError;
-use crate::{identity::SpiffeId, proxy::relay::Stream};
+use super::{TunnelError, stream::H2Stream};
+use crate::identity::SpiffeId;
 
 /// A CONNECT request's header block larger than this is refused (400) and
 /// logged. A CONNECT needs a few dozen bytes; 8 KiB is generous.
@@ -48,13 +46,12 @@ impl Refusal {
 }
 
 /// The application bytes of one accepted CONNECT.
-pub type Tunnel = TokioIo<Upgraded>;
+pub type Tunnel = H2Stream;
 
 /// What runs once a CONNECT was answered 200: given the tunnel stream (or
 /// why it never came), it carries the connection to its end.
-pub type Session = Box<
-    dyn FnOnce(Result<Tunnel, hyper::Error>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send,
->;
+pub type Session =
+    Box<dyn FnOnce(Result<Tunnel, TunnelError>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// The policy side of the server, supplied by the caller.
 pub trait Handler: Send + Sync + 'static {
@@ -71,13 +68,6 @@ pub trait Handler: Send + Sync + 'static {
     fn rejected(&self, peer: &Peer, request: &str, refusal: &Refusal);
 }
 
-impl Stream for Tunnel {
-    fn prepare_reset(&self) {
-        // Nothing to arm: dropping a tunnel stream that was not finished
-        // makes HTTP/2 send RST_STREAM, which the far side sees as a reset.
-    }
-}
-
 /// Serves the CONNECT streams of a connection whose TLS handshake
 /// ([`super::tls::accept`]) established `peer`, until the peer closes.
 pub async fn serve<H: Handler>(
@@ -85,25 +75,30 @@ pub async fn serve<H: Handler>(
     peer: Peer,
     handler: Arc<H>,
 ) -> Result<(), TunnelError> {
-    let service = service_fn(move |req| handle(req, peer.clone(), Arc::clone(&handler)));
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(super::STREAM_WINDOW)
+    let mut connection = h2::server::Builder::new()
+        .initial_window_size(super::STREAM_WINDOW)
         .initial_connection_window_size(super::CONNECTION_WINDOW)
         .max_frame_size(super::MAX_FRAME)
         .max_header_list_size(super::H2_MAX_HEADER_LIST)
-        .serve_connection(TokioIo::new(tls), service)
+        .handshake(tls)
         .await?;
+    while let Some(stream) = connection.accept().await {
+        let (request, respond) = stream?;
+        tokio::spawn(handle(request, respond, peer.clone(), Arc::clone(&handler)));
+    }
     Ok(())
 }
 
-fn status(code: StatusCode) -> Result<Response<Empty<Bytes>>, Infallible> {
-    let mut response = Response::new(Empty::new());
-    *response.status_mut() = code;
-    Ok(response)
+/// Answers `status` with no body and ends the stream.
+fn answer(respond: &mut SendResponse<Bytes>, status: StatusCode) {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    // The peer may have gone already; nothing to do about it then.
+    let _ = respond.send_response(response, true);
 }
 
 /// HPACK's accounting (RFC 7541 §4.1): name + value + 32 per field.
-fn header_bytes(req: &Request<Incoming>) -> usize {
+fn header_bytes(req: &Request<RecvStream>) -> usize {
     let fields: usize = req
         .headers()
         .iter()
@@ -113,7 +108,7 @@ fn header_bytes(req: &Request<Incoming>) -> usize {
 }
 
 /// Checks what can be checked without the handler: method, size, target.
-fn parse(req: &Request<Incoming>) -> Result<SocketAddr, Refusal> {
+fn parse(req: &Request<RecvStream>) -> Result<SocketAddr, Refusal> {
     if req.method() != Method::CONNECT {
         return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
@@ -140,24 +135,31 @@ fn parse(req: &Request<Incoming>) -> Result<SocketAddr, Refusal> {
 }
 
 async fn handle<H: Handler>(
-    mut req: Request<Incoming>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
     peer: Peer,
     handler: Arc<H>,
-) -> Result<Response<Empty<Bytes>>, Infallible> {
-    let target = match parse(&req) {
+) {
+    let target = match parse(&request) {
         Ok(target) => target,
         Err(refusal) => {
-            let request = format!("{} {}", req.method(), truncated(&req.uri().to_string()));
-            handler.rejected(&peer, &request, &refusal);
-            return status(refusal.status);
+            let line = format!(
+                "{} {}",
+                request.method(),
+                truncated(&request.uri().to_string())
+            );
+            handler.rejected(&peer, &line, &refusal);
+            return answer(&mut respond, refusal.status);
         }
     };
     match handler.open(peer, target).await {
-        Err(refusal) => status(refusal.status),
+        Err(refusal) => answer(&mut respond, refusal.status),
         Ok(session) => {
-            let upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move { session(upgrade.await.map(TokioIo::new)).await });
-            status(StatusCode::OK)
+            let tunnel = respond
+                .send_response(Response::new(()), false)
+                .map(|send| H2Stream::new(send, request.into_body()))
+                .map_err(TunnelError::from);
+            session(tunnel).await;
         }
     }
 }

@@ -1,7 +1,6 @@
 //! The node agent's side of signing.
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt as _, Full};
 use rcgen::{CertificateParams, KeyPair};
 
 use super::{PATH, SignError, SignRequest, SignResponse};
@@ -36,16 +35,9 @@ pub async fn request_certificate(
         .method(Method::POST)
         .uri(format!("https://nodemesh-ca.invalid{PATH}"))
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::from(Bytes::from(body)))
+        .body(())
         .expect("valid request");
-    let response = conn.send(request).await?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| SigningError::Protocol(e.to_string()))?
-        .to_bytes();
+    let (status, body) = conn.request(request, Bytes::from(body)).await?;
     if status != StatusCode::OK {
         let message = serde_json::from_slice::<SignError>(&body)
             .map(|e| e.error)
