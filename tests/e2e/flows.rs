@@ -21,7 +21,10 @@ use nodemesh_tests::{
     mesh::{Agent, MeshConfig},
 };
 
-use crate::support::{Meshed, connect, eventually, serve, shop_pair, traffic_tool, trial};
+use crate::support::{
+    MIB, Meshed, connect, connect_paused, eventually, finished, serve, shop_pair, traffic_tool,
+    trial,
+};
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -203,6 +206,17 @@ fn records_are_exact() -> anyhow::Result<()> {
         r.endpoint == Some(addr(&b2, 8080))
     })?;
     ensure!(same.path == Path::SameNode, "{same:#?}");
+
+    // An open flow shows the bytes moved so far.
+    let mut long = connect_paused(cluster, &a, addr(&b, 8080), 2 * MIB, MIB, 3000)?;
+    let open = record(n1, "the paused connection's open flow at 1 MiB", |r| {
+        r.state == State::Open && r.destination.addr() == addr(&b, 8080) && r.bytes_sent == MIB
+    })?;
+    ensure!(
+        open.end_unix_ms.is_none() && open.duration_ms().is_none(),
+        "{open:#?}"
+    );
+    finished(&mut long)?.context("the paused connection")?;
 
     // Plaintext from outside the mesh, allowed, then denied by the rule.
     connect(cluster, &l, addr(&b, 8080), 700, 5)?;

@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -12,6 +12,7 @@ use std::{
 use tokio::sync::broadcast;
 
 use super::{Filter, FlowRecord};
+use crate::proxy::relay::Progress;
 
 /// How many closed flows are kept by default.
 pub const DEFAULT_CAPACITY: usize = 4096;
@@ -28,7 +29,8 @@ pub struct FlowStore {
 
 #[derive(Default)]
 struct Inner {
-    open: BTreeMap<u64, FlowRecord>,
+    /// Open flows, with the live byte counts of their relays.
+    open: BTreeMap<u64, (FlowRecord, Arc<Progress>)>,
     closed: VecDeque<FlowRecord>,
 }
 
@@ -52,10 +54,10 @@ impl FlowStore {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Records (or updates) a flow that is still open.
-    pub fn open(&self, record: FlowRecord) {
+    /// Records a flow whose bytes are moving; listings read `progress`.
+    pub fn open(&self, record: FlowRecord, progress: Arc<Progress>) {
         let mut inner = self.inner.lock().expect("flow store");
-        inner.open.insert(record.id, record);
+        inner.open.insert(record.id, (record, progress));
     }
 
     /// Records a flow's end: it leaves the open set and enters the ring.
@@ -75,12 +77,18 @@ impl FlowStore {
     /// Open and recent closed flows matching `filter`, oldest first.
     pub fn list(&self, filter: &Filter) -> Vec<FlowRecord> {
         let inner = self.inner.lock().expect("flow store");
+        let open = inner.open.values().map(|(record, progress)| {
+            let mut now = record.clone();
+            now.bytes_sent = progress.sent.load(Ordering::Relaxed);
+            now.bytes_received = progress.received.load(Ordering::Relaxed);
+            now
+        });
         let mut all: Vec<FlowRecord> = inner
             .closed
             .iter()
-            .chain(inner.open.values())
-            .filter(|r| filter.matches(r))
             .cloned()
+            .chain(open)
+            .filter(|r| filter.matches(r))
             .collect();
         all.sort_by_key(|r| r.id);
         if let Some(last) = filter.last {

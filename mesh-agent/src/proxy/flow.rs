@@ -4,7 +4,10 @@
 //! `nodemesh::flow`, one line per flow).
 use std::{net::SocketAddr, sync::Arc};
 
-use super::{PodContext, relay::End, relay::Relayed};
+use super::{
+    PodContext,
+    relay::{End, Progress, Relayed},
+};
 use crate::{
     admin::metrics::Metrics,
     flows::{
@@ -102,11 +105,14 @@ impl Flow {
         self.record.verdict = Some(FlowVerdict::from(verdict));
     }
 
-    /// Bytes start to move: the flow is listed as open and counted.
-    pub fn relaying(&mut self) {
+    /// Bytes start to move: the flow is listed as open (with the bytes
+    /// moved so far) and counted. The relay counts into what this returns.
+    pub fn relaying(&mut self) -> Arc<Progress> {
         self.opened = true;
         self.metrics.connection_opened(&self.record);
-        self.store.open(self.record.clone());
+        let progress = Arc::new(Progress::default());
+        self.store.open(self.record.clone(), Arc::clone(&progress));
+        progress
     }
 
     /// Ends a flow that relayed bytes.

@@ -82,11 +82,16 @@ pub(super) async fn carry<C: Stream>(
     mut registration: Registration,
     mut flow: Flow,
 ) {
-    flow.relaying();
+    let progress = flow.relaying();
     let mut revoked_by = None;
-    let relayed = relay(client, app, async {
-        revoked_by = Some(registration.revoked().await);
-    })
+    let relayed = relay(
+        client,
+        app,
+        async {
+            revoked_by = Some(registration.revoked().await);
+        },
+        progress,
+    )
     .await;
     flow.relayed(relayed, revoked_by);
 }

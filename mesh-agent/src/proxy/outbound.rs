@@ -91,8 +91,8 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             flow.record.destination.identity = Some(dest_identity.to_string());
             match open_tunnel(&pod, identity, dest_identity, orig, &mut flow, same_node).await {
                 Ok(stream) => {
-                    flow.relaying();
-                    let relayed = relay(client, stream, std::future::pending()).await;
+                    let progress = flow.relaying();
+                    let relayed = relay(client, stream, std::future::pending(), progress).await;
                     flow.relayed(relayed, None);
                 }
                 Err((state, why)) => {
@@ -154,8 +154,11 @@ async fn plaintext(pod: &PodContext, client: TcpStream, orig: SocketAddr, mut fl
     };
     match upstream {
         Ok(upstream) => {
-            flow.relaying();
-            flow.relayed(relay(client, upstream, std::future::pending()).await, None);
+            let progress = flow.relaying();
+            flow.relayed(
+                relay(client, upstream, std::future::pending(), progress).await,
+                None,
+            );
         }
         Err(e) => {
             reset(client);

@@ -7,7 +7,13 @@
 //! being shown a clean FIN: a truncated stream is never passed off as a
 //! complete one. Back-pressure is natural: nothing is read until the previous
 //! chunk is written.
-use std::io;
+use std::{
+    io,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use socket2::SockRef;
 use tokio::{
@@ -41,6 +47,15 @@ pub struct Relayed {
     pub end: End,
 }
 
+/// Bytes moved so far, readable while the relay runs (open flows show it).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Client → server.
+    pub sent: AtomicU64,
+    /// Server → client.
+    pub received: AtomicU64,
+}
+
 /// A byte stream the relay can carry: a TCP socket or a tunnel stream.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
     /// Makes the coming close abortive, so the peer sees a reset rather
@@ -55,20 +70,21 @@ impl Stream for TcpStream {
 }
 
 /// Copies between `client` and `server` until both directions are done, or
-/// until `stop` completes (then both sides are reset).
+/// until `stop` completes (then both sides are reset), counting into
+/// `progress` as it goes.
 pub async fn relay<C: Stream, S: Stream>(
     client: C,
     server: S,
     stop: impl std::future::Future<Output = ()>,
+    progress: Arc<Progress>,
 ) -> Relayed {
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut server_r, mut server_w) = tokio::io::split(server);
     // Counted as they are written, so a failed or revoked connection still
     // reports what it moved.
-    let (mut sent, mut received) = (0u64, 0u64);
     let end = {
-        let up = copy(&mut client_r, &mut server_w, &mut sent);
-        let down = copy(&mut server_r, &mut client_w, &mut received);
+        let up = copy(&mut client_r, &mut server_w, &progress.sent);
+        let down = copy(&mut server_r, &mut client_w, &progress.received);
         tokio::pin!(up, down, stop);
         let (mut up_done, mut down_done) = (false, false);
         let mut failed = None;
@@ -93,8 +109,8 @@ pub async fn relay<C: Stream, S: Stream>(
         server_r.unsplit(server_w).prepare_reset();
     }
     Relayed {
-        sent,
-        received,
+        sent: progress.sent.load(Ordering::Relaxed),
+        received: progress.received.load(Ordering::Relaxed),
         end,
     }
 }
@@ -115,7 +131,7 @@ impl CopyError {
     }
 }
 
-async fn copy<R, W>(from: &mut R, to: &mut W, total: &mut u64) -> Result<(), CopyError>
+async fn copy<R, W>(from: &mut R, to: &mut W, total: &AtomicU64) -> Result<(), CopyError>
 where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
@@ -131,7 +147,7 @@ where
         to.write_all(&buf[..n])
             .await
             .map_err(|_| CopyError { on_read: false })?;
-        *total += n as u64;
+        total.fetch_add(n as u64, Ordering::Relaxed);
     }
     to.shutdown()
         .await
@@ -155,7 +171,12 @@ mod tests {
     async fn half_close_passes_through_and_the_other_direction_keeps_flowing() {
         let (mut app, agent_client) = pair().await;
         let (agent_server, mut upstream) = pair().await;
-        let relay = tokio::spawn(relay(agent_client, agent_server, std::future::pending()));
+        let relay = tokio::spawn(relay(
+            agent_client,
+            agent_server,
+            std::future::pending(),
+            Arc::default(),
+        ));
 
         app.write_all(b"request").await.unwrap();
         app.shutdown().await.unwrap();
@@ -178,7 +199,12 @@ mod tests {
     async fn a_reset_is_passed_on_as_a_reset() {
         let (app, agent_client) = pair().await;
         let (agent_server, mut upstream) = pair().await;
-        let relay = tokio::spawn(relay(agent_client, agent_server, std::future::pending()));
+        let relay = tokio::spawn(relay(
+            agent_client,
+            agent_server,
+            std::future::pending(),
+            Arc::default(),
+        ));
 
         SockRef::from(&app)
             .set_linger(Some(std::time::Duration::ZERO))
@@ -198,9 +224,14 @@ mod tests {
         let (mut app, agent_client) = pair().await;
         let (agent_server, mut upstream) = pair().await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let relay = tokio::spawn(relay(agent_client, agent_server, async {
-            let _ = stopped.await;
-        }));
+        let relay = tokio::spawn(relay(
+            agent_client,
+            agent_server,
+            async {
+                let _ = stopped.await;
+            },
+            Arc::default(),
+        ));
         app.write_all(b"before").await.unwrap();
         let mut got = [0u8; 6];
         upstream.read_exact(&mut got).await.unwrap();

@@ -111,7 +111,7 @@ impl Handler for TestHandler {
         Ok(Box::new(move |tunnel| {
             Box::pin(async move {
                 if let Ok(tunnel) = tunnel {
-                    relay(tunnel, upstream, std::future::pending()).await;
+                    relay(tunnel, upstream, std::future::pending(), Arc::default()).await;
                 }
             })
         }))
