@@ -390,6 +390,23 @@ fn scrape(node: &Host) -> anyhow::Result<String> {
     Ok(body.to_owned())
 }
 
+/// The sum of the samples of `name` whose labels include `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).context("the exposition parses")?;
+    Ok(scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum())
+}
+
 fn metrics_match() -> anyhow::Result<()> {
     let meshed = shop()?;
     let cluster = &meshed.cluster;
@@ -398,21 +415,7 @@ fn metrics_match() -> anyhow::Result<()> {
     for seed in 0..3 {
         connect(cluster, &a, addr(&b, 8080), 1000 + seed, seed)?;
     }
-    let value = |text: &str, name: &str, labels: &[(&str, &str)]| -> anyhow::Result<f64> {
-        let lines = text.lines().map(|l| Ok(l.to_owned()));
-        let scrape = prometheus_parse::Scrape::parse(lines).context("the exposition parses")?;
-        Ok(scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum())
-    };
+    let value = metric;
     let labels = [
         ("reporter", "destination"),
         ("source_workload", "a"),
@@ -484,6 +487,14 @@ fn ring_stays_bounded() -> anyhow::Result<()> {
         held.len()
     );
     eprintln!("    agent RSS idle {idle} KiB, after 10000 flows {after} KiB (ring of 500)");
+    let n1_node = cluster.node("n1").clone();
+    eventually("the ring's size in /metrics", || {
+        let text = scrape(&n1_node)?;
+        Ok(
+            metric(&text, "nodemesh_flow_records", &[("state", "closed")])? == 500.0
+                && metric(&text, "nodemesh_flow_records", &[("state", "open")])? == 0.0,
+        )
+    })?;
     ensure!(
         after < 64 * 1024,
         "agent RSS {after} KiB exceeds the documented 64 MiB bound"

@@ -74,6 +74,7 @@ pub struct Metrics {
     flows: Family<StateLabels, Counter>,
     handshakes: Family<RoleLabels, Counter>,
     pooled: Gauge,
+    flow_records: Family<StateLabels, Gauge>,
     cert_expiry: Family<CertLabels, Gauge>,
     capture: Family<CaptureLabels, Counter>,
 }
@@ -82,6 +83,8 @@ pub struct Metrics {
 pub struct Snapshot<'a> {
     pub handshakes: [(&'static str, u64); 3],
     pub pooled_connections: u64,
+    /// (open, closed) flow records held.
+    pub flow_records: (usize, usize),
     pub certs: &'a [crate::identity::store::CertStatus],
     pub capture: &'a [super::status::CounterValue],
 }
@@ -104,6 +107,7 @@ impl Metrics {
             flows: Family::default(),
             handshakes: Family::default(),
             pooled: Gauge::default(),
+            flow_records: Family::default(),
             cert_expiry: Family::default(),
             capture: Family::default(),
             registry: Registry::default(),
@@ -147,6 +151,11 @@ impl Metrics {
             "nodemesh_tunnel_pool_connections",
             "Pooled outbound HBONE connections held",
             m.pooled.clone(),
+        );
+        registry.register(
+            "nodemesh_flow_records",
+            "Flow records held: open, and closed in the bounded ring",
+            m.flow_records.clone(),
         );
         registry.register(
             "nodemesh_certificate_expiry_timestamp_seconds",
@@ -205,6 +214,12 @@ impl Metrics {
             set(&self.handshakes.get_or_create(&RoleLabels { role }), value);
         }
         self.pooled.set(s.pooled_connections as i64);
+        let (open, closed) = s.flow_records;
+        for (state, n) in [("open", open), ("closed", closed)] {
+            self.flow_records
+                .get_or_create(&StateLabels { state })
+                .set(n as i64);
+        }
         self.cert_expiry.clear();
         for c in s.certs {
             self.cert_expiry

@@ -530,6 +530,7 @@ fn write_status(
             ("rejected", t.handshakes_rejected),
         ],
         pooled_connections: enrolment.pooled_tunnels() as u64,
+        flow_records: mesh.flows.sizes(),
         certs: &status.certs,
         capture: &status.counters,
     });

@@ -238,11 +238,6 @@ impl Filter {
         }
         Ok(filter)
     }
-
-    /// Every criterion key, for `meshctl`'s flags.
-    pub fn keys() -> &'static [&'static str] {
-        KEYS
-    }
 }
 
 #[cfg(test)]

@@ -107,8 +107,4 @@ impl FlowStore {
         let inner = self.inner.lock().expect("flow store");
         (inner.open.len(), inner.closed.len())
     }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
 }
