@@ -394,12 +394,22 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / hz)
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS`, `RssAnon`, …).
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))?
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .context("VmRSS")
+        .with_context(|| format!("{field} of process {pid}"))
+}
+
+/// Resident memory in MiB: all of it, and the anonymous part (the agent's
+/// own allocations; the rest is the mapped binary, shared and reclaimable).
+fn memory(pid: u32) -> anyhow::Result<(f64, f64)> {
+    Ok((
+        status_kib(pid, "VmRSS")? as f64 / 1024.0,
+        status_kib(pid, "RssAnon")? as f64 / 1024.0,
+    ))
 }
 
 /// Agent memory: at rest with `load.pods` enrolled pods, then while
@@ -422,7 +432,7 @@ fn footprint(load: &Load) -> anyhow::Result<Value> {
     pki.serve(&cluster, &config_dir, 3600)?;
     let agent = Agent::start_meshed(&cluster, "n1", &config_dir, &pki)?;
     std::thread::sleep(Duration::from_secs(2));
-    let at_rest = rss_kib(agent.process.pid())?;
+    let at_rest = memory(agent.process.pid())?;
     let traffic = workspace_binary("mesh-traffic")?;
     let server_pod = cluster.pod(&names[1]);
     let mut serve = Command::new(&traffic);
@@ -442,14 +452,16 @@ fn footprint(load: &Load) -> anyhow::Result<Value> {
         bail!("holding connections failed: {line}");
     }
     std::thread::sleep(Duration::from_secs(1));
-    let with_connections = rss_kib(agent.process.pid())?;
+    let with_connections = memory(agent.process.pid())?;
     Ok(json!({
         "direct": Value::Null,
         "mesh": {
             "pods": load.pods,
-            "rss_mib_at_rest": at_rest as f64 / 1024.0,
+            "rss_mib_at_rest": at_rest.0,
+            "anon_mib_at_rest": at_rest.1,
             "open_connections": load.held,
-            "rss_mib_with_connections": with_connections as f64 / 1024.0,
+            "rss_mib_with_connections": with_connections.0,
+            "anon_mib_with_connections": with_connections.1,
         },
         "ratio": Value::Null,
     }))
