@@ -276,8 +276,13 @@ fn rotation_during_long_transfer() -> anyhow::Result<()> {
         after.0 >= before.0 + 2 && after.1 >= before.1 + 2,
         "certificates were not rotated during the transfer: issued {before:?} before, {after:?} after"
     );
-    // New connections after the first certificates expired still work.
+    // New connections after the first certificates expired still work, on
+    // a new tunnel: the pooled one retired with the certificate it used.
     let again = connect(cluster, &a, addr(b.ipv4, 8080), MIB, 22)?;
     assert_intact(&again, &next_done(&mut server)?)?;
+    meshed.agent("n1").wait_status(
+        "a second tunnel dialled with the renewed certificate",
+        |s| s["tunnel"]["handshakes_dialled"].as_u64() >= Some(2),
+    )?;
     Ok(())
 }

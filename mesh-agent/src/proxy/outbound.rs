@@ -206,7 +206,9 @@ async fn open_tunnel(
                 addr: hbone,
                 source,
             })?;
-        let conn = Connection::handshake(tcp, hbone, tls).await?;
+        let conn = Connection::handshake(tcp, hbone, tls)
+            .await?
+            .retire_at(cert.not_after);
         pod.mesh
             .tunnels
             .dialled

@@ -22,6 +22,10 @@ const SNI: &str = "hbone.nodemesh.invalid";
 pub struct Connection {
     sender: SendRequest<Bytes>,
     tls_version: &'static str,
+    /// When the pool must stop handing it out: the client certificate it
+    /// authenticated with expires then, and a new stream must not ride on
+    /// an identity that is no longer valid.
+    retire_at: Option<std::time::SystemTime>,
 }
 
 impl Connection {
@@ -61,6 +65,7 @@ impl Connection {
         Ok(Self {
             sender,
             tls_version,
+            retire_at: None,
         })
     }
 
@@ -120,8 +125,22 @@ impl Connection {
         self.tls_version
     }
 
-    /// False once the peer has gone away (the pool then dials again).
+    /// Stops offering this connection for new streams at `when` (streams
+    /// already on it carry on).
+    pub fn retire_at(mut self, when: std::time::SystemTime) -> Self {
+        self.retire_at = Some(when);
+        self
+    }
+
+    /// False once the peer has gone away or the connection is retired (the
+    /// pool then dials again).
     pub fn is_open(&self) -> bool {
+        if self
+            .retire_at
+            .is_some_and(|t| std::time::SystemTime::now() >= t)
+        {
+            return false;
+        }
         let mut probe = self.sender.clone();
         // A closed connection reports an error instead of readiness.
         !matches!(

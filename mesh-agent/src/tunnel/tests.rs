@@ -342,3 +342,25 @@ async fn a_client_reset_reaches_the_workload_as_a_reset() {
         "the client reset, but the workload saw a clean end: {result:?}"
     );
 }
+
+#[tokio::test]
+async fn a_retired_connection_is_not_offered_but_its_streams_finish() {
+    let (pki, echo, server) = echo_behind_hbone().await;
+    let conn = Connection::dial(server.addr, client(&pki, "frontend", None))
+        .await
+        .unwrap();
+    let mut open_stream = conn.connect(echo).await.unwrap();
+    let retired = conn.retire_at(std::time::SystemTime::now());
+    assert!(
+        !retired.is_open(),
+        "a retired connection is not offered again"
+    );
+    open_stream.write_all(b"finishing").await.unwrap();
+    open_stream.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    open_stream.read_to_end(&mut back).await.unwrap();
+    assert_eq!(
+        back, b"finishing",
+        "a stream opened before retirement completes"
+    );
+}
