@@ -337,10 +337,16 @@ fn untrusted_identities_refused() -> anyhow::Result<()> {
         Ok(refusals() >= refused_handshakes)
     })?;
     range.settles()?;
+    let refused: Vec<String> = agent
+        .flows()
+        .into_iter()
+        .filter(|f| f.state == "refused" && f.path == "tunnel")
+        .map(|f| f.error.unwrap_or_default())
+        .collect();
     ensure!(
-        refusals() == refused_handshakes,
-        "{} refused flow records for {refused_handshakes} refused handshakes",
-        refusals()
+        refused.len() as u64 == refused_handshakes,
+        "{} refused flow records for {refused_handshakes} refused handshakes: {refused:#?}",
+        refused.len()
     );
     let log = agent.process.stderr();
     for reason in [

@@ -129,11 +129,18 @@ async fn connection(
 /// A peer that vanished (process killed, connection reset) rather than one
 /// that spoke something other than HTTP/2.
 fn went_away(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+    let vanished =
+        |io: &std::io::Error| matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof);
     let mut cause = Some(e);
     while let Some(c) = cause {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
-            return matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof);
+            return vanished(io);
+        }
+        // h2 keeps its I/O error inside rather than as a `source`.
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            return h2.get_io().is_some_and(vanished)
+                || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR));
         }
         cause = c.source();
     }
