@@ -25,17 +25,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 /// Builds release binaries and runs the benchmark with `args`.
 pub fn quick_or_full(args: &[String]) -> anyhow::Result<()> {
-    stage("build (release)", || {
-        run::status(run::cargo().args([
-            "build",
-            "--release",
-            "--package",
-            "mesh-agent",
-            "--package",
-            "nodemesh-tests",
-            "--bins",
-        ]))
-    })?;
+    stage("build (release)", || run::build_bins(true))?;
     let release = run::workspace_root().join("target/release");
     stage("benchmark", || {
         run::status(

@@ -23,16 +23,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         );
     }
     stage("setup", || setup::run().map(|_| ()))?;
-    stage("build", || {
-        run::status(run::cargo().args([
-            "build",
-            "--package",
-            "mesh-agent",
-            "--package",
-            "nodemesh-tests",
-            "--bins",
-        ]))
-    })?;
+    stage("build", || run::build_bins(false))?;
     let mut demo =
         std::process::Command::new(run::workspace_root().join("target/debug/nodemesh-demo"));
     if let Some(d) = args.duration {

@@ -31,3 +31,20 @@ pub fn cargo() -> Command {
     cmd.current_dir(workspace_root());
     cmd
 }
+
+/// Builds the agent, `meshctl` and the harness's programs (demo, bench,
+/// traffic tool), in release mode or not.
+pub fn build_bins(release: bool) -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.arg("build");
+    if release {
+        cmd.arg("--release");
+    }
+    status(cmd.args([
+        "--package",
+        "mesh-agent",
+        "--package",
+        "nodemesh-tests",
+        "--bins",
+    ]))
+}
