@@ -52,6 +52,31 @@ pub enum State {
     Error,
 }
 
+/// The snake_case names the record serializes its enums to, for log lines
+/// and tables (a unit test holds them equal to serde's).
+macro_rules! names {
+    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name),+
+                }
+            }
+        }
+    };
+}
+
+names!(Direction { Outbound => "outbound", Inbound => "inbound" });
+names!(Path { Tunnel => "tunnel", SameNode => "same_node", Passthrough => "passthrough" });
+names!(Hook { Connect4 => "connect4", Connect6 => "connect6", SkLookup => "sk_lookup" });
+names!(State {
+    Open => "open",
+    Closed => "closed",
+    Refused => "refused",
+    Denied => "denied",
+    Error => "error",
+});
+
 /// One end of a flow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
@@ -166,4 +191,32 @@ pub fn unix_ms_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_serialized_names() {
+        let serialized = |v: serde_json::Value| v.as_str().unwrap().to_owned();
+        for d in [Direction::Outbound, Direction::Inbound] {
+            assert_eq!(serialized(serde_json::to_value(d).unwrap()), d.as_str());
+        }
+        for p in [Path::Tunnel, Path::SameNode, Path::Passthrough] {
+            assert_eq!(serialized(serde_json::to_value(p).unwrap()), p.as_str());
+        }
+        for h in [Hook::Connect4, Hook::Connect6, Hook::SkLookup] {
+            assert_eq!(serialized(serde_json::to_value(h).unwrap()), h.as_str());
+        }
+        for s in [
+            State::Open,
+            State::Closed,
+            State::Refused,
+            State::Denied,
+            State::Error,
+        ] {
+            assert_eq!(serialized(serde_json::to_value(s).unwrap()), s.as_str());
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! human byte counts and durations, colour only when asked (a terminal).
 use super::{
     FlowRecord,
-    record::{Endpoint, Path, State},
+    record::{Endpoint, Hook, Path, State},
 };
 
 /// Column widths adapt to the content; `wide` adds ids, hooks, identities,
@@ -47,10 +47,7 @@ pub fn table(records: &[FlowRecord], wide: bool, colour: bool) -> String {
                 row.extend([
                     r.id.to_string(),
                     r.node.clone(),
-                    r.hook
-                        .map(|h| serde_json::to_value(h).ok())
-                        .and_then(|v| v?.as_str().map(str::to_owned))
-                        .unwrap_or_else(|| "-".into()),
+                    r.hook.map_or("-", Hook::as_str).to_owned(),
                     r.source.identity.clone().unwrap_or_else(|| "-".into()),
                     r.destination.identity.clone().unwrap_or_else(|| "-".into()),
                     r.tls

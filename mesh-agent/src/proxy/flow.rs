@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use super::{
     PodContext,
-    relay::{End, Progress, Relayed},
+    relay::{Progress, Relayed},
 };
 use crate::{
     admin::metrics::Metrics,
@@ -119,15 +119,7 @@ impl Flow {
     pub fn relayed(mut self, relayed: Relayed, revoked_by: Option<String>) {
         self.record.bytes_sent = relayed.sent;
         self.record.bytes_received = relayed.received;
-        self.record.end = Some(
-            match relayed.end {
-                End::Closed => "closed",
-                End::ClientReset => "client_reset",
-                End::ServerReset => "server_reset",
-                End::Revoked => "revoked",
-            }
-            .to_owned(),
-        );
+        self.record.end = Some(relayed.end.as_str().to_owned());
         self.finish(State::Closed, revoked_by);
     }
 
@@ -155,7 +147,6 @@ fn pod_at(snapshot: &Snapshot, addr: SocketAddr) -> Option<String> {
 }
 
 fn log(r: &FlowRecord) {
-    let name = |v: &dyn erased::Named| v.name();
     let verdict = r.verdict.as_ref();
     let decision = verdict.map(|v| match v.decision {
         crate::policy::Decision::Allow => "allow",
@@ -174,18 +165,18 @@ fn log(r: &FlowRecord) {
             tracing::$level!(
                 target: "nodemesh::flow",
                 id = r.id,
-                direction = name(&r.direction),
+                direction = r.direction.as_str(),
                 pod = owner.pod.as_deref().unwrap_or("-"),
                 src = %r.source.addr(),
                 orig_dst = %r.destination.addr(),
-                path = name(&r.path),
-                hook = r.hook.as_ref().map(|h| name(h)),
+                path = r.path.as_str(),
+                hook = r.hook.map(Hook::as_str),
                 source_identity = source_identity.as_deref(),
                 peer_identity = peer_identity.as_deref(),
                 decision,
                 verdict = verdict.map(|v| v.reason.as_str()),
                 dry_run = dry_run.as_deref(),
-                state = name(&r.state),
+                state = r.state.as_str(),
                 sent = relayed.then_some(r.bytes_sent),
                 received = relayed.then_some(r.bytes_received),
                 end = r.end.as_deref(),
@@ -199,22 +190,5 @@ fn log(r: &FlowRecord) {
         State::Open | State::Closed => record!(info, "flow closed"),
         State::Refused | State::Denied => record!(info, "flow refused"),
         State::Error => record!(warn, "flow failed"),
-    }
-}
-
-/// The snake_case names the record serializes its enums to, reused for the
-/// log line so the two never differ.
-mod erased {
-    pub trait Named {
-        fn name(&self) -> String;
-    }
-
-    impl<T: serde::Serialize> Named for T {
-        fn name(&self) -> String {
-            match serde_json::to_value(self) {
-                Ok(serde_json::Value::String(s)) => s,
-                _ => String::new(),
-            }
-        }
     }
 }

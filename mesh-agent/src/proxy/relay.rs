@@ -37,6 +37,18 @@ pub enum End {
     Revoked,
 }
 
+impl End {
+    /// As flow records name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::ClientReset => "client_reset",
+            Self::ServerReset => "server_reset",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
 /// Bytes moved and how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Relayed {
