@@ -27,18 +27,19 @@ pub struct Flow {
 
 impl Flow {
     /// A flow of `pod` (its source when outbound, its destination when
-    /// inbound); the other end's pod is looked up by address.
+    /// inbound); the other end's pod is looked up by address in `snapshot`,
+    /// the config the connection is handled under.
     pub fn new(
         pod: &PodContext,
+        snapshot: &Snapshot,
         direction: Direction,
         hook: Option<Hook>,
         src: SocketAddr,
         orig_dst: SocketAddr,
     ) -> Self {
-        let snapshot = pod.mesh.snapshot();
         let known = |addr: SocketAddr| {
             let mut end = Endpoint::new(addr);
-            end.pod = pod_at(&snapshot.snapshot, addr);
+            end.pod = snapshot.pod_by_ip(addr.ip()).map(|p| p.key());
             end
         };
         let (mut source, mut destination) = (known(src), known(orig_dst));
@@ -139,11 +140,6 @@ impl Flow {
         log(&self.record);
         self.store.close(self.record);
     }
-}
-
-/// `namespace/name` of the pod at `addr`, if any.
-fn pod_at(snapshot: &Snapshot, addr: SocketAddr) -> Option<String> {
-    snapshot.pod_by_ip(addr.ip()).map(|p| p.key())
 }
 
 fn log(r: &FlowRecord) {

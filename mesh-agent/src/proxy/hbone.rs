@@ -28,6 +28,7 @@ use super::{
 };
 use crate::{
     flows::record::{Direction, Path, State},
+    state::Snapshot,
     tunnel::{
         client::version_name,
         server::{Handler, Peer, Refusal, Session, serve},
@@ -96,9 +97,12 @@ async fn connection(
         Err(e) => {
             counters.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(pod = %pod.pod, peer = %peer_addr, "HBONE connection refused: {e}");
-            let mut flow = Flow::new(pod, Direction::Inbound, None, peer_addr, local);
-            flow.record.path = Path::Tunnel;
-            flow.failed(State::Refused, format!("mTLS handshake failed: {e}"));
+            refused(
+                pod,
+                (peer_addr, local),
+                None,
+                format!("mTLS handshake failed: {e}"),
+            );
             return;
         }
     };
@@ -112,56 +116,51 @@ async fn connection(
     let identity = peer.identity.to_string();
     match serve(stream, peer, Arc::clone(&handler)).await {
         Ok(()) => {}
-        Err(e) if went_away(&e) => {
+        Err(e) if e.peer_went_away() => {
             tracing::debug!(pod = %pod.pod, peer = %peer_addr, %identity, "HBONE peer went away: {e}");
         }
         Err(e) => {
             tracing::warn!(pod = %pod.pod, peer = %peer_addr, %identity, "HBONE connection failed: {e}");
-            let mut flow = Flow::new(pod, Direction::Inbound, None, peer_addr, local);
-            flow.record.path = Path::Tunnel;
-            flow.record.source.identity = Some(identity);
-            flow.failed(State::Refused, format!("not a valid HTTP/2 peer: {e}"));
+            let why = format!("not a valid HTTP/2 peer: {e}");
+            refused(pod, (peer_addr, local), Some(identity), why);
         }
     }
     counters.open.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// A peer that vanished (process killed, connection reset) rather than one
-/// that spoke something other than HTTP/2.
-fn went_away(e: &(dyn std::error::Error + 'static)) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
-    let vanished =
-        |io: &std::io::Error| matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof);
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return vanished(io);
-        }
-        // h2 keeps its I/O error inside rather than as a `source`.
-        if let Some(h2) = c.downcast_ref::<h2::Error>() {
-            return h2.get_io().is_some_and(vanished)
-                || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR));
-        }
-        cause = c.source();
-    }
-    false
+/// Records an HBONE connection refused as a whole (before any CONNECT).
+fn refused(
+    pod: &PodContext,
+    (peer, local): (SocketAddr, SocketAddr),
+    identity: Option<String>,
+    why: String,
+) {
+    let mut flow = Flow::new(
+        pod,
+        &pod.mesh.snapshot().snapshot,
+        Direction::Inbound,
+        None,
+        peer,
+        local,
+    );
+    flow.record.path = Path::Tunnel;
+    flow.record.source.identity = identity;
+    flow.failed(State::Refused, why);
 }
 
 struct PodHandler(Arc<PodContext>);
 
 impl PodHandler {
-    fn flow(&self, peer: &Peer, target: SocketAddr) -> Flow {
+    fn flow(&self, snapshot: &Snapshot, peer: &Peer, target: SocketAddr) -> Flow {
         let pod = &self.0;
-        let mut flow = Flow::new(pod, Direction::Inbound, None, peer.addr, target);
+        let mut flow = Flow::new(pod, snapshot, Direction::Inbound, None, peer.addr, target);
         let identity = peer.identity.to_string();
-        let snapshot = pod.mesh.snapshot();
         let same_node = snapshot
-            .snapshot
             .pod_by_ip(peer.addr.ip())
             .is_some_and(|p| p.node == pod.mesh.flows.node());
         flow.tunnelled(same_node, &identity, peer.tls_version);
         flow.record.source.identity = Some(identity);
-        if let Some(me) = snapshot.snapshot.pod(&pod.pod)
+        if let Some(me) = snapshot.pod(&pod.pod)
             && let Some(identity) = &pod.mesh.identity
         {
             flow.record.destination.identity = me
@@ -182,7 +181,9 @@ impl PodHandler {
 impl Handler for PodHandler {
     async fn open(&self, peer: Peer, target: SocketAddr) -> Result<Session, Refusal> {
         let pod = &self.0;
-        let mut flow = self.flow(&peer, target);
+        let loaded = pod.mesh.snapshot();
+        let snapshot = &loaded.snapshot;
+        let mut flow = self.flow(snapshot, &peer, target);
         if !self.serves(target) {
             let why = format!(
                 "CONNECT target {target} is not a workload port of {} on this node (no open relay)",
@@ -197,7 +198,7 @@ impl Handler for PodHandler {
             source_ip: peer.addr.ip().to_canonical(),
             port: target.port(),
         };
-        match admit_and_deliver(pod, &mut flow, arrival, target).await {
+        match admit_and_deliver(pod, snapshot, &mut flow, arrival, target).await {
             Ok((app, registration)) => Ok(Box::new(move |tunnel| {
                 Box::pin(async move {
                     match tunnel {
@@ -229,7 +230,7 @@ impl Handler for PodHandler {
             self.0.ips.first().copied().unwrap_or([0, 0, 0, 0].into()),
             ports::HBONE,
         );
-        self.flow(peer, local)
+        self.flow(&self.0.mesh.snapshot().snapshot, peer, local)
             .failed(State::Refused, refusal.reason.clone());
     }
 }

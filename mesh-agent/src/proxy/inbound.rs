@@ -26,19 +26,29 @@ use super::{
 use crate::{
     capture::inpod::delivery_socket,
     flows::record::{Direction, Hook, State},
+    state::Snapshot,
 };
 
 pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     let Ok(orig) = client.local_addr() else {
         return;
     };
-    let mut flow = Flow::new(&pod, Direction::Inbound, Some(Hook::SkLookup), peer, orig);
+    let loaded = pod.mesh.snapshot();
+    let snapshot = &loaded.snapshot;
+    let mut flow = Flow::new(
+        &pod,
+        snapshot,
+        Direction::Inbound,
+        Some(Hook::SkLookup),
+        peer,
+        orig,
+    );
     let arrival = Arrival {
         source: None,
         source_ip: peer.ip().to_canonical(),
         port: orig.port(),
     };
-    match admit_and_deliver(&pod, &mut flow, arrival, orig).await {
+    match admit_and_deliver(&pod, snapshot, &mut flow, arrival, orig).await {
         Ok((app, registration)) => carry(client, app, registration, flow).await,
         Err((state, why)) => {
             reset(client);
@@ -52,11 +62,12 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
 /// a config change that refuses it later cuts it.
 pub(super) async fn admit_and_deliver(
     pod: &Arc<PodContext>,
+    snapshot: &Snapshot,
     flow: &mut Flow,
     arrival: Arrival,
     app: SocketAddr,
 ) -> Result<(TcpStream, Registration), (State, String)> {
-    let admitted = admit(&pod.mesh.snapshot().snapshot, &pod.pod, &arrival);
+    let admitted = admit(snapshot, &pod.pod, &arrival);
     let verdict = match admitted {
         Ok(verdict) => verdict,
         Err(Refused::Denied(verdict)) => {

@@ -19,6 +19,7 @@ use crate::{
     capture::{inpod::upstream_socket, object::ip_key},
     flows::record::{Direction, Hook, State},
     identity::SpiffeId,
+    state::Snapshot,
     tunnel::{TunnelError, client::Connection, pool::Key, tls::client_config},
 };
 
@@ -62,9 +63,12 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     } else {
         Hook::Connect6
     };
-    let mut flow = Flow::new(&pod, Direction::Outbound, Some(hook), peer, orig);
+    // One view of the config for the whole decision.
+    let loaded = pod.mesh.snapshot();
+    let snapshot = &loaded.snapshot;
+    let mut flow = Flow::new(&pod, snapshot, Direction::Outbound, Some(hook), peer, orig);
     let orig = SocketAddr::new(orig.ip().to_canonical(), orig.port());
-    let orig = match resolve_service(&pod, orig, &mut flow) {
+    let orig = match resolve_service(&pod, snapshot, orig, &mut flow) {
         Ok(target) => target,
         Err(why) => {
             reset(client);
@@ -72,9 +76,8 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         }
     };
     let tunnelled = pod.mesh.identity.as_ref().and_then(|identity| {
-        let loaded = pod.mesh.snapshot();
-        let dest = loaded.snapshot.pod_by_ip(orig.ip())?;
-        if !loaded.snapshot.enrolled(dest) {
+        let dest = snapshot.pod_by_ip(orig.ip())?;
+        if !snapshot.enrolled(dest) {
             return None;
         }
         let same_node = dest.node == pod.mesh.flows.node();
@@ -109,11 +112,10 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
 /// flow; any other address is itself.
 fn resolve_service(
     pod: &PodContext,
+    snapshot: &Snapshot,
     orig: SocketAddr,
     flow: &mut Flow,
 ) -> Result<SocketAddr, String> {
-    let loaded = pod.mesh.snapshot();
-    let snapshot = &loaded.snapshot;
     let Some(svc) = snapshot.service_by_ip(orig.ip()) else {
         return Ok(orig);
     };

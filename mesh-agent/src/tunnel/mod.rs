@@ -32,6 +32,28 @@ pub const MAX_FRAME: u32 = 256 << 10;
 /// answered and logged by nodemesh rather than refused inside h2.
 pub const H2_MAX_HEADER_LIST: u32 = 64 << 10;
 
+impl TunnelError {
+    /// The peer vanished (process killed, connection reset, closed without
+    /// a goodbye) rather than misbehaved: not worth a warning or a record.
+    pub fn peer_went_away(&self) -> bool {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+        let vanished =
+            |io: &std::io::Error| matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof);
+        match self {
+            Self::Handshake { source, .. } | Self::Connect { source, .. } => vanished(source),
+            // h2 keeps its I/O error inside rather than as a `source`.
+            Self::Http(e) => {
+                e.get_io().is_some_and(vanished)
+                    || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR))
+            }
+            Self::Server(e) => std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(vanished),
+            Self::Config(_) | Self::Peer { .. } | Self::Refused { .. } => false,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
     #[error("TLS configuration: {0}")]
