@@ -10,7 +10,7 @@ use http::{Method, Request, StatusCode};
 use libtest_mimic::Trial;
 use mesh_agent::{
     capture::netns::in_netns,
-    identity::{SpiffeId, ca::MeshCa},
+    identity::{SpiffeId, ca::MeshCa, verify::TrustBundle},
     tunnel::{
         TunnelError,
         client::Connection,
@@ -47,6 +47,9 @@ pub fn trials() -> Vec<Trial> {
 /// is where the hostile clients connect from.
 struct Range {
     meshed: Meshed,
+    /// The mesh's CA, loaded once from its directory.
+    ca: MeshCa,
+    bundle: TrustBundle,
     hbone: SocketAddr,
     app: SocketAddr,
     _app_server: PodChild,
@@ -64,7 +67,10 @@ impl Range {
         let meshed = Meshed::start(cluster, config, 3600)?;
         let b = meshed.cluster.pod("b").clone();
         let app_server = serve(&meshed.cluster, &b, "0.0.0.0:8080", 5, 1)?;
+        let ca = MeshCa::load(Path::new(&meshed.pki.path("ca")))?;
         Ok(Self {
+            bundle: ca.bundle()?,
+            ca,
             hbone: SocketAddr::new(b.ipv4.into(), 15008),
             app: SocketAddr::new(b.ipv4.into(), 8080),
             _app_server: app_server,
@@ -76,15 +82,11 @@ impl Range {
         self.meshed.cluster.pod("c")
     }
 
-    fn ca(&self) -> anyhow::Result<MeshCa> {
-        Ok(MeshCa::load(Path::new(&self.meshed.pki.path("ca")))?)
-    }
-
     /// A certificate for `id` from the mesh CA, as an agent would get it.
     fn genuine(&self, id: &str) -> anyhow::Result<WorkloadCert> {
         let key = KeyPair::generate()?;
         let issued = self
-            .ca()?
+            .ca
             .issue(&SpiffeId::parse(id)?, &key, Duration::from_secs(3600))?;
         Ok(workload(issued.der, &key))
     }
@@ -118,8 +120,7 @@ impl Range {
 
     /// TLS + HTTP/2 to b's HBONE port from inside pod c, as `cert`.
     async fn dial(&self, cert: &WorkloadCert) -> Result<Connection, TunnelError> {
-        let bundle = self.ca().expect("CA").bundle().expect("bundle");
-        let tls = client_config(cert, &bundle, None)?;
+        let tls = client_config(cert, &self.bundle, None)?;
         let tcp = tcp_from(self.prober(), self.hbone)
             .await
             .map_err(|source| TunnelError::Connect {
@@ -428,8 +429,7 @@ fn malformed_requests_refused() -> anyhow::Result<()> {
         ensure!(!back.is_empty(), "the valid stream got no reply");
 
         // Garbage after a good TLS handshake, where HTTP/2 should start.
-        let bundle = range.ca()?.bundle()?;
-        let tls = client_config(&range.genuine(SHOP_DEFAULT)?, &bundle, None)?;
+        let tls = client_config(&range.genuine(SHOP_DEFAULT)?, &range.bundle, None)?;
         let tcp = tcp_from(range.prober(), range.hbone).await?;
         let name = rustls_pki_types::ServerName::try_from("hbone.nodemesh.invalid")?;
         let mut stream = tokio_rustls::TlsConnector::from(tls)

@@ -200,23 +200,7 @@ pub fn finished(client: &mut PodChild) -> anyhow::Result<anyhow::Result<Exchange
     )
 }
 
-/// Retries `check` (bounded) until it holds: for changes that take effect
-/// "soon" (a config reload), never a fixed sleep.
-pub fn eventually(
-    what: &str,
-    mut check: impl FnMut() -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if check()? {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("{what}: still not true after 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+pub use nodemesh_tests::eventually;
 
 /// The smallest meshed layout: pods `a` (n1) and `b` (n2) in the enrolled
 /// namespace `shop`, its config written; returns the cluster and the

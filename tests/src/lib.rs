@@ -40,3 +40,22 @@ pub fn require_root() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Retries `check` (bounded, 20 s) until it holds: for changes that take
+/// effect "soon" (a config reload, a record being written), never a fixed
+/// sleep.
+pub fn eventually(
+    what: &str,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{what}: still not true after 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Parser;
 use mesh_agent::flows::{
     FlowRecord,
@@ -22,6 +22,7 @@ use mesh_agent::flows::{
 use nodemesh_tests::{
     Cluster, ClusterSpec, Host, PodChild,
     cluster::set_suite_prefix,
+    eventually,
     mesh::{Agent, MeshConfig, Pki, workspace_binary},
 };
 use serde::Serialize;
@@ -198,8 +199,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     );
     nodemesh_tests::mesh::write_atomically(&policy_file, &policy)?;
     let payments = SocketAddr::new(cluster.pod("payments").ipv4.into(), 9000);
-    wait_for(&agents[1], "the policy loaded", |a| {
-        Ok(a.meshctl(&["why", "shop/cart-1", &payments.to_string()])?
+    eventually("the policy loaded", || {
+        Ok(agents[1]
+            .meshctl(&["why", "shop/cart-1", &payments.to_string()])?
             .contains("DENY"))
     })?;
     done(
@@ -277,7 +279,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
     let t = step(7, "reading the agents' flow records");
     let mut records: Vec<FlowRecord> = Vec::new();
-    wait_for(&agents[1], "every flow recorded", |_| {
+    eventually("every flow recorded", || {
         records.clear();
         for agent in &agents {
             records.extend(agent.flow_records(&[])?);
@@ -396,21 +398,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 fn started(mut child: PodChild) -> anyhow::Result<PodChild> {
     child.next_line(Duration::from_secs(10))?;
     Ok(child)
-}
-
-fn wait_for(
-    agent: &Agent,
-    what: &str,
-    mut check: impl FnMut(&Agent) -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if check(agent)? {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{what}: not within 20 s")
 }
 
 fn curl(cluster: &Cluster, pod: &Host, url: &str) -> anyhow::Result<String> {
