@@ -19,6 +19,7 @@ use mesh_agent::{
 use nodemesh_tests::{
     ClusterSpec, Host,
     mesh::{Agent, MeshConfig},
+    process::status_kib,
 };
 
 use crate::support::{
@@ -460,14 +461,7 @@ fn ring_stays_bounded() -> anyhow::Result<()> {
     let _n2 = Agent::start_with(&cluster, "n2", &config_dir, &args)?;
     let (a, b) = (cluster.pod("a").clone(), cluster.pod("b").clone());
     let _server = serve(&cluster, &b, "0.0.0.0:8080", 100, 1)?;
-    let rss = |agent: &Agent| -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", agent.process.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            .context("VmRSS")
-    };
+    let rss = |agent: &Agent| status_kib(agent.process.pid(), "VmRSS");
     let mut churn = traffic_tool();
     let target = addr(&b, 8080).to_string();
     churn.args(["churn", "--count", "10000", "--to", &target]);

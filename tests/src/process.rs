@@ -224,3 +224,12 @@ impl Drop for PodChild {
         self.kill();
     }
 }
+
+/// A figure of `/proc/<pid>/status` in KiB (`VmRSS`, `RssAnon`, …).
+pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .with_context(|| format!("{field} of process {pid}"))
+}

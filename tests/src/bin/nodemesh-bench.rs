@@ -17,6 +17,7 @@ use nodemesh_tests::{
     Cluster, ClusterSpec, Host, PodChild,
     cluster::set_suite_prefix,
     mesh::{Agent, MeshConfig, Pki, workspace_binary},
+    process::status_kib,
 };
 use serde_json::{Value, json};
 
@@ -392,15 +393,6 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
     Ok(ticks / hz)
-}
-
-/// A `/proc/<pid>/status` figure in KiB (`VmRSS`, `RssAnon`, …).
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))?
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
-        .with_context(|| format!("{field} of process {pid}"))
 }
 
 /// Resident memory in MiB: all of it, and the anonymous part (the agent's
