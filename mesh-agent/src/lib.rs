@@ -1,9 +1,17 @@
-//! The nodemesh agent library. One module per stage of a connection's path;
-//! the binaries in `src/bin` are thin shells around it.
+//! The nodemesh agent library.
+//!
+//! Three layers, imports only downward:
+//! - roles: [`node`] (per-pod enrolment), composing
+//! - stages of a connection's path: [`capture`], [`proxy`], [`tunnel`],
+//!   [`identity`], [`policy`], [`flows`], [`admin`], which read
+//! - the model: [`state`] (and `mesh-common` for kernel types).
+//!
+//! The binaries in `src/bin` are thin shells around it.
 pub mod admin;
 pub mod capture;
 pub mod flows;
 pub mod identity;
+pub mod node;
 pub mod policy;
 pub mod proxy;
 pub mod state;

@@ -35,7 +35,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{status::Status, why::why};
+use super::{metrics::Metrics, status::Status, why::why};
 use crate::{
     flows::{Filter, FlowRecord},
     policy::api::{Action, Mode},
@@ -49,6 +49,7 @@ pub const SOCKET_NAME: &str = "admin.sock";
 /// What the API serves from.
 pub struct Admin {
     pub mesh: Arc<Mesh>,
+    pub metrics: Arc<Metrics>,
     /// The newest status document.
     pub status: Mutex<Option<Status>>,
     pub ready: AtomicBool,
@@ -100,9 +101,10 @@ pub struct ConfigDump {
 }
 
 impl Admin {
-    pub fn new(mesh: Arc<Mesh>) -> Self {
+    pub fn new(mesh: Arc<Mesh>, metrics: Arc<Metrics>) -> Self {
         Self {
             mesh,
+            metrics,
             status: Mutex::new(None),
             ready: AtomicBool::new(false),
         }
@@ -240,7 +242,7 @@ impl Admin {
                     Err(e) => text(StatusCode::BAD_REQUEST, &format!("{e}\n")),
                 }
             }
-            "/metrics" => metrics(&self.mesh),
+            "/metrics" => metrics(&self.metrics),
             other => text(
                 StatusCode::NOT_FOUND,
                 &format!(
@@ -283,8 +285,8 @@ impl Admin {
 }
 
 /// The Prometheus exposition of the agent's metrics.
-pub fn metrics(mesh: &Mesh) -> Response<Body> {
-    let mut response = Response::new(Either::Left(Full::new(Bytes::from(mesh.metrics.encode()))));
+pub fn metrics(metrics: &Metrics) -> Response<Body> {
+    let mut response = Response::new(Either::Left(Full::new(Bytes::from(metrics.encode()))));
     response.headers_mut().insert(
         CONTENT_TYPE,
         "application/openmetrics-text; version=1.0.0; charset=utf-8"

@@ -15,7 +15,7 @@ use prometheus_client::{
 };
 
 use crate::flows::{
-    FlowRecord,
+    FlowRecord, FlowSubscriber,
     record::{Direction, Endpoint, Path, State},
 };
 
@@ -177,33 +177,6 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    pub fn connection_opened(&self, r: &FlowRecord) {
-        self.opened.get_or_create(&labels(r)).inc();
-    }
-
-    pub fn connection_closed(&self, r: &FlowRecord) {
-        let l = labels(r);
-        self.closed.get_or_create(&l).inc();
-        self.received.get_or_create(&l).inc_by(r.bytes_sent);
-        self.sent.get_or_create(&l).inc_by(r.bytes_received);
-    }
-
-    pub fn flow_ended(&self, r: &FlowRecord) {
-        // Called when a flow ends, so its state is never `open`.
-        let state = r.state.as_str();
-        self.flows.get_or_create(&StateLabels { state }).inc();
-        if r.state == State::Denied
-            && r.direction == Direction::Inbound
-            && let Some(v) = &r.verdict
-        {
-            let policy = v
-                .policy
-                .clone()
-                .unwrap_or_else(|| "(no ALLOW rule matched)".to_owned());
-            self.denials.get_or_create(&PolicyLabels { policy }).inc();
-        }
-    }
-
     /// Brings gauges and copied totals up to date.
     pub fn refresh(&self, s: &Snapshot<'_>) {
         for (role, value) in s.handshakes {
@@ -239,6 +212,35 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Connection metrics are derived from flow records as the store sees them.
+impl FlowSubscriber for Metrics {
+    fn opened(&self, r: &FlowRecord) {
+        self.opened.get_or_create(&labels(r)).inc();
+    }
+
+    fn ended(&self, r: &FlowRecord, was_open: bool) {
+        if was_open {
+            let l = labels(r);
+            self.closed.get_or_create(&l).inc();
+            self.received.get_or_create(&l).inc_by(r.bytes_sent);
+            self.sent.get_or_create(&l).inc_by(r.bytes_received);
+        }
+        // A flow that ended is never `open`.
+        let state = r.state.as_str();
+        self.flows.get_or_create(&StateLabels { state }).inc();
+        if r.state == State::Denied
+            && r.direction == Direction::Inbound
+            && let Some(v) = &r.verdict
+        {
+            let policy = v
+                .policy
+                .clone()
+                .unwrap_or_else(|| "(no ALLOW rule matched)".to_owned());
+            self.denials.get_or_create(&PolicyLabels { policy }).inc();
+        }
     }
 }
 

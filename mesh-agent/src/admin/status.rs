@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    capture::{CaptureCounters, enrol::PodCaptureStatus},
+    capture::{CaptureCounters, proof::PodCaptureStatus},
     identity::store::CertStatus,
     proxy::mesh::TunnelStatus,
 };

@@ -10,20 +10,19 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mesh_agent::{
     admin::{
         api::{self, Admin},
-        metrics,
+        metrics::{self, Metrics},
         status::Status,
     },
     capture::{
-        Capture, cgroup,
-        enrol::{Enrolment, PodPlacement},
-        events, kernel,
+        Capture, cgroup, events, kernel,
         object::{self, Attached},
     },
-    flows::FlowStore,
+    flows::{FlowStore, FlowSubscriber},
     identity::{
         self,
         store::{CertSource, CertStore},
     },
+    node::enrol::{Enrolment, PodPlacement},
     proxy::mesh::{Mesh, MeshIdentity},
     state::{self, Snapshot},
 };
@@ -293,9 +292,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.config_dir.clone(),
         Duration::from_millis(args.reload_interval_ms),
     );
-    let flows = FlowStore::new(&args.node, args.flow_capacity);
+    let metrics = Arc::new(Metrics::new());
+    let flows = FlowStore::new(&args.node, args.flow_capacity)
+        .with_subscriber(Arc::clone(&metrics) as Arc<dyn FlowSubscriber>);
     let mesh = Arc::new(Mesh::new(config.clone(), mesh_identity(&args)?, flows));
-    let admin = Arc::new(Admin::new(Arc::clone(&mesh)));
+    let admin = Arc::new(Admin::new(Arc::clone(&mesh), metrics));
     let socket = args.run_dir.join(api::SOCKET_NAME);
     api::serve_unix(Arc::clone(&admin), &socket)
         .with_context(|| format!("serving the admin API on {}", socket.display()))?;
@@ -523,7 +524,7 @@ fn write_status(
     };
     status.write(&args.run_dir)?;
     let t = &status.tunnel;
-    mesh.metrics.refresh(&metrics::Snapshot {
+    admin.metrics.refresh(&metrics::Snapshot {
         handshakes: [
             ("dialled", t.handshakes_dialled),
             ("accepted", t.handshakes_accepted),

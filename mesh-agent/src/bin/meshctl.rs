@@ -572,7 +572,7 @@ fn print_status(status: &Status, colour: bool) {
         "POD", "OUTBOUND", "INBOUND"
     );
     for pod in &status.pods {
-        let hook = |h: &mesh_agent::capture::enrol::HookStatus| {
+        let hook = |h: &mesh_agent::capture::proof::HookStatus| {
             if h.attached {
                 h.captured.to_string()
             } else {

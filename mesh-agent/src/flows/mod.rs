@@ -12,4 +12,4 @@ pub mod store;
 
 pub use filter::Filter;
 pub use record::FlowRecord;
-pub use store::FlowStore;
+pub use store::{FlowStore, FlowSubscriber, Progress};

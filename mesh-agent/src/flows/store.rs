@@ -1,6 +1,8 @@
 //! Where flow records live: every open flow, and the most recent closed
 //! ones in a ring of fixed capacity, so memory stays bounded under any load.
-//! Closed flows are also broadcast to followers.
+//! Closed flows are also broadcast to followers, and every opening and
+//! ending is told to the store's subscribers (metrics are derived this way,
+//! so the data path records a flow once and knows nothing of Prometheus).
 use std::{
     collections::{BTreeMap, VecDeque},
     sync::{
@@ -12,15 +14,33 @@ use std::{
 use tokio::sync::broadcast;
 
 use super::{Filter, FlowRecord};
-use crate::proxy::relay::Progress;
 
 /// How many closed flows are kept by default.
 pub const DEFAULT_CAPACITY: usize = 4096;
 /// Closed flows a slow follower may lag behind before it misses some.
 const FOLLOW_BUFFER: usize = 1024;
 
+/// Bytes moved so far, readable while the relay runs (open flows show it).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Client → server.
+    pub sent: AtomicU64,
+    /// Server → client.
+    pub received: AtomicU64,
+}
+
+/// Told of every flow the store sees, synchronously and in order.
+pub trait FlowSubscriber: Send + Sync {
+    /// A flow started moving bytes.
+    fn opened(&self, record: &FlowRecord);
+    /// A flow ended; `was_open` says whether it had moved bytes (been
+    /// [`FlowSubscriber::opened`]) or was refused or failed before that.
+    fn ended(&self, record: &FlowRecord, was_open: bool);
+}
+
 pub struct FlowStore {
     node: String,
+    subscribers: Vec<Arc<dyn FlowSubscriber>>,
     capacity: usize,
     next_id: AtomicU64,
     inner: Mutex<Inner>,
@@ -38,11 +58,19 @@ impl FlowStore {
     pub fn new(node: &str, capacity: usize) -> Self {
         Self {
             node: node.to_owned(),
+            subscribers: Vec::new(),
             capacity: capacity.max(1),
             next_id: AtomicU64::new(1),
             inner: Mutex::default(),
             closed_feed: broadcast::channel(FOLLOW_BUFFER).0,
         }
+    }
+
+    /// Adds a subscriber; done before the store is shared.
+    #[must_use]
+    pub fn with_subscriber(mut self, subscriber: Arc<dyn FlowSubscriber>) -> Self {
+        self.subscribers.push(subscriber);
+        self
     }
 
     pub fn node(&self) -> &str {
@@ -56,19 +84,26 @@ impl FlowStore {
 
     /// Records a flow whose bytes are moving; listings read `progress`.
     pub fn open(&self, record: FlowRecord, progress: Arc<Progress>) {
+        for s in &self.subscribers {
+            s.opened(&record);
+        }
         let mut inner = self.inner.lock().expect("flow store");
         inner.open.insert(record.id, (record, progress));
     }
 
     /// Records a flow's end: it leaves the open set and enters the ring.
     pub fn close(&self, record: FlowRecord) {
-        {
+        let was_open = {
             let mut inner = self.inner.lock().expect("flow store");
-            inner.open.remove(&record.id);
+            let was_open = inner.open.remove(&record.id).is_some();
             if inner.closed.len() == self.capacity {
                 inner.closed.pop_front();
             }
             inner.closed.push_back(record.clone());
+            was_open
+        };
+        for s in &self.subscribers {
+            s.ended(&record, was_open);
         }
         // No follower is not an error.
         let _ = self.closed_feed.send(record);

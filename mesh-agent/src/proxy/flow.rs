@@ -1,17 +1,13 @@
 //! A connection's flow record while the proxy handles it: filled in as the
 //! handler learns things, shown as open while bytes move, and finished
-//! exactly once — into the flow store, the metrics and the log (target
-//! `nodemesh::flow`, one line per flow).
+//! exactly once — into the flow store (whose subscribers derive the metrics)
+//! and the log (target `nodemesh::flow`, one line per flow).
 use std::{net::SocketAddr, sync::Arc};
 
-use super::{
-    PodContext,
-    relay::{Progress, Relayed},
-};
+use super::{PodContext, relay::Relayed};
 use crate::{
-    admin::metrics::Metrics,
     flows::{
-        FlowRecord, FlowStore,
+        FlowRecord, FlowStore, Progress,
         record::{Direction, Endpoint, FlowVerdict, Hook, Path, State, Tls, unix_ms_now},
     },
     policy::Verdict,
@@ -21,8 +17,6 @@ use crate::{
 pub struct Flow {
     pub record: FlowRecord,
     store: Arc<FlowStore>,
-    metrics: Arc<Metrics>,
-    opened: bool,
 }
 
 impl Flow {
@@ -83,8 +77,6 @@ impl Flow {
                 error: None,
             },
             store,
-            metrics: Arc::clone(&pod.mesh.metrics),
-            opened: false,
         }
     }
 
@@ -109,8 +101,6 @@ impl Flow {
     /// Bytes start to move: the flow is listed as open (with the bytes
     /// moved so far) and counted. The relay counts into what this returns.
     pub fn relaying(&mut self) -> Arc<Progress> {
-        self.opened = true;
-        self.metrics.connection_opened(&self.record);
         let progress = Arc::new(Progress::default());
         self.store.open(self.record.clone(), Arc::clone(&progress));
         progress
@@ -133,10 +123,6 @@ impl Flow {
         self.record.state = state;
         self.record.error = error;
         self.record.end_unix_ms = Some(unix_ms_now());
-        if self.opened {
-            self.metrics.connection_closed(&self.record);
-        }
-        self.metrics.flow_ended(&self.record);
         log(&self.record);
         self.store.close(self.record);
     }

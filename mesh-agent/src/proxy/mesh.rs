@@ -10,7 +10,6 @@ use tokio::sync::watch;
 
 use super::admission::Live;
 use crate::{
-    admin::metrics::Metrics,
     flows::FlowStore,
     identity::{store::CertStore, verify::TrustBundle},
     state::Loaded,
@@ -26,7 +25,6 @@ pub struct Mesh {
     pub live: Arc<Live>,
     pub tunnels: TunnelCounters,
     pub flows: Arc<FlowStore>,
-    pub metrics: Arc<Metrics>,
     /// Round-robin position for Service endpoints.
     endpoint_cursor: AtomicU64,
 }
@@ -73,7 +71,6 @@ impl Mesh {
             live: Arc::default(),
             tunnels: TunnelCounters::default(),
             flows: Arc::new(flows),
-            metrics: Arc::new(Metrics::new()),
             endpoint_cursor: AtomicU64::new(0),
         }
     }

@@ -21,6 +21,8 @@ use tokio::{
     net::TcpStream,
 };
 
+use crate::flows::Progress;
+
 const BUF: usize = 64 * 1024;
 
 /// How a relayed connection ended.
@@ -57,15 +59,6 @@ pub struct Relayed {
     /// Server → client.
     pub received: u64,
     pub end: End,
-}
-
-/// Bytes moved so far, readable while the relay runs (open flows show it).
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Client → server.
-    pub sent: AtomicU64,
-    /// Server → client.
-    pub received: AtomicU64,
 }
 
 /// A byte stream the relay can carry: a TCP socket or a tunnel stream.
