@@ -128,15 +128,20 @@ impl Shop {
     fn why_agrees(&self, from: &str, port: u16, allowed: bool) -> anyhow::Result<()> {
         let target = self.b(port).to_string();
         for node in ["n1", "n2"] {
-            let answer: serde_json::Value = serde_json::from_str(
-                &self
-                    .meshed
-                    .agent(node)
-                    .meshctl(&["why", from, &target, "-o", "json"])?,
-            )?;
-            let predicted = answer["decision"] == "allow";
+            // Each agent re-reads the config on its own clock: the one that
+            // decided may have seen an edit a moment before the other.
+            let mut answer = serde_json::Value::Null;
+            let agreed = eventually(&format!("meshctl why on {node} agrees"), || {
+                answer = serde_json::from_str(
+                    &self
+                        .meshed
+                        .agent(node)
+                        .meshctl(&["why", from, &target, "-o", "json"])?,
+                )?;
+                Ok((answer["decision"] == "allow") == allowed)
+            });
             ensure!(
-                predicted == allowed,
+                agreed.is_ok(),
                 "meshctl why on {node} predicts {} for {from} → b:{port}, but the connection was \
                  {}: {answer:#}",
                 answer["decision"],
