@@ -1,7 +1,7 @@
 //! The nodemesh agent library.
 //!
 //! Three layers, imports only downward:
-//! - roles: [`node`] (per-pod enrolment), composing
+//! - roles: [`node`] (per-pod enrolment) and [`waypoint`] (L7), composing
 //! - stages of a connection's path: [`capture`], [`proxy`], [`tunnel`],
 //!   [`identity`], [`policy`], [`flows`], [`admin`], which read
 //! - the model: [`state`] (and `mesh-common` for kernel types).
@@ -16,3 +16,4 @@ pub mod policy;
 pub mod proxy;
 pub mod state;
 pub mod tunnel;
+pub mod waypoint;

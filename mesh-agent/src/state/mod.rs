@@ -7,6 +7,7 @@
 //! - [`watch`]: hot reload of the directory;
 //! - [`keys`]: every label and annotation key nodemesh reads.
 mod error;
+pub mod gateway;
 pub mod keys;
 pub mod model;
 mod parse;

@@ -19,6 +19,9 @@ pub struct Snapshot {
     /// AuthorizationPolicies by namespace, compiled at load.
     pub policies: BTreeMap<String, Vec<Policy>>,
     pub peer_auth: Vec<PeerAuth>,
+    /// Gateway API routes, as written; the waypoint compiles the ones
+    /// attached to what it serves.
+    pub http_routes: Vec<super::gateway::HttpRoute>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +68,7 @@ pub struct ServiceInfo {
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub selector: Labels,
+    pub labels: Labels,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,23 +28,26 @@ use super::{
         peer_auth::PeerAuth,
     },
     ConfigError,
+    gateway::{self, HttpRoute},
     keys::{CGROUP_ANNOTATION, NETNS_ANNOTATION},
     model::{Labels, NamespaceInfo, PodInfo, ServiceInfo, ServicePort, Snapshot},
 };
 
 /// Every kind local mode reads.
-const KINDS: [&str; 5] = [
+const KINDS: [&str; 6] = [
     "Namespace",
     "Pod",
     "Service",
     "AuthorizationPolicy",
     "PeerAuthentication",
+    "HTTPRoute",
 ];
 
 fn api_version_of(kind: &str) -> Option<&'static str> {
     match kind {
         "Namespace" | "Pod" | "Service" => Some("v1"),
         "AuthorizationPolicy" | "PeerAuthentication" => Some(policy::API_VERSION),
+        "HTTPRoute" => Some(gateway::API_VERSION),
         _ => None,
     }
 }
@@ -192,6 +195,9 @@ impl Loader {
             "AuthorizationPolicy" => {
                 typed::<AuthorizationPolicy>(value).map(|p| self.authorization(&doc, p))
             }
+            "HTTPRoute" => {
+                typed::<HttpRoute>(without_status(value)).map(|r| self.snapshot.http_routes.push(r))
+            }
             _ => typed::<PeerAuthentication>(value).map(|p| self.peer_auth(p)),
         };
         if let Err((field, message)) = result {
@@ -266,6 +272,15 @@ impl Loader {
             Err((field, message)) => self.fail(doc, Some(&field), message),
         }
     }
+}
+
+/// Controllers write `status`; a copied object may carry one. It is not
+/// configuration, so it is dropped rather than parsed.
+fn without_status(mut value: Value) -> Value {
+    if let Value::Mapping(map) = &mut value {
+        map.remove("status");
+    }
+    value
 }
 
 /// A problem with one field: (path, what is wrong and what to do).
@@ -417,5 +432,6 @@ fn service_info(svc: Service) -> Result<ServiceInfo, FieldError> {
         cluster_ips,
         ports,
         selector: spec.selector.unwrap_or_default() as Labels,
+        labels: meta.labels.unwrap_or_default(),
     })
 }

@@ -1,0 +1,1 @@
+//! Gateway API routes for the waypoint (being written).
