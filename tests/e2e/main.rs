@@ -19,6 +19,7 @@ mod network;
 mod policy;
 mod support;
 mod tunnel;
+mod waypoint;
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         hostile::trials(),
         policy::trials(),
         flows::trials(),
+        waypoint::trials(),
         demo::trials(),
     ]
     .into_iter()

@@ -22,6 +22,8 @@ pub struct MeshConfig {
     service_accounts: BTreeMap<String, String>,
     /// (namespace, name, cluster IP, port, target port, selector app label)
     services: Vec<(String, String, std::net::IpAddr, u16, u16, String)>,
+    /// Labels by Service `namespace/name`.
+    service_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 pub const DATAPLANE: &str = "nodemesh.io/dataplane";
@@ -86,6 +88,23 @@ impl MeshConfig {
         self
     }
 
+    /// Adds a label to a Service `namespace/name`.
+    pub fn service_label(mut self, service: &str, key: &str, value: &str) -> Self {
+        self.service_labels
+            .entry(service.to_owned())
+            .or_default()
+            .insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Adds a label to a namespace already declared.
+    pub fn namespace_label(mut self, namespace: &str, key: &str, value: &str) -> Self {
+        if let Some(labels) = self.namespaces.get_mut(namespace) {
+            labels.insert(key.to_owned(), value.to_owned());
+        }
+        self
+    }
+
     /// Writes `namespaces.yaml`, `pods.yaml` and `services.yaml` into `dir` (atomically each,
     /// so an agent never reads half a file).
     pub fn write(&self, cluster: &Cluster, dir: &Path) -> anyhow::Result<()> {
@@ -126,8 +145,14 @@ impl MeshConfig {
         for (namespace, name, ip, port, target, app) in &self.services {
             writeln!(
                 services,
-                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
-                 spec:\n  clusterIP: {ip}\n  selector:\n    app: {app}\n  ports:\n  - port: {port}\n    \
+                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {namespace}"
+            )?;
+            if let Some(labels) = self.service_labels.get(&format!("{namespace}/{name}")) {
+                write_labels(&mut services, labels)?;
+            }
+            writeln!(
+                services,
+                "spec:\n  clusterIP: {ip}\n  selector:\n    app: {app}\n  ports:\n  - port: {port}\n    \
                  targetPort: {target}"
             )?;
         }
@@ -275,12 +300,14 @@ pub fn mesh_agent_cli(args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// A running node agent.
+/// A running `mesh-agent` process: a node agent, or a waypoint (which has
+/// no bpffs state of its own).
 pub struct Agent {
     pub node: String,
     pub process: PodChild,
     pub config_dir: PathBuf,
     pub run_dir: PathBuf,
-    pub bpffs_dir: PathBuf,
+    pub bpffs_dir: Option<PathBuf>,
 }
 
 /// One flow record (`nodemesh::flow` log line) of an agent.
@@ -364,8 +391,48 @@ impl Agent {
             process,
             config_dir: config_dir.to_owned(),
             run_dir,
-            bpffs_dir,
+            bpffs_dir: Some(bpffs_dir),
         })
+    }
+
+    /// Starts `mesh-agent waypoint --namespace <namespace> --name <name>` on
+    /// `node` with identities from `pki`, and waits until it serves.
+    pub fn start_waypoint(
+        cluster: &Cluster,
+        node: &str,
+        config_dir: &Path,
+        pki: &Pki,
+        (namespace, name): (&str, &str),
+    ) -> anyhow::Result<Self> {
+        let run_dir = cluster.scratch_dir(&format!("run-waypoint-{namespace}-{name}"))?;
+        let mut cmd = Command::new(workspace_binary("mesh-agent")?);
+        cmd.args(["waypoint", "--log-format", "json", "--node", node])
+            .args(["--namespace", namespace, "--name", name])
+            .arg("--config-dir")
+            .arg(config_dir)
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .args(["--reload-interval-ms", "100"])
+            .args(pki.agent_args(node))
+            .env(
+                "RUST_LOG",
+                std::env::var("NODEMESH_E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        let process = cluster.spawn(cluster.node(node), cmd)?;
+        process.wait_stderr_line(AGENT_READY, "waypoint ready line", |l| {
+            l.contains(r#""message":"waypoint ready""#)
+        })?;
+        let waypoint = Self {
+            node: node.to_owned(),
+            process,
+            config_dir: config_dir.to_owned(),
+            run_dir,
+            bpffs_dir: None,
+        };
+        waypoint.wait_status("the waypoint's certificate", |s| {
+            s["certs"].as_array().is_some_and(|c| !c.is_empty())
+        })?;
+        Ok(waypoint)
     }
 
     /// Starts an agent with identities from `pki` and waits until every

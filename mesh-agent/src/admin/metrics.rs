@@ -272,7 +272,7 @@ fn labels(r: &FlowRecord) -> TcpLabels {
         destination_principal: principal(&r.destination),
         destination_service: r.service.clone().unwrap_or_else(|| "unknown".to_owned()),
         connection_security_policy: match r.path {
-            Path::Tunnel | Path::SameNode => "mutual_tls",
+            Path::Tunnel | Path::SameNode | Path::Waypoint => "mutual_tls",
             Path::Passthrough => "none",
         },
     }

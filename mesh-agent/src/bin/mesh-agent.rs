@@ -24,7 +24,7 @@ use mesh_agent::{
     },
     node::enrol::{Enrolment, PodPlacement},
     proxy::mesh::{Mesh, MeshIdentity},
-    state::{self, Snapshot},
+    state::{self, Snapshot, WaypointRef},
 };
 
 const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/nodemesh";
@@ -59,6 +59,11 @@ enum Command {
     /// Run the node agent in local mode: cluster objects come from YAML files
     /// in a directory, re-read when they change.
     Run(RunArgs),
+    /// Run an L7 waypoint in local mode, inside its pod's network namespace
+    /// (the pod labelled gateway.networking.k8s.io/gateway-name=<name>): it
+    /// routes HTTP/1.1, HTTP/2 and gRPC for the Services that use it, by
+    /// their HTTPRoutes.
+    Waypoint(WaypointArgs),
     /// The mesh CA: create its root (the key never leaves --dir).
     #[command(subcommand)]
     Ca(CaCommand),
@@ -122,35 +127,26 @@ enum CaCommand {
     },
 }
 
+/// What every role of the agent that serves the mesh needs: the model, the
+/// node, identities, flow records and the admin API.
 #[derive(clap::Args)]
-struct RunArgs {
-    /// Directory of Kubernetes-style YAML (Namespace, Pod, Service); each Pod
-    /// names its network namespace and cgroup in the annotations
-    /// `nodemesh.io/netns` and `nodemesh.io/cgroup`.
+struct MeshArgs {
+    /// Directory of Kubernetes-style YAML (Namespace, Pod, Service,
+    /// policies, HTTPRoute); each Pod names its network namespace and cgroup
+    /// in the annotations `nodemesh.io/netns` and `nodemesh.io/cgroup`.
     #[arg(long)]
     config_dir: PathBuf,
     /// This node's name; only pods whose spec.nodeName matches are served.
     #[arg(long)]
     node: String,
-    /// The cgroup v2 directory that contains every pod on this node (e.g. the
-    /// kubelet's kubepods slice). Outbound capture attaches here, never to
-    /// the machine's root cgroup.
-    #[arg(long)]
-    pods_cgroup: PathBuf,
-    /// bpffs directory owning this agent's pinned programs, maps and links.
-    #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
-    bpffs_dir: PathBuf,
-    /// Directory for the agent's status file (status.json).
-    #[arg(long, default_value = DEFAULT_RUN_DIR)]
-    run_dir: PathBuf,
     /// How often the config directory is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 250)]
     reload_interval_ms: u64,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// The mesh CA's address: enrolled pods get workload certificates from
-    /// it (renewed at half-life). Needs --credentials.
+    /// The mesh CA's address: pods get workload certificates from it
+    /// (renewed at half-life). Needs --credentials.
     #[arg(long, requires = "credentials")]
     ca: Option<std::net::SocketAddr>,
     /// This node's credentials (`mesh-agent ca issue-node --out`).
@@ -164,9 +160,48 @@ struct RunArgs {
     /// it has no authentication). It is always on `<run-dir>/admin.sock`.
     #[arg(long)]
     admin_listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// The cgroup v2 directory that contains every pod on this node (e.g. the
+    /// kubelet's kubepods slice). Outbound capture attaches here, never to
+    /// the machine's root cgroup.
+    #[arg(long)]
+    pods_cgroup: PathBuf,
+    /// bpffs directory owning this agent's pinned programs, maps and links.
+    #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+    bpffs_dir: PathBuf,
+    /// Directory for the agent's status file (status.json) and admin socket.
+    #[arg(long, default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
     /// Where Prometheus scrapes `/metrics`.
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics_listen: std::net::SocketAddr,
+}
+
+#[derive(clap::Args)]
+struct WaypointArgs {
+    /// The waypoint's name: Services (or namespaces) labelled
+    /// `nodemesh.io/use-waypoint=<name>` send their traffic through it.
+    #[arg(long)]
+    name: String,
+    /// The waypoint's namespace (a Service's label names a waypoint of its
+    /// own namespace unless `nodemesh.io/use-waypoint-namespace` says another).
+    #[arg(long)]
+    namespace: String,
+    #[command(flatten)]
+    mesh: MeshArgs,
+    /// Directory for its status file and admin socket
+    /// [default: /run/nodemesh/waypoint-<namespace>-<name>].
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    /// Also serve `/metrics` on this TCP address (it is always on the admin
+    /// socket).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -178,13 +213,15 @@ enum LogFormat {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let format = match &cli.command {
-        Command::Run(args) => args.log_format,
+        Command::Run(args) => args.mesh.log_format,
+        Command::Waypoint(args) => args.mesh.log_format,
         _ => LogFormat::Text,
     };
     init_logging(format);
     match cli.command {
         Command::Check { bpffs_dir } => check(&bpffs_dir),
         Command::Run(args) => runtime()?.block_on(run(args)),
+        Command::Waypoint(args) => runtime()?.block_on(waypoint(args)),
         Command::Ca(CaCommand::Init { dir, trust_domain }) => {
             let ca = identity::ca::MeshCa::init(&dir, &trust_domain)?;
             println!(
@@ -285,35 +322,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     events::spawn_reader(capture.take_events()?).context("reading capture events")?;
     events::spawn_log_reader(capture.take_logger()?).context("reading eBPF logs")?;
     let capture = Arc::new(Mutex::new(capture));
-    std::fs::create_dir_all(&args.run_dir)
-        .with_context(|| format!("creating {}", args.run_dir.display()))?;
-
-    let (mut config, _watcher) = state::watch(
-        args.config_dir.clone(),
-        Duration::from_millis(args.reload_interval_ms),
-    );
-    let metrics = Arc::new(Metrics::new());
-    let flows = FlowStore::new(&args.node, args.flow_capacity)
-        .with_subscriber(Arc::clone(&metrics) as Arc<dyn FlowSubscriber>);
-    let mesh = Arc::new(Mesh::new(config.clone(), mesh_identity(&args)?, flows));
-    let admin = Arc::new(Admin::new(Arc::clone(&mesh), metrics));
-    let socket = args.run_dir.join(api::SOCKET_NAME);
-    api::serve_unix(Arc::clone(&admin), &socket)
-        .with_context(|| format!("serving the admin API on {}", socket.display()))?;
-    if let Some(addr) = args.admin_listen {
-        api::serve_tcp(Arc::clone(&admin), addr, false)
-            .await
-            .with_context(|| format!("--admin-listen {addr}"))?;
-    }
-    api::serve_tcp(Arc::clone(&admin), args.metrics_listen, true)
-        .await
-        .with_context(|| format!("--metrics-listen {}", args.metrics_listen))?;
+    let Served {
+        mut config,
+        watcher: _watcher,
+        mesh,
+        admin,
+        socket,
+    } = serve(&args.mesh, &args.run_dir, Some(args.metrics_listen)).await?;
     let mut enrolment = Enrolment::new(Arc::clone(&capture), Arc::clone(&mesh), &args.pods_cgroup);
     let mut config_errors = reconcile(&args, &mut enrolment, &admin, &capture, &mut config).await?;
     admin
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(node = %args.node, admin = %socket.display(), "ready");
+    tracing::info!(node = %args.mesh.node, admin = %socket.display(), "ready");
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
@@ -333,6 +354,107 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The model, flow records, metrics and admin API a role serves with.
+struct Served {
+    config: tokio::sync::watch::Receiver<Arc<state::Loaded>>,
+    watcher: tokio::task::JoinHandle<()>,
+    mesh: Arc<Mesh>,
+    admin: Arc<Admin>,
+    socket: PathBuf,
+}
+
+async fn serve(
+    args: &MeshArgs,
+    run_dir: &Path,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Served> {
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let (config, watcher) = state::watch(
+        args.config_dir.clone(),
+        Duration::from_millis(args.reload_interval_ms),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let flows = FlowStore::new(&args.node, args.flow_capacity)
+        .with_subscriber(Arc::clone(&metrics) as Arc<dyn FlowSubscriber>);
+    let mesh = Arc::new(Mesh::new(config.clone(), mesh_identity(args)?, flows));
+    let admin = Arc::new(Admin::new(Arc::clone(&mesh), metrics));
+    let socket = run_dir.join(api::SOCKET_NAME);
+    api::serve_unix(Arc::clone(&admin), &socket)
+        .with_context(|| format!("serving the admin API on {}", socket.display()))?;
+    if let Some(addr) = args.admin_listen {
+        api::serve_tcp(Arc::clone(&admin), addr, false)
+            .await
+            .with_context(|| format!("--admin-listen {addr}"))?;
+    }
+    if let Some(addr) = metrics_listen {
+        api::serve_tcp(Arc::clone(&admin), addr, true)
+            .await
+            .with_context(|| format!("--metrics-listen {addr}"))?;
+    }
+    Ok(Served {
+        config,
+        watcher,
+        mesh,
+        admin,
+        socket,
+    })
+}
+
+async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
+    raise_open_files_limit();
+    let me = WaypointRef {
+        namespace: args.namespace.clone(),
+        name: args.name.clone(),
+    };
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
+        Path::new(DEFAULT_RUN_DIR).join(format!("waypoint-{}-{}", me.namespace, me.name))
+    });
+    let Served {
+        mut config,
+        watcher: _watcher,
+        mesh,
+        admin,
+        socket,
+    } = serve(&args.mesh, &run_dir, args.metrics_listen).await?;
+    let (wp, _tasks) =
+        mesh_agent::waypoint::start(me.clone(), &args.mesh.node, Arc::clone(&mesh)).await?;
+    admin
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(waypoint = %me, pod = %wp.pod, admin = %socket.display(), "waypoint ready");
+    let mut status_tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            changed = config.changed() => {
+                changed.context("the config watcher stopped")?;
+                config.borrow_and_update();
+            }
+            _ = status_tick.tick() => {
+                let loaded = mesh.snapshot();
+                let mut config_errors: Vec<String> =
+                    loaded.errors.iter().map(ToString::to_string).collect();
+                config_errors.extend(wp.route_problems(&loaded));
+                let status = Status {
+                    node: args.mesh.node.clone(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    pods: Vec::new(),
+                    counters: Vec::new(),
+                    config_errors,
+                    certs: mesh.identity.as_ref().map(|i| i.certs.status()).unwrap_or_default(),
+                    tunnel: mesh.tunnel_status(),
+                };
+                status.write(&run_dir)?;
+                refresh_metrics(&admin, &status, wp.upstream.pooled_tunnels());
+                *admin.status.lock().expect("status") = Some(status);
+            }
+            _ = shutdown_signal() => {
+                tracing::info!(waypoint = %me, "stopping");
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Brings enrolment in line with the newest config and cuts established
 /// connections it no longer admits; returns the config's errors.
 async fn reconcile(
@@ -343,7 +465,7 @@ async fn reconcile(
     config: &mut tokio::sync::watch::Receiver<Arc<state::Loaded>>,
 ) -> anyhow::Result<Vec<String>> {
     let loaded = Arc::clone(&config.borrow_and_update());
-    let wanted = placements(&loaded.snapshot, &args.node);
+    let wanted = placements(&loaded.snapshot, &args.mesh.node);
     for error in enrolment.reconcile(&wanted).await {
         tracing::error!("{error}");
     }
@@ -360,7 +482,7 @@ async fn reconcile(
 
 /// Pod certificates from the CA and the trust bundle, when the agent was
 /// given a CA.
-fn mesh_identity(args: &RunArgs) -> anyhow::Result<Option<MeshIdentity>> {
+fn mesh_identity(args: &MeshArgs) -> anyhow::Result<Option<MeshIdentity>> {
     let (Some(ca), Some(credentials)) = (args.ca, &args.credentials) else {
         tracing::warn!(
             "no --ca: running without workload identities; traffic between enrolled pods is \
@@ -510,7 +632,7 @@ fn write_status(
     let mesh = &admin.mesh;
     let counters = capture.lock().expect("capture lock").counters()?;
     let status = Status {
-        node: args.node.clone(),
+        node: args.mesh.node.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pods: enrolment.status(),
         counters: Status::counters_from(&counters),
@@ -523,6 +645,13 @@ fn write_status(
         tunnel: mesh.tunnel_status(),
     };
     status.write(&args.run_dir)?;
+    refresh_metrics(admin, &status, enrolment.pooled_tunnels());
+    *admin.status.lock().expect("status") = Some(status);
+    Ok(())
+}
+
+/// Copies the gauges and totals kept elsewhere into the metrics.
+fn refresh_metrics(admin: &Admin, status: &Status, pooled_tunnels: usize) {
     let t = &status.tunnel;
     admin.metrics.refresh(&metrics::Snapshot {
         handshakes: [
@@ -530,13 +659,11 @@ fn write_status(
             ("accepted", t.handshakes_accepted),
             ("rejected", t.handshakes_rejected),
         ],
-        pooled_connections: enrolment.pooled_tunnels() as u64,
-        flow_records: mesh.flows.sizes(),
+        pooled_connections: pooled_tunnels as u64,
+        flow_records: admin.mesh.flows.sizes(),
         certs: &status.certs,
         capture: &status.counters,
     });
-    *admin.status.lock().expect("status") = Some(status);
-    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -151,6 +151,16 @@ struct FlowsArgs {
     /// The destination has this identity.
     #[arg(long)]
     to_identity: Vec<String>,
+    /// HTTP requests (recorded by waypoints) answered with this status, or
+    /// a class: `404`, `5xx`.
+    #[arg(long)]
+    http_status: Vec<String>,
+    /// HTTP requests with this method: `GET`, `POST`, …
+    #[arg(long)]
+    method: Vec<String>,
+    /// HTTP requests whose path starts with this: `/api/`.
+    #[arg(long)]
+    path: Vec<String>,
     /// Negate the filter that follows (e.g. `--not --namespace kube-system`).
     #[arg(long, action = clap::ArgAction::Count)]
     not: u8,
@@ -357,6 +367,9 @@ fn flow_filter(args: &FlowsArgs, m: &ArgMatches) -> anyhow::Result<Filter> {
         ("to_identity", "to-identity"),
         ("from", "from"),
         ("to", "to"),
+        ("http_status", "http-status"),
+        ("method", "method"),
+        ("path", "path"),
     ] {
         let (Some(indices), Some(values)) = (m.indices_of(arg), m.get_raw(arg)) else {
             continue;

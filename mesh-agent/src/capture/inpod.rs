@@ -64,19 +64,11 @@ pub fn open_listeners(hbone: bool) -> io::Result<PodListeners> {
         }
         Err(e) => return Err(e),
     }
-    let mut tunnels = Vec::new();
-    if hbone {
-        tunnels.push(listen(SocketAddr::new(
-            Ipv4Addr::UNSPECIFIED.into(),
-            ports::HBONE,
-        ))?);
-        if inbound_v6.is_some() {
-            tunnels.push(listen(SocketAddr::new(
-                Ipv6Addr::UNSPECIFIED.into(),
-                ports::HBONE,
-            ))?);
-        }
-    }
+    let tunnels = if hbone {
+        hbone_listeners(inbound_v6.is_some())?
+    } else {
+        Vec::new()
+    };
     Ok(PodListeners {
         netns_cookie,
         outbound,
@@ -84,6 +76,22 @@ pub fn open_listeners(hbone: bool) -> io::Result<PodListeners> {
         inbound_v6,
         hbone: tunnels,
     })
+}
+
+/// The HBONE listeners (port 15008, IPv4 and, with `v6`, IPv6). Must run
+/// inside the pod's namespace.
+pub fn hbone_listeners(v6: bool) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = vec![listen(SocketAddr::new(
+        Ipv4Addr::UNSPECIFIED.into(),
+        ports::HBONE,
+    ))?];
+    if v6 {
+        listeners.push(listen(SocketAddr::new(
+            Ipv6Addr::UNSPECIFIED.into(),
+            ports::HBONE,
+        ))?);
+    }
+    Ok(listeners)
 }
 
 fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {

@@ -68,6 +68,53 @@ pub enum Criterion {
     Verdict(Outcome),
     /// Started at or after this time (ms since the Unix epoch).
     Since(u64),
+    /// An HTTP request (at a waypoint) answered with this status; `5xx`
+    /// style classes match a whole hundred.
+    HttpStatus(StatusMatch),
+    /// An HTTP request with this method (any case).
+    Method(String),
+    /// An HTTP request whose path (query included) starts with this.
+    Path(String),
+}
+
+/// A status, or a class like `5xx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    Exact(u16),
+    Class(u16),
+}
+
+impl StatusMatch {
+    fn parse(text: &str) -> Result<Self, String> {
+        let bad =
+            || format!("--http-status {text:?}: expected a status like 503 or a class like 5xx");
+        match text.strip_suffix("xx") {
+            Some(class) => match class.parse::<u16>() {
+                Ok(c @ 1..=5) if class.len() == 1 => Ok(Self::Class(c)),
+                _ => Err(bad()),
+            },
+            None => match text.parse::<u16>() {
+                Ok(code @ 100..=599) => Ok(Self::Exact(code)),
+                _ => Err(bad()),
+            },
+        }
+    }
+
+    fn matches(self, status: u16) -> bool {
+        match self {
+            Self::Exact(code) => status == code,
+            Self::Class(class) => status / 100 == class,
+        }
+    }
+}
+
+impl std::fmt::Display for StatusMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(code) => write!(f, "{code}"),
+            Self::Class(class) => write!(f, "{class}xx"),
+        }
+    }
 }
 
 /// The query-string keys, in one table so encoding and parsing agree.
@@ -86,6 +133,9 @@ const KEYS: &[&str] = &[
     "port",
     "verdict",
     "since",
+    "http-status",
+    "method",
+    "path",
 ];
 
 impl Criterion {
@@ -119,6 +169,9 @@ impl Criterion {
                     .parse()
                     .map_err(|_| format!("since {value:?}: not milliseconds since the epoch"))?,
             ),
+            "http-status" => Self::HttpStatus(StatusMatch::parse(value)?),
+            "method" => Self::Method(value.to_ascii_uppercase()),
+            "path" => Self::Path(s),
             other => return Err(format!("unknown flow filter {other:?}; known: {KEYS:?}")),
         })
     }
@@ -139,6 +192,9 @@ impl Criterion {
             Self::Port(v) => ("port", v.to_string()),
             Self::Verdict(v) => ("verdict", v.as_str().to_owned()),
             Self::Since(v) => ("since", v.to_string()),
+            Self::HttpStatus(v) => ("http-status", v.to_string()),
+            Self::Method(v) => ("method", v.clone()),
+            Self::Path(v) => ("path", v.clone()),
         }
     }
 
@@ -167,6 +223,9 @@ impl Criterion {
                 actual == *outcome
             }
             Self::Since(ms) => r.start_unix_ms >= *ms,
+            Self::HttpStatus(m) => r.http.as_ref().is_some_and(|h| m.matches(h.status)),
+            Self::Method(method) => r.http.as_ref().is_some_and(|h| h.method == *method),
+            Self::Path(prefix) => r.http.as_ref().is_some_and(|h| h.path.starts_with(prefix)),
         }
     }
 }
@@ -273,6 +332,9 @@ mod tests {
             state,
             end: None,
             error: None,
+            waypoint: None,
+            http: None,
+            parent: None,
         }
     }
 
@@ -334,6 +396,61 @@ mod tests {
         assert_eq!(ids("since=2500"), [3, 4]);
         assert_eq!(ids("not.namespace=shop"), [4]);
         assert_eq!(ids("pod=cart&not.verdict=refused"), [1]);
+    }
+
+    #[test]
+    fn http_criteria_match_only_requests() {
+        use crate::flows::record::HttpRecord;
+        let request = |id, method: &str, path: &str, status| {
+            let mut r = record(
+                id,
+                ("shop/a", "10.1.0.1"),
+                ("", "10.96.0.1", 80),
+                State::Closed,
+            );
+            r.http = Some(HttpRecord {
+                method: method.into(),
+                path: path.into(),
+                status,
+                ..HttpRecord::default()
+            });
+            r
+        };
+        let all = [
+            request(1, "GET", "/api/x", 200),
+            request(2, "POST", "/api/y", 503),
+            request(3, "GET", "/other", 404),
+            record(
+                4,
+                ("shop/a", "10.1.0.1"),
+                ("", "10.96.0.1", 80),
+                State::Closed,
+            ),
+        ];
+        let ids = |query: &str| -> Vec<u64> {
+            let filter = Filter::from_query(query).unwrap();
+            all.iter()
+                .filter(|r| filter.matches(r))
+                .map(|r| r.id)
+                .collect()
+        };
+        assert_eq!(ids("http-status=503"), [2]);
+        assert_eq!(ids("http-status=5xx"), [2]);
+        assert_eq!(ids("http-status=2xx"), [1]);
+        assert_eq!(ids("method=get"), [1, 3]);
+        assert_eq!(ids("path=%2Fapi%2F"), [1, 2]);
+        assert_eq!(ids("not.method=GET"), [2, 4]);
+        for bad in [
+            "http-status=5x",
+            "http-status=99",
+            "http-status=6xx",
+            "http-status=ok",
+        ] {
+            let err = Filter::from_query(bad).unwrap_err();
+            assert!(err.contains("expected a status like 503"), "{bad}: {err}");
+        }
+        let filter = Filter::from_query("http-status=4xx&method=PUT&path=%2Fa").unwrap();
+        assert_eq!(Filter::from_query(&filter.to_query()).unwrap(), filter);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum Path {
     SameNode,
     /// Plain TCP: one end is outside the mesh (or the agent has no CA).
     Passthrough,
+    /// HBONE to (or, at the waypoint, from) an L7 waypoint.
+    Waypoint,
 }
 
 /// The kernel hook that captured the connection (none for tunnelled
@@ -67,7 +69,12 @@ macro_rules! names {
 }
 
 names!(Direction { Outbound => "outbound", Inbound => "inbound" });
-names!(Path { Tunnel => "tunnel", SameNode => "same_node", Passthrough => "passthrough" });
+names!(Path {
+    Tunnel => "tunnel",
+    SameNode => "same_node",
+    Passthrough => "passthrough",
+    Waypoint => "waypoint",
+});
 names!(Hook { Connect4 => "connect4", Connect6 => "connect6", SkLookup => "sk_lookup" });
 names!(State {
     Open => "open",
@@ -179,6 +186,42 @@ pub struct FlowRecord {
     pub end: Option<String>,
     /// Why it was refused, denied, failed or revoked.
     pub error: Option<String>,
+    /// `namespace/name` of the waypoint the flow was sent through (or, when
+    /// it failed for that reason, the one that was missing).
+    #[serde(default)]
+    pub waypoint: Option<String>,
+    /// For one HTTP request at a waypoint: what it asked and got. Its L4
+    /// flow is `parent`.
+    #[serde(default)]
+    pub http: Option<HttpRecord>,
+    /// The id of the L4 flow (same agent or waypoint) a request arrived on.
+    #[serde(default)]
+    pub parent: Option<u64>,
+}
+
+/// One HTTP request through a waypoint, and the decisions taken for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRecord {
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub protocol: String,
+    pub method: String,
+    pub authority: String,
+    /// The path as asked, query included.
+    pub path: String,
+    /// `namespace/name` and rule index of the route that matched.
+    pub route: Option<String>,
+    /// `namespace/name` of the backend Service chosen.
+    pub backend: Option<String>,
+    /// The status the client got (the waypoint's own, e.g. 404, or the
+    /// backend's).
+    pub status: u16,
+    /// Attempts beyond the first.
+    pub retries: u32,
+    /// `grpc-status` of a gRPC response, from headers or trailers.
+    pub grpc_status: Option<String>,
+    /// Why the waypoint answered itself or failed (no route, no backend,
+    /// timeout, …).
+    pub reason: Option<String>,
 }
 
 impl FlowRecord {
@@ -203,7 +246,12 @@ mod tests {
         for d in [Direction::Outbound, Direction::Inbound] {
             assert_eq!(serialized(serde_json::to_value(d).unwrap()), d.as_str());
         }
-        for p in [Path::Tunnel, Path::SameNode, Path::Passthrough] {
+        for p in [
+            Path::Tunnel,
+            Path::SameNode,
+            Path::Passthrough,
+            Path::Waypoint,
+        ] {
             assert_eq!(serialized(serde_json::to_value(p).unwrap()), p.as_str());
         }
         for h in [Hook::Connect4, Hook::Connect6, Hook::SkLookup] {

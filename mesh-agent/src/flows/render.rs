@@ -53,7 +53,7 @@ pub fn table(records: &[FlowRecord], wide: bool, colour: bool) -> String {
                     r.tls
                         .as_ref()
                         .map_or_else(|| "-".into(), |t| t.version.clone()),
-                    r.error.clone().unwrap_or_else(|| "-".into()),
+                    detail(r),
                 ]);
             }
             (row, paint)
@@ -91,8 +91,37 @@ pub fn table(records: &[FlowRecord], wide: bool, colour: bool) -> String {
     out
 }
 
+/// What went wrong, or for a request the route and backend that served it.
+fn detail(r: &FlowRecord) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(h) = &r.http {
+        parts.extend(h.route.as_ref().map(|x| format!("route {x}")));
+        parts.extend(h.backend.as_ref().map(|x| format!("backend {x}")));
+        if h.retries > 0 {
+            parts.push(format!("retries {}", h.retries));
+        }
+        parts.extend(h.reason.clone());
+    } else if let Some(w) = &r.waypoint {
+        parts.push(format!("waypoint {w}"));
+    }
+    parts.extend(r.error.clone());
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
 /// The verdict column, and its colour (ANSI SGR code).
 fn verdict(r: &FlowRecord) -> (String, Option<&'static str>) {
+    if let Some(h) = &r.http {
+        let paint = match h.status {
+            200..=399 => "32",
+            400..=499 => "33",
+            _ => "31",
+        };
+        return (format!("{} {} {}", h.status, h.method, h.path), Some(paint));
+    }
     let rule = r
         .verdict
         .as_ref()
@@ -119,6 +148,8 @@ fn path(r: &FlowRecord) -> String {
         Path::Tunnel => "tunnel",
         Path::SameNode => "same-node",
         Path::Passthrough => "passthrough",
+        Path::Waypoint if r.http.is_some() => "http",
+        Path::Waypoint => "waypoint",
     }
     .to_owned()
 }
@@ -223,6 +254,9 @@ mod tests {
             state: State::Closed,
             end: Some("closed".into()),
             error: None,
+            waypoint: None,
+            http: None,
+            parent: None,
         };
         let mut denied = base.clone();
         denied.id = 8;

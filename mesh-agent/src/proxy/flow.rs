@@ -14,6 +14,14 @@ use crate::{
     state::Snapshot,
 };
 
+/// Who records a flow: the pod it belongs to, and where records go.
+pub struct Owner<'a> {
+    /// `namespace/name`.
+    pub pod: &'a str,
+    pub ips: &'a [std::net::IpAddr],
+    pub store: &'a Arc<FlowStore>,
+}
+
 pub struct Flow {
     pub record: FlowRecord,
     store: Arc<FlowStore>,
@@ -31,6 +39,23 @@ impl Flow {
         src: SocketAddr,
         orig_dst: SocketAddr,
     ) -> Self {
+        let owner = Owner {
+            pod: &pod.pod,
+            ips: &pod.ips,
+            store: &pod.mesh.flows,
+        };
+        Self::of(&owner, snapshot, direction, hook, src, orig_dst)
+    }
+
+    /// As [`Flow::new`], for any owner of flows (a pod, a waypoint).
+    pub fn of(
+        owner: &Owner<'_>,
+        snapshot: &Snapshot,
+        direction: Direction,
+        hook: Option<Hook>,
+        src: SocketAddr,
+        orig_dst: SocketAddr,
+    ) -> Self {
         let known = |addr: SocketAddr| {
             let mut end = Endpoint::new(addr);
             end.pod = snapshot.pod_by_ip(addr.ip()).map(|p| p.key());
@@ -39,11 +64,11 @@ impl Flow {
         let (mut source, mut destination) = (known(src), known(orig_dst));
         match direction {
             Direction::Outbound => {
-                source.pod = Some(pod.pod.clone());
+                source.pod = Some(owner.pod.to_owned());
                 // The app reached the agent's loopback listener, so the
                 // kernel gave it a loopback source; name the pod's address
                 // its connection would have left with.
-                if let Some(ip) = pod
+                if let Some(ip) = owner
                     .ips
                     .iter()
                     .find(|ip| ip.is_ipv4() == orig_dst.ip().to_canonical().is_ipv4())
@@ -52,9 +77,9 @@ impl Flow {
                     source.ip = *ip;
                 }
             }
-            Direction::Inbound => destination.pod = Some(pod.pod.clone()),
+            Direction::Inbound => destination.pod = Some(owner.pod.to_owned()),
         }
-        let store = Arc::clone(&pod.mesh.flows);
+        let store = Arc::clone(owner.store);
         Self {
             record: FlowRecord {
                 id: store.next_id(),
@@ -75,19 +100,17 @@ impl Flow {
                 state: State::Open,
                 end: None,
                 error: None,
+                waypoint: None,
+                http: None,
+                parent: None,
             },
             store,
         }
     }
 
-    /// Marks the flow tunnelled (HBONE), same-node when `peer` is a pod of
-    /// this node.
-    pub fn tunnelled(&mut self, same_node: bool, peer_identity: &str, version: &str) {
-        self.record.path = if same_node {
-            Path::SameNode
-        } else {
-            Path::Tunnel
-        };
+    /// Marks the flow tunnelled (HBONE) along `path`.
+    pub fn tunnelled(&mut self, path: Path, peer_identity: &str, version: &str) {
+        self.record.path = path;
         self.record.tls = Some(Tls {
             peer_identity: peer_identity.to_owned(),
             version: version.to_owned(),
@@ -117,6 +140,12 @@ impl Flow {
     /// Ends a flow that never relayed: `state` and why.
     pub fn failed(self, state: State, error: impl Into<String>) {
         self.finish(state, Some(error.into()));
+    }
+
+    /// Ends a flow whose byte counts the caller set itself (an HTTP
+    /// request at a waypoint).
+    pub fn ended(self, state: State, error: Option<String>) {
+        self.finish(state, error);
     }
 
     fn finish(mut self, state: State, error: Option<String>) {

@@ -24,11 +24,11 @@ use super::{
     admission::Arrival,
     flow::Flow,
     inbound::{admit_and_deliver, carry},
-    mesh::MeshIdentity,
+    mesh::{Mesh, MeshIdentity},
 };
 use crate::{
     flows::record::{Direction, Path, State},
-    state::Snapshot,
+    state::{Snapshot, keys::WAYPOINT_POD_LABEL},
     tunnel::{
         client::version_name,
         server::{Handler, Peer, Refusal, Session, serve},
@@ -46,40 +46,59 @@ pub fn listen(
     identity: &MeshIdentity,
 ) -> Result<tokio::task::JoinHandle<()>, rustls::Error> {
     let tls = server_config_resolving(identity.certs.resolver(&pod.pod), &identity.bundle)?;
-    let handler = Arc::new(PodHandler(pod));
-    Ok(tokio::spawn(async move {
+    Ok(accept_loop(listener, tls, Arc::new(PodHandler(pod))))
+}
+
+/// Whoever terminates HBONE (a pod's agent side, a waypoint): the CONNECT
+/// handler plus what the accept loop needs for its counters and records.
+pub trait Site: Handler {
+    /// For log lines: the pod (or waypoint) served.
+    fn name(&self) -> &str;
+    fn mesh(&self) -> &Mesh;
+    /// Records an HBONE connection refused as a whole (before any CONNECT).
+    fn connection_refused(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        identity: Option<String>,
+        why: String,
+    );
+}
+
+/// Accepts HBONE connections for `site` until the task is aborted.
+pub fn accept_loop<S: Site>(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    site: Arc<S>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    tokio::spawn(connection(
-                        tcp,
-                        peer,
-                        Arc::clone(&tls),
-                        Arc::clone(&handler),
-                    ));
+                    tokio::spawn(connection(tcp, peer, Arc::clone(&tls), Arc::clone(&site)));
                 }
                 Err(e) => {
-                    tracing::warn!(pod = %handler.0.pod, error = %e, "HBONE accept failed");
+                    tracing::warn!(site = %site.name(), error = %e, "HBONE accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
-    }))
+    })
 }
 
 /// One HBONE connection: handshake, then its streams until the peer closes.
-async fn connection(
+async fn connection<S: Site>(
     tcp: TcpStream,
     peer_addr: SocketAddr,
     tls: Arc<ServerConfig>,
-    handler: Arc<PodHandler>,
+    site: Arc<S>,
 ) {
-    let pod = &handler.0;
-    let Some(identity) = pod.mesh.identity.as_ref() else {
+    let mesh = site.mesh();
+    let Some(identity) = mesh.identity.as_ref() else {
         return;
     };
-    let counters = &pod.mesh.tunnels;
+    let counters = &mesh.tunnels;
     let local = tcp.local_addr().unwrap_or(peer_addr);
     let handshake = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
@@ -96,10 +115,10 @@ async fn connection(
         Ok(accepted) => accepted,
         Err(e) => {
             counters.rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(pod = %pod.pod, peer = %peer_addr, "HBONE connection refused: {e}");
-            refused(
-                pod,
-                (peer_addr, local),
+            tracing::warn!(site = %site.name(), peer = %peer_addr, "HBONE connection refused: {e}");
+            site.connection_refused(
+                peer_addr,
+                local,
                 None,
                 format!("mTLS handshake failed: {e}"),
             );
@@ -114,38 +133,18 @@ async fn connection(
         tls_version: version_name(stream.get_ref().1.protocol_version()),
     };
     let identity = peer.identity.to_string();
-    match serve(stream, peer, Arc::clone(&handler)).await {
+    match serve(stream, peer, Arc::clone(&site)).await {
         Ok(()) => {}
         Err(e) if e.peer_went_away() => {
-            tracing::debug!(pod = %pod.pod, peer = %peer_addr, %identity, "HBONE peer went away: {e}");
+            tracing::debug!(site = %site.name(), peer = %peer_addr, %identity, "HBONE peer went away: {e}");
         }
         Err(e) => {
-            tracing::warn!(pod = %pod.pod, peer = %peer_addr, %identity, "HBONE connection failed: {e}");
+            tracing::warn!(site = %site.name(), peer = %peer_addr, %identity, "HBONE connection failed: {e}");
             let why = format!("not a valid HTTP/2 peer: {e}");
-            refused(pod, (peer_addr, local), Some(identity), why);
+            site.connection_refused(peer_addr, local, Some(identity), why);
         }
     }
     counters.open.fetch_sub(1, Ordering::Relaxed);
-}
-
-/// Records an HBONE connection refused as a whole (before any CONNECT).
-fn refused(
-    pod: &PodContext,
-    (peer, local): (SocketAddr, SocketAddr),
-    identity: Option<String>,
-    why: String,
-) {
-    let mut flow = Flow::new(
-        pod,
-        &pod.mesh.snapshot().snapshot,
-        Direction::Inbound,
-        None,
-        peer,
-        local,
-    );
-    flow.record.path = Path::Tunnel;
-    flow.record.source.identity = identity;
-    flow.failed(State::Refused, why);
 }
 
 struct PodHandler(Arc<PodContext>);
@@ -155,10 +154,13 @@ impl PodHandler {
         let pod = &self.0;
         let mut flow = Flow::new(pod, snapshot, Direction::Inbound, None, peer.addr, target);
         let identity = peer.identity.to_string();
-        let same_node = snapshot
-            .pod_by_ip(peer.addr.ip())
-            .is_some_and(|p| p.node == pod.mesh.flows.node());
-        flow.tunnelled(same_node, &identity, peer.tls_version);
+        let from = snapshot.pod_by_ip(peer.addr.ip());
+        let path = match from {
+            Some(p) if p.labels.contains_key(WAYPOINT_POD_LABEL) => Path::Waypoint,
+            Some(p) if p.node == pod.mesh.flows.node() => Path::SameNode,
+            _ => Path::Tunnel,
+        };
+        flow.tunnelled(path, &identity, peer.tls_version);
         flow.record.source.identity = Some(identity);
         if let Some(me) = snapshot.pod(&pod.pod)
             && let Some(identity) = &pod.mesh.identity
@@ -175,6 +177,37 @@ impl PodHandler {
     fn serves(&self, target: SocketAddr) -> bool {
         self.0.ips.contains(&target.ip().to_canonical())
             && ![ports::OUTBOUND, ports::INBOUND_PLAINTEXT, ports::HBONE].contains(&target.port())
+    }
+}
+
+impl Site for PodHandler {
+    fn name(&self) -> &str {
+        &self.0.pod
+    }
+
+    fn mesh(&self) -> &Mesh {
+        &self.0.mesh
+    }
+
+    fn connection_refused(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        identity: Option<String>,
+        why: String,
+    ) {
+        let pod = &self.0;
+        let mut flow = Flow::new(
+            pod,
+            &pod.mesh.snapshot().snapshot,
+            Direction::Inbound,
+            None,
+            peer,
+            local,
+        );
+        flow.record.path = Path::Tunnel;
+        flow.record.source.identity = identity;
+        flow.failed(State::Refused, why);
     }
 }
 

@@ -19,8 +19,9 @@ use std::{
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::{
-    capture::{Capture, netns::NetnsWorker},
-    tunnel::{client::Connection, pool::Pool},
+    capture::{Capture, inpod::upstream_socket, netns::NetnsWorker},
+    identity::{SpiffeId, store::PodCert},
+    tunnel::{TunnelError, client::Connection, pool::Pool, tls::client_config},
 };
 
 /// How long the agent waits for an upstream or delivery connect.
@@ -98,16 +99,44 @@ async fn socket_in_pod<M>(pod: &PodContext, make: M) -> std::io::Result<TcpSocke
 where
     M: FnOnce() -> std::io::Result<std::net::TcpStream> + Send + 'static,
 {
-    let std_socket = pod
-        .worker
-        .run(make)
-        .await
-        .map_err(std::io::Error::other)??;
+    socket_in(&pod.worker, make).await
+}
+
+/// Makes a socket with `make` in the namespace `worker` lives in.
+pub async fn socket_in<M>(worker: &NetnsWorker, make: M) -> std::io::Result<TcpSocket>
+where
+    M: FnOnce() -> std::io::Result<std::net::TcpStream> + Send + 'static,
+{
+    let std_socket = worker.run(make).await.map_err(std::io::Error::other)??;
     Ok(TcpSocket::from_std_stream(std_socket))
 }
 
+/// Dials an HBONE connection to `hbone` from `worker`'s namespace (with the
+/// agent mark, so it is not captured), proving `cert` and insisting on
+/// `expected`; it retires when `cert` expires.
+pub async fn dial_hbone(
+    worker: &NetnsWorker,
+    cert: &PodCert,
+    identity: &mesh::MeshIdentity,
+    expected: SpiffeId,
+    hbone: SocketAddr,
+) -> Result<Connection, TunnelError> {
+    let tls = client_config(&cert.cert, &identity.bundle, Some(expected))?;
+    let connect_err = |source| TunnelError::Connect {
+        addr: hbone,
+        source,
+    };
+    let socket = socket_in(worker, move || upstream_socket(hbone))
+        .await
+        .map_err(connect_err)?;
+    let tcp = connect(socket, hbone).await.map_err(connect_err)?;
+    Ok(Connection::handshake(tcp, hbone, tls)
+        .await?
+        .retire_at(cert.not_after))
+}
+
 /// Connects, bounded by [`CONNECT_TIMEOUT`].
-async fn connect(socket: TcpSocket, dst: SocketAddr) -> std::io::Result<TcpStream> {
+pub async fn connect(socket: TcpSocket, dst: SocketAddr) -> std::io::Result<TcpStream> {
     tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(dst))
         .await
         .map_err(|_| {

@@ -4,7 +4,9 @@
 //! The original destination comes from the kernel (`ORIG_DST_BY_TUPLE`,
 //! written by sockops before the handshake completed), never from a guess.
 //! To an enrolled pod (on any node, this one included) it travels through
-//! HBONE as the app's workload; to anything else, as plain TCP. Either way
+//! HBONE as the app's workload; to a Service that uses a waypoint, through
+//! HBONE to that waypoint (never around it); to anything else, as plain
+//! TCP. Either way
 //! it leaves from the pod's namespace with the pod's address and the agent
 //! mark, so it is not captured again.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -13,14 +15,15 @@ use mesh_common::{TupleKey, ports};
 use tokio::net::TcpStream;
 
 use super::{
-    PodContext, connect, flow::Flow, mesh::MeshIdentity, relay::relay, reset, socket_in_pod,
+    PodContext, connect, dial_hbone, flow::Flow, mesh::MeshIdentity, relay::relay, reset,
+    socket_in_pod,
 };
 use crate::{
     capture::{inpod::upstream_socket, object::ip_key},
-    flows::record::{Direction, Hook, State},
+    flows::record::{Direction, Hook, Path, State},
     identity::SpiffeId,
-    state::Snapshot,
-    tunnel::{TunnelError, client::Connection, pool::Key, tls::client_config},
+    state::{Snapshot, WaypointRef, keys::USE_WAYPOINT_LABEL},
+    tunnel::{TunnelError, pool::Key},
 };
 
 /// How long a pod's first connection waits for its first certificate.
@@ -68,6 +71,13 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     let snapshot = &loaded.snapshot;
     let mut flow = Flow::new(&pod, snapshot, Direction::Outbound, Some(hook), peer, orig);
     let orig = SocketAddr::new(orig.ip().to_canonical(), orig.port());
+    if let Some(svc) = snapshot.service_by_ip(orig.ip())
+        && let Some(waypoint) = snapshot.waypoint_for(svc)
+    {
+        flow.record.service = Some(format!("{}/{}", svc.namespace, svc.name));
+        flow.record.waypoint = Some(waypoint.to_string());
+        return via_waypoint(&pod, client, snapshot, &waypoint, orig, flow).await;
+    }
     let orig = match resolve_service(&pod, snapshot, orig, &mut flow) {
         Ok(target) => target,
         Err(why) => {
@@ -92,19 +102,98 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         }
         Some((identity, Ok(dest_identity), same_node)) => {
             flow.record.destination.identity = Some(dest_identity.to_string());
-            match open_tunnel(&pod, identity, dest_identity, orig, &mut flow, same_node).await {
-                Ok(stream) => {
-                    let progress = flow.relaying();
-                    let relayed = relay(client, stream, std::future::pending(), progress).await;
-                    flow.relayed(relayed, None);
-                }
-                Err((state, why)) => {
-                    reset(client);
-                    flow.failed(state, why);
-                }
-            }
+            let hbone = SocketAddr::new(orig.ip(), ports::HBONE);
+            let path = if same_node {
+                Path::SameNode
+            } else {
+                Path::Tunnel
+            };
+            let tunnel = open_tunnel(&pod, identity, dest_identity, hbone, orig, &mut flow, path);
+            carry(client, tunnel.await, flow).await;
         }
     }
+}
+
+/// Relays `client` over an opened tunnel, or resets it with why not.
+async fn carry(
+    client: TcpStream,
+    tunnel: Result<crate::tunnel::server::Tunnel, (State, String)>,
+    mut flow: Flow,
+) {
+    match tunnel {
+        Ok(stream) => {
+            let progress = flow.relaying();
+            let relayed = relay(client, stream, std::future::pending(), progress).await;
+            flow.relayed(relayed, None);
+        }
+        Err((state, why)) => {
+            reset(client);
+            flow.failed(state, why);
+        }
+    }
+}
+
+/// Sends a connection for a Service address through the Service's waypoint:
+/// a CONNECT to the Service address itself, on the waypoint's port 15008.
+/// No waypoint pod, or one that does not answer, fails the connection: the
+/// label promises L7 policy, so going around the waypoint is never an option.
+async fn via_waypoint(
+    pod: &PodContext,
+    client: TcpStream,
+    snapshot: &Snapshot,
+    waypoint: &WaypointRef,
+    orig: SocketAddr,
+    mut flow: Flow,
+) {
+    flow.record.path = Path::Waypoint;
+    let Some(identity) = pod.mesh.identity.as_ref() else {
+        reset(client);
+        let why = format!(
+            "waypoint {waypoint}: the agent runs without --ca, and a waypoint is reached only over \
+             mTLS; refusing rather than bypassing it"
+        );
+        return flow.failed(State::Error, why);
+    };
+    let chosen: Vec<_> = snapshot
+        .waypoint_pods(waypoint)
+        .filter_map(|p| {
+            let ip = p.ips.iter().find(|ip| ip.is_ipv4() == orig.is_ipv4())?;
+            Some((p, *ip))
+        })
+        .collect();
+    if chosen.is_empty() {
+        reset(client);
+        let why = format!(
+            "waypoint {waypoint} (label {USE_WAYPOINT_LABEL} of the Service or its namespace) has \
+             no pod with an IPv{} address: deploy it, or remove the label; the connection is \
+             refused rather than sent around the waypoint",
+            if orig.is_ipv4() { 4 } else { 6 }
+        );
+        return flow.failed(State::Error, why);
+    }
+    let (wp_pod, ip) = chosen[pod.mesh.next_endpoint() % chosen.len()];
+    let wp_identity = match wp_pod.identity(identity.bundle.trust_domain()) {
+        Ok(id) => id,
+        Err(e) => {
+            reset(client);
+            return flow.failed(State::Error, format!("waypoint {waypoint} identity: {e}"));
+        }
+    };
+    flow.record.endpoint = Some(SocketAddr::new(ip, ports::HBONE));
+    flow.record.destination.identity = Some(wp_identity.to_string());
+    let hbone = SocketAddr::new(ip, ports::HBONE);
+    let tunnel = open_tunnel(
+        pod,
+        identity,
+        wp_identity,
+        hbone,
+        orig,
+        &mut flow,
+        Path::Waypoint,
+    )
+    .await
+    .map_err(|(state, why)| (state, format!("waypoint {waypoint}: {why}")));
+    carry(client, tunnel, flow).await;
 }
 
 /// The endpoint to connect to: for a Service address, one of the pods its
@@ -169,15 +258,16 @@ async fn plaintext(pod: &PodContext, client: TcpStream, orig: SocketAddr, mut fl
     }
 }
 
-/// A CONNECT stream to `orig` through the destination pod's port 15008, on
-/// this pod's pooled connection when there is one.
+/// A CONNECT stream to `authority` through `hbone` (a pod's or a
+/// waypoint's port 15008), on this pod's pooled connection when there is one.
 async fn open_tunnel(
     pod: &PodContext,
     identity: &MeshIdentity,
     dest_identity: SpiffeId,
-    orig: SocketAddr,
+    hbone: SocketAddr,
+    authority: SocketAddr,
     flow: &mut Flow,
-    same_node: bool,
+    path: Path,
 ) -> Result<crate::tunnel::server::Tunnel, (State, String)> {
     let Some(cert) = identity.certs.wait(&pod.pod, CERT_WAIT).await else {
         return Err((
@@ -189,28 +279,12 @@ async fn open_tunnel(
         ));
     };
     flow.record.source.identity = Some(cert.identity.to_string());
-    let hbone = SocketAddr::new(orig.ip(), ports::HBONE);
     let key = Key {
         source: cert.identity.clone(),
         destination: hbone,
     };
     let dial = || async {
-        let tls = client_config(&cert.cert, &identity.bundle, Some(dest_identity.clone()))?;
-        let socket = socket_in_pod(pod, move || upstream_socket(hbone))
-            .await
-            .map_err(|source| TunnelError::Connect {
-                addr: hbone,
-                source,
-            })?;
-        let tcp = connect(socket, hbone)
-            .await
-            .map_err(|source| TunnelError::Connect {
-                addr: hbone,
-                source,
-            })?;
-        let conn = Connection::handshake(tcp, hbone, tls)
-            .await?
-            .retire_at(cert.not_after);
+        let conn = dial_hbone(&pod.worker, &cert, identity, dest_identity.clone(), hbone).await?;
         pod.mesh
             .tunnels
             .dialled
@@ -222,8 +296,8 @@ async fn open_tunnel(
         .get(&key, dial)
         .await
         .map_err(|e| (State::Error, format!("tunnel to {hbone}: {e}")))?;
-    flow.tunnelled(same_node, &dest_identity.to_string(), conn.tls_version());
-    conn.connect(orig).await.map_err(|e| match e {
+    flow.tunnelled(path, &dest_identity.to_string(), conn.tls_version());
+    conn.connect(authority).await.map_err(|e| match e {
         TunnelError::Refused { status: 401, .. } => (
             State::Denied,
             format!("{e} (denied by the destination's policy)"),

@@ -17,6 +17,6 @@ mod watch;
 mod tests;
 
 pub use error::ConfigError;
-pub use model::{NamespaceInfo, PodInfo, ServiceInfo, ServicePort, Snapshot};
+pub use model::{NamespaceInfo, PodInfo, ServiceInfo, ServicePort, Snapshot, WaypointRef};
 pub use parse::{Loaded, load_dir};
 pub use watch::watch;

@@ -2,7 +2,10 @@
 //! (local YAML now, API-server watches later) and queried by every stage.
 use std::{collections::BTreeMap, net::IpAddr, path::PathBuf};
 
-use super::keys::{DATAPLANE_LABEL, DISABLED, ENABLED};
+use super::keys::{
+    DATAPLANE_LABEL, DISABLED, ENABLED, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL,
+    WAYPOINT_POD_LABEL,
+};
 use crate::policy::{
     Policy,
     api::Mode,
@@ -71,6 +74,19 @@ pub struct ServiceInfo {
     pub labels: Labels,
 }
 
+/// A waypoint, named as the `nodemesh.io/use-waypoint` label names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WaypointRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for WaypointRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {
     pub name: Option<String>,
@@ -82,7 +98,12 @@ impl Snapshot {
     /// A pod is in the mesh when its namespace is labelled
     /// `nodemesh.io/dataplane=enabled` and the pod itself does not opt out
     /// with `nodemesh.io/dataplane=disabled`. Undeclared namespace: not.
+    ///
+    /// A waypoint's pods are never enrolled: they terminate HBONE themselves.
     pub fn enrolled(&self, pod: &PodInfo) -> bool {
+        if pod.labels.contains_key(WAYPOINT_POD_LABEL) {
+            return false;
+        }
         let namespace_on = self
             .namespaces
             .get(&pod.namespace)
@@ -134,6 +155,50 @@ impl Snapshot {
                 && p.namespace == svc.namespace
                 && svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
         })
+    }
+
+    /// The waypoint `svc`'s traffic must go through: its own
+    /// `nodemesh.io/use-waypoint` label, else its namespace's; `none` on the
+    /// Service opts it out of a namespace's waypoint.
+    pub fn waypoint_for(&self, svc: &ServiceInfo) -> Option<WaypointRef> {
+        let namespace_labels = self.namespaces.get(&svc.namespace).map(|n| &n.labels);
+        let labels = if svc.labels.contains_key(USE_WAYPOINT_LABEL) {
+            &svc.labels
+        } else {
+            namespace_labels?
+        };
+        let name = labels.get(USE_WAYPOINT_LABEL)?;
+        if name == "none" || name.is_empty() {
+            return None;
+        }
+        let namespace = labels
+            .get(USE_WAYPOINT_NAMESPACE_LABEL)
+            .unwrap_or(&svc.namespace);
+        Some(WaypointRef {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        })
+    }
+
+    /// The pods that serve waypoint `w`.
+    pub fn waypoint_pods<'a>(
+        &'a self,
+        w: &'a WaypointRef,
+    ) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        self.pods.iter().filter(move |p| {
+            p.namespace == w.namespace
+                && p.labels.get(WAYPOINT_POD_LABEL).map(String::as_str) == Some(w.name.as_str())
+        })
+    }
+
+    /// The Services whose traffic goes through waypoint `w`.
+    pub fn services_using<'a>(
+        &'a self,
+        w: &'a WaypointRef,
+    ) -> impl Iterator<Item = &'a ServiceInfo> + 'a {
+        self.services
+            .iter()
+            .filter(move |s| self.waypoint_for(s).as_ref() == Some(w))
     }
 
     pub fn service_by_ip(&self, ip: IpAddr) -> Option<&ServiceInfo> {

@@ -158,7 +158,7 @@ fn each_bad_object_is_reported_precisely_and_the_good_ones_still_load() {
         "pods.yaml: Pod shop/two-faults: field spec.nodeName: missing: the agent serves only pods placed on its node",
         "pods.yaml: Pod shop/two-faults: field status.podIP: \"nope\" is not an IP address (expected e.g. 10.1.0.11 or fd00::b)",
         "pods.yaml: Pod (document 7): field metadata.name: missing: every object needs a name",
-        "pods.yaml: Gadget default/g: field kind: unknown kind \"Gadget\": local mode reads Namespace, Pod, Service, AuthorizationPolicy, PeerAuthentication",
+        "pods.yaml: Gadget default/g: field kind: unknown kind \"Gadget\": local mode reads Namespace, Pod, Service, AuthorizationPolicy, PeerAuthentication, HTTPRoute",
         "pods.yaml: Pod default/wrong-api: field apiVersion: \"apps/v1\" is not supported for Pod: use `apiVersion: v1`",
     ];
     for (i, w) in want.iter().enumerate() {

@@ -4,6 +4,251 @@
 //! Gateway API routes attached to the Service, and forwards it over its own
 //! HBONE stream to the chosen endpoint.
 //!
-//! - [`route`]: HTTPRoute compilation (with per-field problems), matching
-//!   with the specification's precedence, filters, weighted backends.
+//! A request's path through the folder, top to bottom:
+//! - [`site`]: the HBONE CONNECTs it accepts (only for Services it serves);
+//! - [`serve`]: HTTP/1.1 or HTTP/2 on each CONNECT stream, one L7 record
+//!   per request;
+//! - [`route`]: HTTPRoute compilation (problems per field), matching with
+//!   the specification's precedence, filters, weighted backends;
+//! - [`forward`]: timeouts, retries within a budget, then
+//! - [`upstream`]: endpoint choice (power of two choices, outlier ejection)
+//!   and pooled HTTP connections over HBONE to the endpoints.
+pub mod forward;
 pub mod route;
+pub mod serve;
+pub mod site;
+pub mod upstream;
+
+mod body;
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio::task::JoinHandle;
+
+use crate::{
+    capture::{
+        inpod::hbone_listeners,
+        netns::{NetnsError, NetnsWorker},
+    },
+    proxy::{flow::Owner, hbone::accept_loop, mesh::Mesh},
+    state::{Loaded, WaypointRef, keys::WAYPOINT_POD_LABEL},
+    tunnel::tls::server_config_resolving,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WaypointError {
+    #[error(
+        "waypoint {me}: no pod labelled {WAYPOINT_POD_LABEL}={name} in namespace {namespace} is \
+         placed on node {node} in the config; declare the waypoint's pod (its network namespace \
+         is where the waypoint listens)",
+        name = me.name, namespace = me.namespace
+    )]
+    NoPod { me: WaypointRef, node: String },
+    #[error(
+        "waypoint {me}: a waypoint needs workload identities: run it with --ca and --credentials"
+    )]
+    NoIdentity { me: WaypointRef },
+    #[error("waypoint {me}: pod {pod}: {source}")]
+    Netns {
+        me: WaypointRef,
+        pod: String,
+        #[source]
+        source: NetnsError,
+    },
+    #[error("waypoint {me}: pod {pod}: opening port 15008: {source}")]
+    Listen {
+        me: WaypointRef,
+        pod: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waypoint {me}: HBONE TLS configuration: {source}")]
+    Tls {
+        me: WaypointRef,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// Starts waypoint `me` on `node`: finds its pod in the config, opens port
+/// 15008 in the pod's network namespace and serves HBONE there with the
+/// pod's certificate. The returned tasks serve until aborted.
+pub async fn start(
+    me: WaypointRef,
+    node: &str,
+    mesh: Arc<Mesh>,
+) -> Result<(Arc<Waypoint>, Vec<JoinHandle<()>>), WaypointError> {
+    let loaded = mesh.snapshot();
+    let Some(pod) = loaded
+        .snapshot
+        .waypoint_pods(&me)
+        .find(|p| p.node == node)
+        .cloned()
+    else {
+        return Err(WaypointError::NoPod {
+            me,
+            node: node.to_owned(),
+        });
+    };
+    let Some(identity) = mesh.identity.as_ref() else {
+        return Err(WaypointError::NoIdentity { me });
+    };
+    let key = pod.key();
+    let netns_err = |me: &WaypointRef, source| WaypointError::Netns {
+        me: me.clone(),
+        pod: key.clone(),
+        source,
+    };
+    let worker = NetnsWorker::spawn(&pod.netns).map_err(|e| netns_err(&me, e))?;
+    let v6 = pod.ips.iter().any(IpAddr::is_ipv6);
+    let listen_err = |me: &WaypointRef, source| WaypointError::Listen {
+        me: me.clone(),
+        pod: key.clone(),
+        source,
+    };
+    let listeners = worker
+        .run(move || hbone_listeners(v6))
+        .await
+        .map_err(|e| netns_err(&me, e))?
+        .map_err(|e| listen_err(&me, e))?;
+    identity.certs.reconcile(std::slice::from_ref(&key));
+    let tls = server_config_resolving(identity.certs.resolver(&key), &identity.bundle).map_err(
+        |source| WaypointError::Tls {
+            me: me.clone(),
+            source,
+        },
+    )?;
+    let wp = Arc::new(Waypoint::new(
+        me.clone(),
+        key.clone(),
+        pod.ips.clone(),
+        worker,
+        Arc::clone(&mesh),
+    ));
+    let site = Arc::new(site::Site(Arc::clone(&wp)));
+    let mut tasks = Vec::new();
+    for listener in listeners {
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(|e| listen_err(&me, e))?;
+        tasks.push(accept_loop(listener, Arc::clone(&tls), Arc::clone(&site)));
+    }
+    Ok((wp, tasks))
+}
+
+/// Everything a waypoint's connections share.
+pub struct Waypoint {
+    pub me: WaypointRef,
+    /// Its pod, `namespace/name`: the identity it proves is this pod's.
+    pub pod: String,
+    pub ips: Vec<IpAddr>,
+    /// Makes sockets inside the waypoint pod's network namespace.
+    pub worker: NetnsWorker,
+    pub mesh: Arc<Mesh>,
+    pub upstream: upstream::Upstreams,
+    routes: Mutex<RouteCache>,
+}
+
+/// Route tables compiled for one config, per Service port.
+#[derive(Default)]
+struct RouteCache {
+    config: Option<Arc<Loaded>>,
+    tables: HashMap<(String, u16), Arc<route::RouteTable>>,
+}
+
+impl Waypoint {
+    pub fn new(
+        me: WaypointRef,
+        pod: String,
+        ips: Vec<IpAddr>,
+        worker: NetnsWorker,
+        mesh: Arc<Mesh>,
+    ) -> Self {
+        Self {
+            me,
+            pod,
+            ips,
+            worker,
+            mesh,
+            upstream: upstream::Upstreams::default(),
+            routes: Mutex::default(),
+        }
+    }
+
+    pub fn owner(&self) -> Owner<'_> {
+        Owner {
+            pod: &self.pod,
+            ips: &self.ips,
+            store: &self.mesh.flows,
+        }
+    }
+
+    /// The routes for `service` (`namespace/name`) port `port` under
+    /// `config`, compiled once per config. Problems are logged when a table
+    /// is first compiled; [`Waypoint::route_problems`] lists them all.
+    pub fn routes(&self, config: &Arc<Loaded>, service: &str, port: u16) -> Arc<route::RouteTable> {
+        let mut cache = self.routes.lock().expect("route cache");
+        if !cache
+            .config
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, config))
+        {
+            *cache = RouteCache {
+                config: Some(Arc::clone(config)),
+                tables: HashMap::new(),
+            };
+        }
+        let key = (service.to_owned(), port);
+        if let Some(table) = cache.tables.get(&key) {
+            return Arc::clone(table);
+        }
+        let (table, problems) =
+            route::RouteTable::build(&config.snapshot.http_routes, &self.parent(service, port));
+        for p in &problems {
+            tracing::warn!(
+                waypoint = %self.me, route = %p.route, field = %p.field,
+                "HTTPRoute not accepted: {}", p.message
+            );
+        }
+        let table = Arc::new(table);
+        cache.tables.insert(key, Arc::clone(&table));
+        table
+    }
+
+    /// Every problem of the routes attached to the Services this waypoint
+    /// serves, as `meshctl status` shows config errors.
+    pub fn route_problems(&self, config: &Loaded) -> Vec<String> {
+        let mut all = Vec::new();
+        for svc in config.snapshot.services_using(&self.me) {
+            let name = format!("{}/{}", svc.namespace, svc.name);
+            for port in &svc.ports {
+                let (_, problems) = route::RouteTable::build(
+                    &config.snapshot.http_routes,
+                    &self.parent(&name, port.port),
+                );
+                all.extend(
+                    problems
+                        .into_iter()
+                        .map(|p| format!("HTTPRoute {} {}: {}", p.route, p.field, p.message)),
+                );
+            }
+        }
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    fn parent(&self, service: &str, port: u16) -> route::Parent {
+        let (namespace, name) = service.split_once('/').unwrap_or(("default", service));
+        route::Parent {
+            service_namespace: namespace.to_owned(),
+            service_name: name.to_owned(),
+            port,
+            waypoint_namespace: self.me.namespace.clone(),
+            waypoint_name: self.me.name.clone(),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Bodies that stream through the waypoint: counted as they pass (nothing
+//! is buffered whole), and a response body that closes its request's record
+//! when the last byte (or trailer) has gone to the client, or the client
+//! went away.
+use std::{
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty, Full, combinators::BoxBody};
+use hyper::body::{Body as _, Frame, SizeHint};
+
+use crate::{
+    flows::{Progress, record::State},
+    proxy::flow::Flow,
+};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Every body the waypoint sends, whatever made it.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into()).map_err(|e| match e {}).boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+/// Which way a counted body goes.
+#[derive(Clone, Copy)]
+pub enum Way {
+    /// Client → backend (`Progress::sent`).
+    Request,
+    /// Backend → client (`Progress::received`).
+    Response,
+}
+
+/// Counts the data bytes of `inner` into `progress`.
+pub fn counted<B>(inner: B, progress: Arc<Progress>, way: Way) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    Counted {
+        inner: inner.map_err(Into::into).boxed(),
+        progress,
+        way,
+    }
+    .boxed()
+}
+
+struct Counted {
+    inner: Body,
+    progress: Arc<Progress>,
+    way: Way,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let counter = match self.way {
+                Way::Request => &self.progress.sent,
+                Way::Response => &self.progress.received,
+            };
+            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response body sent to the client; its end (or drop) ends the
+/// request's flow record with the bytes both ways.
+pub fn recorded(inner: Body, flow: Flow, progress: Arc<Progress>) -> Body {
+    Recorded {
+        inner,
+        done: Some((flow, progress)),
+    }
+    .boxed()
+}
+
+struct Recorded {
+    inner: Body,
+    done: Option<(Flow, Arc<Progress>)>,
+}
+
+impl Recorded {
+    fn finish(&mut self, error: Option<String>) {
+        let Some((mut flow, progress)) = self.done.take() else {
+            return;
+        };
+        flow.record.bytes_sent = progress.sent.load(Ordering::Relaxed);
+        flow.record.bytes_received = progress.received.load(Ordering::Relaxed);
+        let state = if error.is_some() {
+            State::Error
+        } else {
+            State::Closed
+        };
+        flow.ended(state, error);
+    }
+}
+
+impl hyper::body::Body for Recorded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(status) = trailers.get("grpc-status")
+                    && let Some((flow, _)) = self.done.as_mut()
+                    && let Some(http) = flow.record.http.as_mut()
+                {
+                    http.grpc_status = status.to_str().ok().map(str::to_owned);
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let why = format!("response body from the backend failed: {e}");
+                self.finish(Some(why));
+            }
+            Poll::Ready(None) => self.finish(None),
+            Poll::Pending => {}
+        }
+        if self.inner.is_end_stream() {
+            self.finish(None);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        if self.done.is_some() && !self.inner.is_end_stream() {
+            self.finish(Some(
+                "the client went away before the response ended".into(),
+            ));
+        } else {
+            self.finish(None);
+        }
+    }
+}

@@ -1,0 +1,680 @@
+//! HTTP on one accepted CONNECT stream: HTTP/2 when the client opens with
+//! the HTTP/2 preface (prior knowledge), else HTTP/1.1 with keep-alive and
+//! upgrades. Each request is matched against the Service's routes, filtered,
+//! sent to a weighted backend and recorded as an L7 flow joined to the
+//! stream's L4 flow. Requests hyper cannot parse unambiguously (conflicting
+//! lengths, oversized heads) are answered 400/431 by hyper and recorded here.
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{
+    HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version,
+    header::{CONNECTION, HOST, LOCATION, TE, TRANSFER_ENCODING, UPGRADE},
+};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::{
+    Waypoint,
+    body::{self, Body, Way},
+    forward::{self, Local},
+    route::{self, Backend, Filter, Rule, Timeouts},
+    upstream::{self, Endpoint},
+};
+use crate::{
+    flows::{
+        Progress,
+        record::{Direction, HttpRecord, Path, State},
+    },
+    proxy::{
+        flow::Flow,
+        relay::{End, Relayed},
+    },
+    state::Loaded,
+    tunnel::server::{Peer, Tunnel},
+};
+
+/// The largest request head accepted: HTTP/1.1 read buffer and HTTP/2
+/// header list alike. Larger heads are refused (431).
+pub const MAX_HEAD_BYTES: usize = 64 << 10;
+/// A client that has not sent a whole request head by then is dropped.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The CONNECT a stream arrived on.
+pub struct Downstream {
+    pub peer: Peer,
+    /// The Service address the client asked for.
+    pub target: SocketAddr,
+    /// `namespace/name` of that Service.
+    pub service: String,
+    /// The L4 flow of the stream.
+    pub flow_id: u64,
+}
+
+/// Serves HTTP on `tunnel` until the client is done, then ends the L4 flow.
+pub async fn connection(wp: Arc<Waypoint>, tunnel: Tunnel, down: Downstream, mut flow: Flow) {
+    let progress = flow.relaying();
+    let io = TokioIo::new(CountedIo {
+        inner: tunnel,
+        progress: Arc::clone(&progress),
+    });
+    let down = Arc::new(down);
+    let service = {
+        let (wp, down) = (Arc::clone(&wp), Arc::clone(&down));
+        service_fn(move |req| {
+            let (wp, down) = (Arc::clone(&wp), Arc::clone(&down));
+            async move { Ok::<_, Infallible>(handle(wp, down, req).await) }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(MAX_HEAD_BYTES)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT);
+    builder.http2().max_header_list_size(MAX_HEAD_BYTES as u32);
+    let served = builder.serve_connection_with_upgrades(io, service).await;
+    let end = match &served {
+        Ok(()) => End::Closed,
+        Err(e) => {
+            malformed(&wp, &down, e.as_ref());
+            End::ClientReset
+        }
+    };
+    flow.relayed(
+        Relayed {
+            sent: progress.sent.load(Ordering::Relaxed),
+            received: progress.received.load(Ordering::Relaxed),
+            end,
+        },
+        None,
+    );
+}
+
+/// Records what hyper refused on its own (it has already answered 400 or
+/// 431 and closed the connection).
+fn malformed(wp: &Waypoint, down: &Downstream, error: &(dyn std::error::Error + 'static)) {
+    let Some(e) = error.downcast_ref::<hyper::Error>() else {
+        tracing::debug!(waypoint = %wp.me, "client connection ended: {error}");
+        return;
+    };
+    if !e.is_parse() && !e.is_parse_too_large() {
+        tracing::debug!(waypoint = %wp.me, "client connection ended: {e}");
+        return;
+    }
+    let status = if e.is_parse_too_large() {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    tracing::warn!(
+        waypoint = %wp.me, peer = %down.peer.identity,
+        "malformed HTTP request refused with {status}: {e}"
+    );
+    let mut flow = request_flow(wp, &wp.mesh.snapshot(), down, HttpRecord::default());
+    if let Some(http) = flow.record.http.as_mut() {
+        http.status = status.as_u16();
+        http.reason = Some(format!("malformed request: {e}"));
+    }
+    flow.ended(State::Refused, Some(format!("malformed HTTP request: {e}")));
+}
+
+/// The flow record of one request, joined to its stream's L4 flow.
+fn request_flow(wp: &Waypoint, loaded: &Loaded, down: &Downstream, http: HttpRecord) -> Flow {
+    let mut flow = Flow::of(
+        &wp.owner(),
+        &loaded.snapshot,
+        Direction::Inbound,
+        None,
+        down.peer.addr,
+        down.target,
+    );
+    let identity = down.peer.identity.to_string();
+    flow.tunnelled(Path::Waypoint, &identity, down.peer.tls_version);
+    flow.record.source.identity = Some(identity);
+    flow.record.destination.pod = None;
+    flow.record.service = Some(down.service.clone());
+    flow.record.waypoint = Some(wp.me.to_string());
+    flow.record.parent = Some(down.flow_id);
+    flow.record.http = Some(http);
+    flow
+}
+
+async fn handle(
+    wp: Arc<Waypoint>,
+    down: Arc<Downstream>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let loaded = wp.mesh.snapshot();
+    let progress = Arc::new(Progress::default());
+    let http = HttpRecord {
+        protocol: match req.version() {
+            Version::HTTP_2 => "HTTP/2",
+            Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        }
+        .to_owned(),
+        method: req.method().to_string(),
+        authority: authority(&req).unwrap_or_default(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), ToString::to_string),
+        ..HttpRecord::default()
+    };
+    let mut flow = request_flow(&wp, &loaded, &down, http);
+    let response = match route_and_forward(&wp, &loaded, &down, req, &progress, &mut flow).await {
+        Ok(response) => response,
+        Err(local) => {
+            if let Some(http) = flow.record.http.as_mut() {
+                http.reason = Some(local.reason.clone());
+                http.retries = local.retries;
+            }
+            if let Some(e) = &local.endpoint {
+                chosen(&mut flow, e);
+            }
+            tracing::debug!(waypoint = %wp.me, status = %local.status, "answered locally: {}", local.reason);
+            local_response(local.status, &local.reason)
+        }
+    };
+    if let Some(http) = flow.record.http.as_mut() {
+        http.status = response.status().as_u16();
+        if let Some(status) = response.headers().get("grpc-status") {
+            http.grpc_status = status.to_str().ok().map(str::to_owned);
+        }
+    }
+    let (parts, inner) = response.into_parts();
+    Response::from_parts(parts, body::recorded(inner, flow, progress))
+}
+
+fn chosen(flow: &mut Flow, endpoint: &Endpoint) {
+    flow.record.endpoint = Some(endpoint.addr);
+    flow.record.destination.pod = Some(endpoint.pod.clone());
+    flow.record.destination.identity = Some(endpoint.identity.to_string());
+}
+
+fn local(status: StatusCode, reason: impl Into<String>) -> Local {
+    Local {
+        status,
+        reason: reason.into(),
+        retries: 0,
+        endpoint: None,
+    }
+}
+
+fn local_response(status: StatusCode, reason: &str) -> Response<Body> {
+    let mut response = Response::new(body::full(format!("{reason}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The authority the client asked for: `:authority` (HTTP/2, absolute
+/// URIs), else `Host`.
+fn authority<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(ToString::to_string)
+        .or_else(|| Some(req.headers().get(HOST)?.to_str().ok()?.to_owned()))
+}
+
+/// The host part of an authority, lower-cased, without the port.
+fn host_of(authority: &str) -> String {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.split(':').next().unwrap_or(authority),
+    };
+    host.to_ascii_lowercase()
+}
+
+/// The rule used when no route is attached: everything to the Service
+/// itself, as if there were no waypoint (but with its records and policy).
+fn service_rule(down: &Downstream) -> Rule {
+    let (namespace, name) = down
+        .service
+        .split_once('/')
+        .unwrap_or(("default", &down.service));
+    Rule {
+        name: None,
+        filters: Vec::new(),
+        backends: vec![Backend {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            port: Some(down.target.port()),
+            weight: 1,
+            filters: Vec::new(),
+        }],
+        timeouts: Timeouts {
+            request: None,
+            backend_request: None,
+        },
+        retry: None,
+    }
+}
+
+async fn route_and_forward(
+    wp: &Arc<Waypoint>,
+    loaded: &Arc<Loaded>,
+    down: &Downstream,
+    mut req: Request<Incoming>,
+    progress: &Arc<Progress>,
+    flow: &mut Flow,
+) -> Result<Response<Body>, Local> {
+    let table = wp.routes(loaded, &down.service, down.target.port());
+    let asked = authority(&req).unwrap_or_default();
+    let host = host_of(&asked);
+    let default_rule;
+    let (rule, prefix) = if table.is_empty() {
+        default_rule = service_rule(down);
+        (&default_rule, None)
+    } else {
+        let view = route::Request {
+            method: req.method(),
+            host: &host,
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        let Some(matched) = table.decide(&view) else {
+            return Err(local(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no HTTPRoute rule for {} matches {} {}{}",
+                    down.service,
+                    req.method(),
+                    asked,
+                    req.uri().path()
+                ),
+            ));
+        };
+        if let Some(http) = flow.record.http.as_mut() {
+            http.route = Some(format!("{}#{}", matched.route, matched.rule_index));
+        }
+        (matched.rule, matched.matched_prefix.map(str::to_owned))
+    };
+
+    let mut upstream_host = None;
+    let mut upstream_path = None;
+    // The rule's filters first: a redirect answers before any backend is
+    // needed (a redirect rule has none).
+    for filter in &rule.filters {
+        if let Some(answer) = apply_request_filter(
+            filter,
+            wp,
+            loaded,
+            down,
+            &mut req,
+            &host,
+            prefix.as_deref(),
+            (&mut upstream_host, &mut upstream_path),
+        ) {
+            if let Some(http) = flow.record.http.as_mut() {
+                http.reason = Some(answer.1.clone());
+            }
+            return Ok(answer.0);
+        }
+    }
+    let Some(backend) = rule.pick(fastrand::u64(..)) else {
+        return Err(local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the matched rule has no backend to send to (no backendRefs, or every weight is 0)",
+        ));
+    };
+    for filter in &backend.filters {
+        if let Some(answer) = apply_request_filter(
+            filter,
+            wp,
+            loaded,
+            down,
+            &mut req,
+            &host,
+            prefix.as_deref(),
+            (&mut upstream_host, &mut upstream_path),
+        ) {
+            return Ok(answer.0);
+        }
+    }
+
+    let backend_key = format!("{}/{}", backend.namespace, backend.name);
+    if let Some(http) = flow.record.http.as_mut() {
+        http.backend = Some(backend_key.clone());
+    }
+    let endpoints = backend_endpoints(wp, loaded, down, backend)?;
+    let upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE);
+    let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let replayable = hyper::body::Body::is_end_stream(req.body());
+    let (mut parts, incoming) = req.into_parts();
+    let authority = upstream_host.map_or(asked, |h| match down.target.port() {
+        80 => h,
+        port => format!("{h}:{port}"),
+    });
+    let path_and_query = match (upstream_path, parts.uri.query()) {
+        (Some(path), Some(query)) => format!("{path}?{query}"),
+        (Some(path), None) => path,
+        (None, _) => parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), ToString::to_string),
+    };
+    prepare_upstream(&mut parts, &authority, &path_and_query, upgrade)
+        .map_err(|why| local(StatusCode::BAD_REQUEST, why))?;
+    let request_body = body::counted(incoming, Arc::clone(progress), Way::Request);
+
+    if let Some(on_client) = on_client_upgrade {
+        let (endpoint, _in_flight) = wp.upstream.choose(&endpoints);
+        let endpoint = endpoint.clone();
+        chosen(flow, &endpoint);
+        let mut response = wp
+            .upstream
+            .send_upgrade(wp, &endpoint, Request::from_parts(parts, request_body))
+            .await
+            .map_err(|e| Local {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                reason: format!("no response from the backend: {e}"),
+                retries: 0,
+                endpoint: Some(Box::new(endpoint.clone())),
+            })?;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let on_server = hyper::upgrade::on(&mut response);
+            tokio::spawn(splice_upgraded(on_client, on_server, Arc::clone(progress)));
+        }
+        return Ok(response.map(|b| body::counted(b, Arc::clone(progress), Way::Response)));
+    }
+
+    let forwarded = forward::send(
+        wp,
+        &backend_key,
+        &endpoints,
+        parts,
+        request_body,
+        replayable,
+        &rule.timeouts,
+        rule.retry.as_ref(),
+    )
+    .await?;
+    chosen(flow, &forwarded.endpoint);
+    if let Some(http) = flow.record.http.as_mut() {
+        http.retries = forwarded.retries;
+    }
+    let mut response = forwarded
+        .response
+        .map(|b| body::counted(b, Arc::clone(progress), Way::Response));
+    strip_hop_by_hop(response.headers_mut(), false);
+    for filter in rule.filters.iter().chain(&backend.filters) {
+        if let Filter::ResponseHeaders(edit) = filter {
+            edit.apply(response.headers_mut());
+        }
+    }
+    Ok(response)
+}
+
+/// Applies one request-side filter; a redirect is the answer itself
+/// (response and why).
+#[expect(clippy::too_many_arguments, reason = "one request's whole context")]
+fn apply_request_filter(
+    filter: &Filter,
+    wp: &Arc<Waypoint>,
+    loaded: &Arc<Loaded>,
+    down: &Downstream,
+    req: &mut Request<Incoming>,
+    host: &str,
+    prefix: Option<&str>,
+    (upstream_host, upstream_path): (&mut Option<String>, &mut Option<String>),
+) -> Option<(Response<Body>, String)> {
+    match filter {
+        Filter::Redirect(redirect) => {
+            let view = route::Request {
+                method: req.method(),
+                host,
+                path: req.uri().path(),
+                query: req.uri().query(),
+                headers: req.headers(),
+            };
+            let (status, location) = redirect.answer(&view, "http", down.target.port(), prefix);
+            let mut response = local_response(status, &format!("redirect to {location}"));
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(LOCATION, value);
+            }
+            return Some((response, format!("redirected to {location}")));
+        }
+        Filter::RequestHeaders(edit) => edit.apply(req.headers_mut()),
+        Filter::Rewrite(rewrite) => {
+            let (h, p) = rewrite.apply(req.uri().path(), prefix);
+            if h.is_some() {
+                *upstream_host = h;
+            }
+            if p.is_some() {
+                *upstream_path = p;
+            }
+        }
+        Filter::Mirror { backend, percent } => {
+            if fastrand::u32(..100) < *percent {
+                mirror(wp, loaded, down, backend, req);
+            }
+        }
+        Filter::ResponseHeaders(_) => {}
+    }
+    None
+}
+
+/// The enrolled endpoints of a rule's backend Service.
+fn backend_endpoints(
+    wp: &Waypoint,
+    loaded: &Loaded,
+    down: &Downstream,
+    backend: &Backend,
+) -> Result<Vec<Endpoint>, Local> {
+    let snapshot = &loaded.snapshot;
+    let Some(svc) = snapshot
+        .services
+        .iter()
+        .find(|s| s.namespace == backend.namespace && s.name == backend.name)
+    else {
+        return Err(local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "backendRef {}/{} names no Service (the route's ResolvedRefs would be False)",
+                backend.namespace, backend.name
+            ),
+        ));
+    };
+    let trust_domain = wp
+        .mesh
+        .identity
+        .as_ref()
+        .map_or("cluster.local", |i| i.bundle.trust_domain());
+    let port = backend.port.unwrap_or(down.target.port());
+    upstream::endpoints(snapshot, svc, port, down.target.is_ipv4(), trust_domain)
+        .map_err(|why| local(StatusCode::SERVICE_UNAVAILABLE, why))
+}
+
+/// Sends a copy of a body-less request to the mirror backend and forgets
+/// the answer (RequestMirror); the client never waits for it.
+fn mirror(
+    wp: &Arc<Waypoint>,
+    loaded: &Arc<Loaded>,
+    down: &Downstream,
+    backend: &Backend,
+    req: &Request<Incoming>,
+) {
+    if !hyper::body::Body::is_end_stream(req.body()) {
+        tracing::debug!(waypoint = %wp.me, "not mirroring a request with a body (bodies are never buffered)");
+        return;
+    }
+    let Ok(endpoints) = backend_endpoints(wp, loaded, down, backend) else {
+        return;
+    };
+    let (endpoint, in_flight) = wp.upstream.choose(&endpoints);
+    let endpoint = endpoint.clone();
+    let mut builder = Request::builder()
+        .method(req.method().clone())
+        .uri(req.uri().clone())
+        .version(req.version());
+    if let Some(headers) = builder.headers_mut() {
+        *headers = req.headers().clone();
+    }
+    let Ok(copy) = builder.body(()) else {
+        return;
+    };
+    let (mut parts, ()) = copy.into_parts();
+    let authority = authority(req).unwrap_or_default();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), ToString::to_string);
+    if prepare_upstream(&mut parts, &authority, &path, false).is_err() {
+        return;
+    }
+    let wp = Arc::clone(wp);
+    let http2 = parts.version == Version::HTTP_2;
+    tokio::spawn(async move {
+        let _in_flight = in_flight;
+        let request = Request::from_parts(parts, body::empty());
+        if let Err(e) = wp.upstream.send(&wp, &endpoint, request, http2).await {
+            tracing::debug!(waypoint = %wp.me, "mirrored request failed: {e}");
+        }
+    });
+}
+
+/// Makes the client's request fit to go upstream: origin-form URI and Host
+/// for HTTP/1.1, absolute URI for HTTP/2, hop-by-hop headers removed (but
+/// an upgrade's own, and `te: trailers`, which gRPC needs).
+fn prepare_upstream(
+    parts: &mut http::request::Parts,
+    authority: &str,
+    path_and_query: &str,
+    upgrade: bool,
+) -> Result<(), String> {
+    let bad =
+        |e: &dyn std::fmt::Display| format!("cannot forward {authority}{path_and_query}: {e}");
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if parts.version == Version::HTTP_2 {
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| bad(&e))?;
+        parts.headers.remove(HOST);
+    } else {
+        parts.uri = path_and_query.parse().map_err(|e| bad(&e))?;
+        parts
+            .headers
+            .insert(HOST, HeaderValue::from_str(authority).map_err(|e| bad(&e))?);
+    }
+    Ok(())
+}
+
+/// Removes the headers that describe one hop only (RFC 9110 §7.6.1), and
+/// those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !(keep_upgrade && n == "upgrade"))
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "trailer",
+    ] {
+        headers.remove(name);
+    }
+    headers.remove(TRANSFER_ENCODING);
+    if !keep_upgrade {
+        headers.remove(CONNECTION);
+        headers.remove(UPGRADE);
+    }
+    if headers
+        .get(TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(TE);
+    }
+}
+
+/// After a `101`, the client's and the backend's connections carry raw
+/// bytes to each other (WebSocket and friends).
+async fn splice_upgraded(
+    on_client: hyper::upgrade::OnUpgrade,
+    on_server: hyper::upgrade::OnUpgrade,
+    progress: Arc<Progress>,
+) {
+    let (client, server) = match tokio::join!(on_client, on_server) {
+        (Ok(c), Ok(s)) => (c, s),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!("upgrade did not complete: {e}");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut server = TokioIo::new(server);
+    if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        progress.sent.fetch_add(up, Ordering::Relaxed);
+        progress.received.fetch_add(down, Ordering::Relaxed);
+    }
+}
+
+/// Counts the bytes of the client's stream for its L4 flow.
+struct CountedIo {
+    inner: Tunnel,
+    progress: Arc<Progress>,
+}
+
+impl AsyncRead for CountedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        self.progress.sent.fetch_add(read as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for CountedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.progress
+                .received
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

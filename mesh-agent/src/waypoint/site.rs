@@ -1,0 +1,119 @@
+//! The CONNECTs a waypoint accepts: only to a port of a Service that sends
+//! its traffic through this very waypoint (so it is never an open relay),
+//! from a verified mesh identity. Each accepted stream becomes an HTTP
+//! connection ([`super::serve`]) with an L4 flow record of its own.
+use std::{net::SocketAddr, sync::Arc};
+
+use http::StatusCode;
+
+use super::{Waypoint, serve};
+use crate::{
+    flows::record::{Direction, Path, State},
+    proxy::{flow::Flow, hbone::Site as HboneSite, mesh::Mesh},
+    state::Snapshot,
+    tunnel::server::{Handler, Peer, Refusal, Session},
+};
+
+pub struct Site(pub Arc<Waypoint>);
+
+impl Site {
+    fn flow(&self, snapshot: &Snapshot, peer: &Peer, target: SocketAddr) -> Flow {
+        let wp = &self.0;
+        let mut flow = Flow::of(
+            &wp.owner(),
+            snapshot,
+            Direction::Inbound,
+            None,
+            peer.addr,
+            target,
+        );
+        let identity = peer.identity.to_string();
+        flow.tunnelled(Path::Waypoint, &identity, peer.tls_version);
+        flow.record.source.identity = Some(identity);
+        flow.record.destination.pod = None;
+        flow.record.waypoint = Some(wp.me.to_string());
+        flow
+    }
+}
+
+impl HboneSite for Site {
+    fn name(&self) -> &str {
+        &self.0.pod
+    }
+
+    fn mesh(&self) -> &Mesh {
+        &self.0.mesh
+    }
+
+    fn connection_refused(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        identity: Option<String>,
+        why: String,
+    ) {
+        let wp = &self.0;
+        let snapshot = &wp.mesh.snapshot().snapshot;
+        let mut flow = Flow::of(&wp.owner(), snapshot, Direction::Inbound, None, peer, local);
+        flow.record.path = Path::Waypoint;
+        flow.record.source.identity = identity;
+        flow.record.waypoint = Some(wp.me.to_string());
+        flow.failed(State::Refused, why);
+    }
+}
+
+impl Handler for Site {
+    async fn open(&self, peer: Peer, target: SocketAddr) -> Result<Session, Refusal> {
+        let wp = Arc::clone(&self.0);
+        let loaded = wp.mesh.snapshot();
+        let snapshot = &loaded.snapshot;
+        let target = SocketAddr::new(target.ip().to_canonical(), target.port());
+        let mut flow = self.flow(snapshot, &peer, target);
+        let served = snapshot
+            .service_by_ip(target.ip())
+            .filter(|svc| snapshot.waypoint_for(svc).as_ref() == Some(&wp.me))
+            .filter(|svc| svc.ports.iter().any(|p| p.port == target.port()));
+        let Some(svc) = served else {
+            let why = format!(
+                "CONNECT target {target} is not a port of a Service that uses waypoint {} (no \
+                 open relay)",
+                wp.me
+            );
+            tracing::warn!(waypoint = %wp.me, peer = %peer.identity, "HBONE CONNECT refused: {why}");
+            flow.failed(State::Refused, why.clone());
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, why));
+        };
+        let service = format!("{}/{}", svc.namespace, svc.name);
+        flow.record.service = Some(service.clone());
+        let downstream = serve::Downstream {
+            peer,
+            target,
+            service,
+            flow_id: flow.record.id,
+        };
+        Ok(Box::new(move |tunnel| {
+            Box::pin(async move {
+                match tunnel {
+                    Ok(tunnel) => serve::connection(wp, tunnel, downstream, flow).await,
+                    Err(e) => flow.failed(State::Error, format!("tunnel stream: {e}")),
+                }
+            })
+        }))
+    }
+
+    fn rejected(&self, peer: &Peer, request: &str, refusal: &Refusal) {
+        tracing::warn!(
+            waypoint = %self.0.me,
+            peer = %peer.identity,
+            request,
+            "HBONE request refused: {}",
+            refusal.reason
+        );
+        let local = SocketAddr::new(
+            self.0.ips.first().copied().unwrap_or([0, 0, 0, 0].into()),
+            mesh_common::ports::HBONE,
+        );
+        self.flow(&self.0.mesh.snapshot().snapshot, peer, local)
+            .failed(State::Refused, refusal.reason.clone());
+    }
+}
