@@ -392,7 +392,7 @@ fn scrape(node: &Host) -> anyhow::Result<String> {
 }
 
 /// The sum of the samples of `name` whose labels include `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines).context("the exposition parses")?;
     Ok(scrape

@@ -33,6 +33,10 @@ pub fn trials() -> Vec<Trial> {
             "waypoint::fails_loudly_refuses_smuggling_streams_uploads_and_upgrades",
             edges,
         ),
+        trial(
+            "waypoint::l7_policy_denies_by_method_path_and_header_for_the_mtls_identity",
+            l7_policy,
+        ),
     ]
 }
 
@@ -754,4 +758,119 @@ fn edges() -> anyhow::Result<()> {
         }))
     })?;
     Ok(())
+}
+
+const NO_ADMIN: &str = "apiVersion: nodemesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: cart}]
+  action: DENY
+  rules:
+  - to: {methods: [DELETE]}
+  - to: {paths: [\"/admin*\"]}
+  - when: [{key: \"request.headers[x-debug]\", values: [\"on\"]}]
+  - from: {identities: [\"spiffe://cluster.local/ns/shop/sa/frontend\"]}
+    to: {paths: [\"/private*\"]}
+";
+
+fn l7_policy() -> anyhow::Result<()> {
+    let shop = Shop::start(&[("v1", "cart-v1", &[])])?;
+    shop.meshed.write_config("policy.yaml", NO_ADMIN)?;
+    eventually("the policy applies", || {
+        Ok(shop.get("/admin", &[])?.0 == 403)
+    })?;
+    // (path, extra arguments, status, deciding rule)
+    let cases: &[(&str, &[&str], u64, Option<usize>)] = &[
+        ("/cart", &["--method", "DELETE"], 403, Some(0)),
+        ("/admin/users", &[], 403, Some(1)),
+        ("/cart", &["--header", "x-debug: on"], 403, Some(2)),
+        ("/cart", &["--header", "x-debug: off"], 200, None),
+        // A header claiming another identity changes nothing.
+        (
+            "/private/report",
+            &[
+                "--header",
+                "x-forwarded-client-cert: URI=spiffe://cluster.local/ns/shop/sa/admin",
+            ],
+            403,
+            Some(3),
+        ),
+        ("/cart", &[], 200, None),
+    ];
+    for (path, extra, status, rule) in cases {
+        let (got, _, sample) = shop.get(path, extra)?;
+        ensure!(
+            got == *status,
+            "{path} {extra:?}: expected {status}, got {got}: {sample}"
+        );
+        if let Some(rule) = rule {
+            let body = sample["body"].as_str().unwrap_or_default();
+            ensure!(
+                body.contains(&format!("denied by shop/no-admin rule {rule}")),
+                "{path} {extra:?}: the answer names the rule: {body}"
+            );
+        }
+    }
+    let denied: Vec<FlowRecord> = shop
+        .requests()?
+        .into_iter()
+        .filter(|r| r.state == State::Denied)
+        .collect();
+    ensure!(denied.len() >= 4, "denied requests recorded: {denied:#?}");
+    let private = denied
+        .iter()
+        .find(|r| {
+            r.http
+                .as_ref()
+                .is_some_and(|h| h.path.starts_with("/private"))
+        })
+        .context("the /private denial")?;
+    let verdict = private.verdict.as_ref().context("a verdict")?;
+    ensure!(
+        verdict.policy.as_deref() == Some("shop/no-admin")
+            && verdict.rule == Some(3)
+            && private.source.identity.as_deref() == Some(CLIENT)
+            && private.http.as_ref().is_some_and(|h| h.status == 403),
+        "{private:#?}"
+    );
+
+    // Istio-shaped request metrics, from the same records.
+    let text = scrape_unix(&shop.waypoint().admin_socket())?;
+    let labels = [
+        ("reporter", "waypoint"),
+        ("destination_service", "shop/cart"),
+        ("source_principal", CLIENT),
+    ];
+    let forbidden = crate::flows::metric(
+        &text,
+        "istio_requests_total",
+        &[labels[0], labels[1], labels[2], ("response_code", "403")],
+    )?;
+    let ok = crate::flows::metric(
+        &text,
+        "istio_requests_total",
+        &[labels[0], labels[1], ("response_code", "200")],
+    )?;
+    let observed =
+        crate::flows::metric(&text, "istio_request_duration_milliseconds_count", &labels)?;
+    ensure!(
+        forbidden >= 4.0 && ok >= 2.0 && observed >= forbidden + ok,
+        "istio_requests_total 403 = {forbidden}, 200 = {ok}, durations = {observed}"
+    );
+    Ok(())
+}
+
+/// `GET /metrics` on an admin socket.
+fn scrape_unix(socket: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("an HTTP response")?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Ok(body.to_owned())
 }

@@ -10,13 +10,13 @@ use std::sync::atomic::Ordering;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
     registry::Registry,
 };
 
 use crate::flows::{
     FlowRecord, FlowSubscriber,
-    record::{Direction, Endpoint, Path, State},
+    record::{Direction, Endpoint, HttpRecord, Path, State},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -30,6 +30,21 @@ struct TcpLabels {
     destination_principal: String,
     destination_service: String,
     connection_security_policy: &'static str,
+}
+
+/// Istio's request labels (bounded: workloads, services, status codes).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    reporter: &'static str,
+    source_workload: String,
+    source_workload_namespace: String,
+    source_principal: String,
+    destination_workload: String,
+    destination_workload_namespace: String,
+    destination_service: String,
+    request_protocol: &'static str,
+    response_code: u16,
+    grpc_response_status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -70,6 +85,8 @@ pub struct Metrics {
     closed: Family<TcpLabels, Counter>,
     sent: Family<TcpLabels, Counter>,
     received: Family<TcpLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RequestLabels, Histogram>,
     denials: Family<PolicyLabels, Counter>,
     flows: Family<StateLabels, Counter>,
     handshakes: Family<RoleLabels, Counter>,
@@ -103,6 +120,10 @@ impl Metrics {
             closed: Family::default(),
             sent: Family::default(),
             received: Family::default(),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(|| {
+                Histogram::new(DURATION_BUCKETS_MS.iter().copied())
+            }),
             denials: Family::default(),
             flows: Family::default(),
             handshakes: Family::default(),
@@ -131,6 +152,16 @@ impl Metrics {
             "istio_tcp_received_bytes",
             "Bytes received from the client for the server",
             m.received.clone(),
+        );
+        registry.register(
+            "istio_requests",
+            "HTTP requests through the waypoint",
+            m.requests.clone(),
+        );
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "HTTP request durations at the waypoint, until the response ended",
+            m.request_duration.clone(),
         );
         registry.register(
             "nodemesh_policy_denials",
@@ -222,6 +253,14 @@ impl FlowSubscriber for Metrics {
     }
 
     fn ended(&self, r: &FlowRecord, was_open: bool) {
+        if let Some(http) = &r.http {
+            let l = request_labels(r, http);
+            self.requests.get_or_create(&l).inc();
+            if let Some(ms) = r.duration_ms() {
+                self.request_duration.get_or_create(&l).observe(ms as f64);
+            }
+            return;
+        }
         if was_open {
             let l = labels(r);
             self.closed.get_or_create(&l).inc();
@@ -249,14 +288,45 @@ fn set(counter: &Counter, value: u64) {
     counter.inner().store(value, Ordering::Relaxed);
 }
 
+/// Istio's buckets for request durations, in milliseconds.
+const DURATION_BUCKETS_MS: [f64; 14] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+];
+
+/// (name, namespace) of an end's workload, `unknown` when it is none.
+fn workload(e: &Endpoint) -> (String, String) {
+    e.pod.as_deref().and_then(|p| p.split_once('/')).map_or(
+        ("unknown".to_owned(), "unknown".to_owned()),
+        |(ns, name)| (name.to_owned(), ns.to_owned()),
+    )
+}
+
+fn principal(e: &Endpoint) -> String {
+    e.identity.clone().unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn request_labels(r: &FlowRecord, http: &HttpRecord) -> RequestLabels {
+    let (source_workload, source_workload_namespace) = workload(&r.source);
+    let (destination_workload, destination_workload_namespace) = workload(&r.destination);
+    RequestLabels {
+        reporter: "waypoint",
+        source_workload,
+        source_workload_namespace,
+        source_principal: principal(&r.source),
+        destination_workload,
+        destination_workload_namespace,
+        destination_service: r.service.clone().unwrap_or_else(|| "unknown".to_owned()),
+        request_protocol: if http.grpc_status.is_some() {
+            "grpc"
+        } else {
+            "http"
+        },
+        response_code: http.status,
+        grpc_response_status: http.grpc_status.clone().unwrap_or_default(),
+    }
+}
+
 fn labels(r: &FlowRecord) -> TcpLabels {
-    let workload = |e: &Endpoint| {
-        e.pod.as_deref().and_then(|p| p.split_once('/')).map_or(
-            ("unknown".to_owned(), "unknown".to_owned()),
-            |(ns, name)| (name.to_owned(), ns.to_owned()),
-        )
-    };
-    let principal = |e: &Endpoint| e.identity.clone().unwrap_or_else(|| "unknown".to_owned());
     let (source_workload, source_workload_namespace) = workload(&r.source);
     let (destination_workload, destination_workload_namespace) = workload(&r.destination);
     TcpLabels {

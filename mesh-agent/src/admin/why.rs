@@ -129,6 +129,7 @@ pub fn why(
         source: source_id.as_ref(),
         source_ip,
         port: dst.port(),
+        request: None,
     };
     answer.policies = snapshot
         .policies_for(dest)

@@ -20,6 +20,11 @@ pub struct AuthorizationPolicySpec {
     /// Pods of the policy's namespace it applies to; absent: all of them.
     #[serde(default)]
     pub selector: Option<Selector>,
+    /// Instead of a selector: the Services (or the waypoint Gateway) whose
+    /// HTTP requests the waypoint judges by this policy (Istio's
+    /// `targetRefs`). Only such policies may use HTTP fields.
+    #[serde(default)]
+    pub target_refs: Vec<TargetRef>,
     #[serde(default)]
     pub action: Action,
     /// Evaluate and record, but do not enforce.
@@ -56,6 +61,34 @@ pub struct RuleSpec {
     pub from: Option<FromSpec>,
     #[serde(default)]
     pub to: Option<ToSpec>,
+    /// Conditions on the request (HTTP, so waypoint policies only).
+    #[serde(default)]
+    pub when: Vec<ConditionSpec>,
+}
+
+/// What a waypoint policy attaches to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetRef {
+    /// `""` for a Service, `gateway.networking.k8s.io` for a Gateway.
+    #[serde(default)]
+    pub group: String,
+    /// `Service` or `Gateway` (the waypoint).
+    pub kind: String,
+    pub name: String,
+}
+
+/// `key` is `request.headers[<name>]`; it holds when the header's value is
+/// one of `values` (patterns like paths: exact, `prefix*`, `*suffix`, `*`)
+/// and none of `notValues`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConditionSpec {
+    pub key: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+    #[serde(default)]
+    pub not_values: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -77,6 +110,16 @@ pub struct FromSpec {
 pub struct ToSpec {
     #[serde(default)]
     pub ports: Vec<u32>,
+    /// HTTP methods (waypoint policies only).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Request paths: exact, `prefix*`, `*suffix` or `*` (waypoint only).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Request hosts (`:authority` without port), same patterns (waypoint
+    /// only).
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

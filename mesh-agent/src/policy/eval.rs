@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     api::Action,
-    compile::{Policy, Rule},
+    compile::{HttpRule, IdentityMatch, Policy, Rule},
 };
 use crate::identity::SpiffeId;
 
@@ -27,6 +27,19 @@ pub struct Connection<'a> {
     pub source: Option<&'a SpiffeId>,
     pub source_ip: IpAddr,
     pub port: u16,
+    /// The HTTP request, when a waypoint judges one.
+    pub request: Option<&'a Request<'a>>,
+}
+
+/// What a waypoint knows of an HTTP request when it judges it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// Lower case, without port.
+    pub host: &'a str,
+    /// Without the query.
+    pub path: &'a str,
+    pub headers: &'a http::HeaderMap,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,7 +99,34 @@ impl Rule {
         let ip_blocks =
             self.ip_blocks.is_empty() || self.ip_blocks.iter().any(|b| b.contains(&source_ip));
         let ports = self.ports.is_empty() || self.ports.contains(&conn.port);
-        identities && namespaces && ip_blocks && ports
+        identities && namespaces && ip_blocks && ports && self.http.matches(conn.request)
+    }
+}
+
+impl HttpRule {
+    /// Without a request (a node agent judging a connection), only a rule
+    /// with no HTTP conditions can match.
+    fn matches(&self, request: Option<&Request<'_>>) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        let Some(r) = request else {
+            return false;
+        };
+        let any = |patterns: &[IdentityMatch], value: &str| {
+            patterns.is_empty() || patterns.iter().any(|p| p.matches(value))
+        };
+        let headers = self.headers.iter().all(|(name, values, not)| {
+            let value = r.headers.get(name.as_str()).and_then(|v| v.to_str().ok());
+            let yes =
+                values.is_empty() || value.is_some_and(|v| values.iter().any(|p| p.matches(v)));
+            let no = value.is_some_and(|v| not.iter().any(|p| p.matches(v)));
+            yes && !no
+        });
+        (self.methods.is_empty() || self.methods.iter().any(|m| m == r.method))
+            && any(&self.paths, r.path)
+            && any(&self.hosts, r.host)
+            && headers
     }
 }
 

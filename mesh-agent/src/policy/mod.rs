@@ -16,7 +16,7 @@ pub mod peer_auth;
 mod tests;
 
 pub use compile::Policy;
-pub use eval::{Connection, Decision, Verdict, evaluate};
+pub use eval::{Connection, Decision, Request, Verdict, evaluate};
 
 /// The API group and version of nodemesh's own objects.
 pub const API_VERSION: &str = "nodemesh.io/v1alpha1";

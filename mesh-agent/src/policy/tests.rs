@@ -58,6 +58,7 @@ fn decisions_follow_deny_then_allow_semantics() {
         source,
         source_ip: ip(source_ip),
         port,
+        request: None,
     };
     let allowed_by = |policy: &str, rule| Reason::AllowedBy {
         policy: policy.into(),
@@ -167,6 +168,7 @@ fn rules_and_empty_policies_behave_like_istio() {
         source: None,
         source_ip: "10.1.0.11".parse().unwrap(),
         port: 80,
+        request: None,
     };
     assert_eq!(
         evaluate(&[&deny_all], &c).decision,
@@ -193,6 +195,7 @@ fn dry_run_policies_are_reported_not_enforced() {
         source: Some(&legacy),
         source_ip: "10.3.0.1".parse().unwrap(),
         port: 80,
+        request: None,
     };
     let v = evaluate(&[&deny], &c);
     assert_eq!(v.decision, Decision::Allow);
@@ -332,4 +335,96 @@ status: {{podIP: 10.1.0.21}}
         "the selector keeps only-frontend off cart"
     );
     assert_eq!(s.peer_auth_mode("shop").0, Mode::Strict);
+}
+
+const WAYPOINT_RULES: &str = "
+apiVersion: nodemesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: http, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: cart}]
+  action: DENY
+  rules:
+  - to: {methods: [delete], paths: ['/admin*', '*.bak'], hosts: ['cart.shop']}
+  - when: [{key: 'request.headers[x-debug]', values: [on], notValues: [on-but-allowed]}]
+";
+
+#[test]
+fn http_rules_match_requests_and_never_bare_connections() {
+    let p = policy(WAYPOINT_RULES);
+    assert_eq!(p.targets, [super::compile::Target::Service("cart".into())]);
+    let source = id("spiffe://cluster.local/ns/shop/sa/frontend");
+    let judge = |method: &str, host: &str, path: &str, header: Option<&str>| {
+        let mut headers = http::HeaderMap::new();
+        if let Some(v) = header {
+            headers.insert("x-debug", v.parse().unwrap());
+        }
+        let request = super::Request {
+            method,
+            host,
+            path,
+            headers: &headers,
+        };
+        let c = Connection {
+            source: Some(&source),
+            source_ip: "10.1.0.11".parse().unwrap(),
+            port: 80,
+            request: Some(&request),
+        };
+        match evaluate(&[&p], &c).reason {
+            Reason::DeniedBy { rule, .. } => Some(rule),
+            _ => None,
+        }
+    };
+    assert_eq!(judge("DELETE", "cart.shop", "/admin/x", None), Some(0));
+    assert_eq!(judge("DELETE", "cart.shop", "/db.bak", None), Some(0));
+    assert_eq!(judge("GET", "cart.shop", "/admin/x", None), None);
+    assert_eq!(judge("DELETE", "other.shop", "/admin/x", None), None);
+    assert_eq!(judge("GET", "cart.shop", "/", Some("on")), Some(1));
+    assert_eq!(judge("GET", "cart.shop", "/", Some("off")), None);
+    assert_eq!(judge("GET", "cart.shop", "/", None), None);
+    // A node agent judging a connection has no request: HTTP rules do not
+    // match it (the waypoint judges them), and the policy selects no pod.
+    let bare = Connection {
+        source: Some(&source),
+        source_ip: "10.1.0.11".parse().unwrap(),
+        port: 80,
+        request: None,
+    };
+    assert!(p.rules.iter().all(|r| !r.matches(&bare)));
+}
+
+#[test]
+fn http_fields_are_checked_and_need_a_waypoint() {
+    let errors = |yaml: &str| {
+        let api: AuthorizationPolicy = serde_yaml_ng::from_str(yaml).unwrap();
+        Policy::compile(api).unwrap_err()
+    };
+    let head = "apiVersion: nodemesh.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n";
+    let on_pods = errors(&format!(
+        "{head}  selector: {{matchLabels: {{app: cart}}}}\n  rules:\n  - to: {{paths: [/x]}}\n"
+    ));
+    assert_eq!(on_pods[0].0, "spec.rules[0]");
+    assert!(
+        on_pods[0].1.contains("only a waypoint can judge them"),
+        "{on_pods:?}"
+    );
+    let bad = errors(&format!(
+        "{head}  targetRefs: [{{kind: Deployment, name: x}}]\n  rules:\n  - to: {{methods: [FETCH], paths: [x]}}\n    when: [{{key: source.ip, values: [a]}}]\n"
+    ));
+    let fields: Vec<&str> = bad.iter().map(|(f, _)| f.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.rules[0].to.methods[0]",
+            "spec.rules[0].to.paths[0]",
+            "spec.rules[0].when[0].key",
+            "spec.targetRefs[0]"
+        ],
+        "{bad:?}"
+    );
+    let both = errors(&format!(
+        "{head}  selector: {{}}\n  targetRefs: [{{kind: Service, name: cart}}]\n"
+    ));
+    assert_eq!(both[0].0, "spec.selector");
 }

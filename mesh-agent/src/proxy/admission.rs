@@ -73,6 +73,7 @@ pub fn admit(snapshot: &Snapshot, pod: &str, arrival: &Arrival) -> Result<Verdic
             source: arrival.source.as_ref(),
             source_ip: arrival.source_ip,
             port: arrival.port,
+            request: None,
         },
     );
     match verdict.decision {

@@ -14,6 +14,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 
 use crate::{
     flows::{Progress, record::State},
+    policy::Decision,
     proxy::flow::Flow,
 };
 
@@ -110,10 +111,15 @@ impl Recorded {
         };
         flow.record.bytes_sent = progress.sent.load(Ordering::Relaxed);
         flow.record.bytes_received = progress.received.load(Ordering::Relaxed);
-        let state = if error.is_some() {
-            State::Error
-        } else {
-            State::Closed
+        let denied = flow
+            .record
+            .verdict
+            .as_ref()
+            .is_some_and(|v| v.decision == Decision::Deny);
+        let state = match (&error, denied) {
+            (Some(_), _) => State::Error,
+            (None, true) => State::Denied,
+            (None, false) => State::Closed,
         };
         flow.ended(state, error);
     }

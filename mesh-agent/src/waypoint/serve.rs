@@ -36,6 +36,7 @@ use crate::{
         Progress,
         record::{Direction, HttpRecord, Path, State},
     },
+    policy::{Connection, Decision, Policy, Request as PolicyRequest, compile::Target, evaluate},
     proxy::{
         flow::Flow,
         relay::{End, Relayed},
@@ -273,9 +274,16 @@ async fn route_and_forward(
     progress: &Arc<Progress>,
     flow: &mut Flow,
 ) -> Result<Response<Body>, Local> {
-    let table = wp.routes(loaded, &down.service, down.target.port());
     let asked = authority(&req).unwrap_or_default();
     let host = host_of(&asked);
+    let verdict = authorize(wp, loaded, down, &req, &host);
+    let denied = verdict.decision == Decision::Deny;
+    let why = verdict.to_string();
+    flow.set_verdict(&verdict);
+    if denied {
+        return Err(local(StatusCode::FORBIDDEN, format!("RBAC: {why}")));
+    }
+    let table = wp.routes(loaded, &down.service, down.target.port());
     let default_rule;
     let (rule, prefix) = if table.is_empty() {
         default_rule = service_rule(down);
@@ -419,6 +427,58 @@ async fn route_and_forward(
         }
     }
     Ok(response)
+}
+
+/// Judges the request by the AuthorizationPolicies attached to its Service
+/// (or to this waypoint), as the client proved itself on mTLS: never by
+/// what a header claims.
+fn authorize(
+    wp: &Waypoint,
+    loaded: &Loaded,
+    down: &Downstream,
+    req: &Request<Incoming>,
+    host: &str,
+) -> crate::policy::Verdict {
+    let (namespace, service) = down
+        .service
+        .split_once('/')
+        .unwrap_or(("default", &down.service));
+    let policies: Vec<&Policy> = loaded
+        .snapshot
+        .policies
+        .get(namespace)
+        .into_iter()
+        .flatten()
+        .chain(
+            loaded
+                .snapshot
+                .policies
+                .get(&wp.me.namespace)
+                .into_iter()
+                .flatten(),
+        )
+        .filter(|p| {
+            p.targets.iter().any(|t| match t {
+                Target::Service(name) => p.namespace == namespace && name == service,
+                Target::Gateway(name) => p.namespace == wp.me.namespace && *name == wp.me.name,
+            })
+        })
+        .collect();
+    let request = PolicyRequest {
+        method: req.method().as_str(),
+        host,
+        path: req.uri().path(),
+        headers: req.headers(),
+    };
+    evaluate(
+        &policies,
+        &Connection {
+            source: Some(&down.peer.identity),
+            source_ip: down.peer.addr.ip().to_canonical(),
+            port: down.target.port(),
+            request: Some(&request),
+        },
+    )
 }
 
 /// Applies one request-side filter; a redirect is the answer itself
