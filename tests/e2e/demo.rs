@@ -45,15 +45,35 @@ fn demo() -> anyhow::Result<()> {
     };
     let service = pair("shop/frontend", "shop/cart (Service)")?;
     ensure!(
-        service["connections"] == 4
+        service["connections"] == 5
             && service["captured"] == true
             && service["encrypted"] == true
-            && service["verdict"] == "allowed",
+            && service["verdict"] == "allowed"
+            && service["source_identity"] == "spiffe://cluster.local/ns/shop/sa/frontend"
+            && service["destination_identity"] == "spiffe://cluster.local/ns/shop/sa/waypoint",
         "{service:#}"
+    );
+    let waypoint = &summary["waypoint"];
+    let (v1, v2) = (
+        waypoint["canary"]["shop/cart-1"].as_u64().unwrap_or(0),
+        waypoint["canary"]["shop/cart-2"].as_u64().unwrap_or(0),
+    );
+    // The two curls and the 200 requests of the load; Binomial(202, 0.1):
+    // mean 20, standard deviation 4.3.
+    ensure!(
+        v1 + v2 == 202 && (4..=40).contains(&v2),
+        "the canary split: {waypoint:#}"
+    );
+    ensure!(
+        waypoint["denied_status"] == 403
+            && waypoint["denied_rule"] == "shop/cart-no-delete rule 0"
+            && waypoint["denied_request"] == "DELETE /cart/items",
+        "the L7 refusal: {waypoint:#}"
     );
     let allowed = pair("shop/frontend", "shop/payments")?;
     ensure!(
-        allowed["verdict"] == "allowed"
+        allowed["destination_identity"] == "spiffe://cluster.local/ns/shop/sa/payments"
+            && allowed["verdict"] == "allowed"
             && allowed["rule"] == "shop/payments-from-frontend rule 0"
             && allowed["bytes_sent"] == 20 * 1024,
         "{allowed:#}"

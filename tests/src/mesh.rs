@@ -24,6 +24,8 @@ pub struct MeshConfig {
     services: Vec<(String, String, std::net::IpAddr, u16, u16, String)>,
     /// Labels by Service `namespace/name`.
     service_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Selector labels beside `app`, by Service `namespace/name`.
+    service_selectors: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 pub const DATAPLANE: &str = "nodemesh.io/dataplane";
@@ -97,6 +99,15 @@ impl MeshConfig {
         self
     }
 
+    /// Adds a selector label (beside `app`) to a Service `namespace/name`.
+    pub fn service_selector(mut self, service: &str, key: &str, value: &str) -> Self {
+        self.service_selectors
+            .entry(service.to_owned())
+            .or_default()
+            .insert(key.to_owned(), value.to_owned());
+        self
+    }
+
     /// Adds a label to a namespace already declared.
     pub fn namespace_label(mut self, namespace: &str, key: &str, value: &str) -> Self {
         if let Some(labels) = self.namespaces.get_mut(namespace) {
@@ -152,8 +163,19 @@ impl MeshConfig {
             }
             writeln!(
                 services,
-                "spec:\n  clusterIP: {ip}\n  selector:\n    app: {app}\n  ports:\n  - port: {port}\n    \
-                 targetPort: {target}"
+                "spec:\n  clusterIP: {ip}\n  selector:\n    app: {app}"
+            )?;
+            for (k, v) in self
+                .service_selectors
+                .get(&format!("{namespace}/{name}"))
+                .into_iter()
+                .flatten()
+            {
+                writeln!(services, "    {k}: {v:?}")?;
+            }
+            writeln!(
+                services,
+                "  ports:\n  - port: {port}\n    targetPort: {target}"
             )?;
         }
         write_atomically(&dir.join("namespaces.yaml"), &ns)?;

@@ -30,17 +30,9 @@ pub fn empty() -> Body {
     Empty::new().map_err(|e| match e {}).boxed()
 }
 
-/// Which way a counted body goes.
-#[derive(Clone, Copy)]
-pub enum Way {
-    /// Client → backend (`Progress::sent`).
-    Request,
-    /// Backend → client (`Progress::received`).
-    Response,
-}
-
-/// Counts the data bytes of `inner` into `progress`.
-pub fn counted<B>(inner: B, progress: Arc<Progress>, way: Way) -> Body
+/// Counts the data bytes of a request body (client → backend) into
+/// `progress.sent` ([`recorded`] counts the response's).
+pub fn counted<B>(inner: B, progress: Arc<Progress>) -> Body
 where
     B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
@@ -48,7 +40,6 @@ where
     Counted {
         inner: inner.map_err(Into::into).boxed(),
         progress,
-        way,
     }
     .boxed()
 }
@@ -56,7 +47,6 @@ where
 struct Counted {
     inner: Body,
     progress: Arc<Progress>,
-    way: Way,
 }
 
 impl hyper::body::Body for Counted {
@@ -71,11 +61,9 @@ impl hyper::body::Body for Counted {
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            let counter = match self.way {
-                Way::Request => &self.progress.sent,
-                Way::Response => &self.progress.received,
-            };
-            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.progress
+                .sent
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         polled
     }
@@ -89,8 +77,9 @@ impl hyper::body::Body for Counted {
     }
 }
 
-/// The response body sent to the client; its end (or drop) ends the
-/// request's flow record with the bytes both ways.
+/// The response body sent to the client, whoever made it (backend or
+/// waypoint), counted as it goes; its end (or drop) ends the request's flow
+/// record with the bytes both ways.
 pub fn recorded(inner: Body, flow: Flow, progress: Arc<Progress>) -> Body {
     Recorded {
         inner,
@@ -136,6 +125,11 @@ impl hyper::body::Body for Recorded {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some((_, progress))) = (frame.data_ref(), self.done.as_ref()) {
+                    progress
+                        .received
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some(status) = trailers.get("grpc-status")
                     && let Some((flow, _)) = self.done.as_mut()

@@ -17,6 +17,7 @@ use http::{
     HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version,
     header::{CONNECTION, HOST, LOCATION, TE, TRANSFER_ENCODING, UPGRADE},
 };
+use http_body_util::BodyExt as _;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -26,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{
     Waypoint,
-    body::{self, Body, Way},
+    body::{self, Body},
     forward::{self, Local},
     route::{self, Backend, Filter, Rule, Timeouts},
     upstream::{self, Endpoint},
@@ -379,7 +380,7 @@ async fn route_and_forward(
     };
     prepare_upstream(&mut parts, &authority, &path_and_query, upgrade)
         .map_err(|why| local(StatusCode::BAD_REQUEST, why))?;
-    let request_body = body::counted(incoming, Arc::clone(progress), Way::Request);
+    let request_body = body::counted(incoming, Arc::clone(progress));
 
     if let Some(on_client) = on_client_upgrade {
         let (endpoint, _in_flight) = wp.upstream.choose(&endpoints);
@@ -399,7 +400,7 @@ async fn route_and_forward(
             let on_server = hyper::upgrade::on(&mut response);
             tokio::spawn(splice_upgraded(on_client, on_server, Arc::clone(progress)));
         }
-        return Ok(response.map(|b| body::counted(b, Arc::clone(progress), Way::Response)));
+        return Ok(response.map(|b| b.map_err(Into::into).boxed()));
     }
 
     let forwarded = forward::send(
@@ -417,9 +418,7 @@ async fn route_and_forward(
     if let Some(http) = flow.record.http.as_mut() {
         http.retries = forwarded.retries;
     }
-    let mut response = forwarded
-        .response
-        .map(|b| body::counted(b, Arc::clone(progress), Way::Response));
+    let mut response = forwarded.response.map(|b| b.map_err(Into::into).boxed());
     strip_hop_by_hop(response.headers_mut(), false);
     for filter in rule.filters.iter().chain(&backend.filters) {
         if let Filter::ResponseHeaders(edit) = filter {

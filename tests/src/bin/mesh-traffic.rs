@@ -218,6 +218,7 @@ fn echo(listen: SocketAddr) -> bool {
 
 fn http(listen: SocketAddr, name: String) -> bool {
     let body: &'static str = Box::leak(format!("hello from {name}\n").into_boxed_str());
+    let name: &'static str = Box::leak(name.into_boxed_str());
     accept_loop(listen, move |mut stream| {
         use std::io::Read as _;
         // Read the request head (a GET has no body), then answer.
@@ -232,7 +233,7 @@ fn http(listen: SocketAddr, name: String) -> bool {
         let _ = write!(
             stream,
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
-             connection: close\r\n\r\n{body}",
+             x-backend: {name}\r\nconnection: close\r\n\r\n{body}",
             body.len()
         );
     })

@@ -39,6 +39,46 @@ struct Cli {
 }
 
 const CART_VIP: [u8; 4] = [10, 96, 0, 20];
+const WAYPOINT_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// Requests of the canary run, and the connections to cart in all (two
+/// curls, the load's two, the refused DELETE).
+const CANARY_REQUESTS: usize = 200;
+const CART_CONNECTIONS: usize = 5;
+
+const CART_NO_DELETE: &str = "apiVersion: nodemesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: cart-no-delete
+  namespace: shop
+spec:
+  targetRefs:
+  - kind: Service
+    name: cart
+  action: DENY
+  rules:
+  - to:
+      methods: [DELETE]
+";
+
+const CANARY: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: cart-canary
+  namespace: shop
+spec:
+  parentRefs:
+  - group: \"\"
+    kind: Service
+    name: cart
+  rules:
+  - backendRefs:
+    - name: cart-v1
+      port: 80
+      weight: 90
+    - name: cart-v2
+      port: 80
+      weight: 10
+";
 const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
 
 /// One traffic pair, as the flow records tell it.
@@ -57,11 +97,27 @@ struct Pair {
     rule: String,
     bytes_sent: u64,
     bytes_received: u64,
+    /// The verified SPIFFE IDs of both ends, as the records have them
+    /// (`-` for a plaintext end).
+    source_identity: String,
+    destination_identity: String,
+}
+
+/// What the waypoint did with the cart Service's HTTP requests.
+#[derive(Debug, Serialize)]
+struct Waypointed {
+    /// Requests per backend pod under the canary route.
+    canary: BTreeMap<String, usize>,
+    /// The request L7 policy refused: what, the status, the deciding rule.
+    denied_request: String,
+    denied_status: u16,
+    denied_rule: String,
 }
 
 #[derive(Debug, Serialize)]
 struct Summary {
     pairs: Vec<Pair>,
+    waypoint: Waypointed,
     /// Copy-paste commands printed for the user, by purpose.
     commands: BTreeMap<String, String>,
     /// The agents' admin sockets, by node.
@@ -87,7 +143,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn step(n: u8, what: &str) -> Instant {
-    println!("[{n}/7] {what}");
+    println!("[{n}/8] {what}");
     Instant::now()
 }
 
@@ -116,12 +172,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
     let t = step(
         1,
-        "building the cluster: 2 nodes, 5 pods (network namespaces, veths, bridges, cgroups)",
+        "building the cluster: 2 nodes, 6 pods (network namespaces, veths, bridges, cgroups)",
     );
     let cluster = ClusterSpec::new()
         .node("n1")
         .node("n2")
         .pod("frontend", "n1")
+        .pod("waypoint", "n1")
         .pod("cart-1", "n1")
         .pod("client", "n1")
         .pod("cart-2", "n2")
@@ -138,7 +195,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         t,
         &format!(
             "n1: {}; n2: {}",
-            pods(&["frontend", "cart-1", "client"]),
+            pods(&["frontend", "waypoint", "cart-1", "client"]),
             pods(&["cart-2", "payments"])
         ),
     );
@@ -153,14 +210,36 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .pod(cluster.pod("cart-2"), "shop")
         .pod(cluster.pod("payments"), "shop")
         .pod(cluster.pod("client"), "legacy")
+        .pod(cluster.pod("waypoint"), "shop")
+        .service_account("waypoint", "waypoint")
+        .pod_label("waypoint", WAYPOINT_LABEL, "waypoint")
         .service_account("frontend", "frontend")
         .service_account("cart-1", "cart")
         .service_account("cart-2", "cart")
         .service_account("payments", "payments")
         .pod_label("cart-1", "app", "cart")
         .pod_label("cart-2", "app", "cart")
+        .pod_label("cart-1", "version", "v1")
+        .pod_label("cart-2", "version", "v2")
         .pod_label("payments", "app", "payments")
         .service("shop", "cart", cart_vip, (80, 8080), "cart")
+        .service_label("shop/cart", "nodemesh.io/use-waypoint", "waypoint")
+        .service(
+            "shop",
+            "cart-v1",
+            [10, 96, 0, 21].into(),
+            (80, 8080),
+            "cart",
+        )
+        .service_selector("shop/cart-v1", "version", "v1")
+        .service(
+            "shop",
+            "cart-v2",
+            [10, 96, 0, 22].into(),
+            (80, 8080),
+            "cart",
+        )
+        .service_selector("shop/cart-v2", "version", "v2")
         .write(&cluster, &config_dir)?;
 
     let t = step(2, "starting the mesh CA (root key stays in its directory)");
@@ -189,15 +268,30 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 
     let t = step(
         4,
-        "applying an L4 policy: only shop/frontend may call payments",
+        "starting the waypoint shop/waypoint in front of the Service shop/cart",
+    );
+    let waypoint = Agent::start_waypoint(&cluster, "n1", &config_dir, &pki, ("shop", "waypoint"))?;
+    done(
+        t,
+        "L7 for shop/cart (label nodemesh.io/use-waypoint=waypoint), identity \
+         spiffe://cluster.local/ns/shop/sa/waypoint",
+    );
+
+    let t = step(
+        5,
+        "applying policy: only shop/frontend may call payments (L4); no DELETE on cart (L7); \
+         a 90/10 canary of cart (HTTPRoute)",
     );
     let policy_file = config_dir.join("policies.yaml");
     let policy = format!(
         "apiVersion: nodemesh.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata:\n  \
          name: payments-from-frontend\n  namespace: shop\nspec:\n  selector:\n    matchLabels:\n      \
-         app: payments\n  action: ALLOW\n  rules:\n  - from:\n      identities: [\"{FRONTEND}\"]\n"
+         app: payments\n  action: ALLOW\n  rules:\n  - from:\n      identities: [\"{FRONTEND}\"]\n\
+         ---\n{CART_NO_DELETE}"
     );
     nodemesh_tests::mesh::write_atomically(&policy_file, &policy)?;
+    let route_file = config_dir.join("routes.yaml");
+    nodemesh_tests::mesh::write_atomically(&route_file, CANARY)?;
     let payments = SocketAddr::new(cluster.pod("payments").ipv4.into(), 9000);
     eventually("the policy loaded", || {
         Ok(agents[1]
@@ -207,13 +301,15 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     done(
         t,
         &format!(
-            "AuthorizationPolicy shop/payments-from-frontend in {}",
-            policy_file.display()
+            "AuthorizationPolicies shop/payments-from-frontend and shop/cart-no-delete in {}, \
+             HTTPRoute shop/cart-canary in {}",
+            policy_file.display(),
+            route_file.display()
         ),
     );
 
     let t = step(
-        5,
+        6,
         "starting apps: HTTP on cart-1, cart-2 (Service shop/cart); TCP echo on payments",
     );
     let traffic = workspace_binary("mesh-traffic")?;
@@ -231,10 +327,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         &format!("Service shop/cart at {cart_vip}:80 → :8080 of cart-1 and cart-2"),
     );
 
-    let t = step(6, "sending traffic");
+    let t = step(7, "sending traffic");
     let cart = SocketAddr::new(cart_vip, 80);
     let cart_2 = SocketAddr::new(cluster.pod("cart-2").ipv4.into(), 8080);
-    for _ in 0..4 {
+    for _ in 0..2 {
         let answer = curl(
             &cluster,
             cluster.pod("frontend"),
@@ -242,6 +338,36 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         )?;
         println!("      frontend → cart (Service): {}", answer.trim());
     }
+    let load = run_tool(
+        &cluster,
+        cluster.pod("frontend"),
+        &workspace_binary("mesh-http")?,
+        &[
+            "load",
+            "--to",
+            &cart.to_string(),
+            "--count",
+            &CANARY_REQUESTS.to_string(),
+            "--connections",
+            "2",
+        ],
+    )?;
+    let load: serde_json::Value = serde_json::from_str(load.trim())?;
+    println!(
+        "      frontend → cart (Service, canary): {CANARY_REQUESTS} requests, by backend {}",
+        load["backends"]
+    );
+    let mut delete = Command::new("curl");
+    delete.args([
+        "-s",
+        "--max-time",
+        "5",
+        "-X",
+        "DELETE",
+        &format!("http://{cart}/cart/items"),
+    ]);
+    let refused = cluster.run(cluster.pod("frontend"), delete, Duration::from_secs(10))?;
+    println!("      frontend → DELETE cart: {}", refused.trim());
     let rr = run_tool(
         &cluster,
         cluster.pod("frontend"),
@@ -275,21 +401,30 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         "      legacy/client → cart-2 (plaintext): {}",
         legacy.trim()
     );
-    done(t, "7 connections");
+    done(
+        t,
+        &format!(
+            "{CART_CONNECTIONS} connections to cart, {CANARY_REQUESTS} + 3 requests, 3 others"
+        ),
+    );
 
-    let t = step(7, "reading the agents' flow records");
+    let t = step(8, "reading the agents' and the waypoint's flow records");
     let mut records: Vec<FlowRecord> = Vec::new();
+    let mut requests: Vec<FlowRecord> = Vec::new();
     eventually("every flow recorded", || {
         records.clear();
-        for agent in &agents {
+        for agent in agents.iter().chain([&waypoint]) {
             records.extend(agent.flow_records(&[])?);
         }
+        (requests, records) = records.drain(..).partition(|r| r.http.is_some());
         Ok(records
             .iter()
             .filter(|r| r.direction == Direction::Inbound)
             .count()
-            >= 7)
+            >= 3 + CART_CONNECTIONS
+            && requests.len() >= CANARY_REQUESTS + 3)
     })?;
+    let waypointed = waypointed(&requests)?;
     let pairs = vec![
         pair(&records, "shop/frontend", "shop/cart (Service)", |r| {
             r.service.as_deref() == Some("shop/cart")
@@ -304,16 +439,48 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             r.source.pod.as_deref() == Some("legacy/client") && r.destination.addr() == cart_2
         }),
     ];
-    done(t, &format!("{} flow records", records.len()));
+    done(
+        t,
+        &format!(
+            "{} flow records, {} request records",
+            records.len(),
+            requests.len()
+        ),
+    );
     print_summary(&pairs);
+    println!(
+        "\n  waypoint: canary shop/cart-canary sent {} ; {} → {} ({})",
+        waypointed
+            .canary
+            .iter()
+            .map(|(pod, n)| format!("{n} to {pod}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        waypointed.denied_request,
+        waypointed.denied_status,
+        waypointed.denied_rule
+    );
 
     println!("\nmeshctl flows on n2 (what the destination side saw):\n");
-    print!("{}", agents[1].meshctl(&["flows"])?);
+    print!("{}", agents[1].meshctl(&["flows", "--last", "12"])?);
+    println!("\nmeshctl flows on the waypoint (requests that were not 200):\n");
+    print!(
+        "{}",
+        waypoint.meshctl(&[
+            "flows",
+            "--not",
+            "--http-status",
+            "200",
+            "--method",
+            "DELETE"
+        ])?
+    );
 
-    let sockets: BTreeMap<String, PathBuf> = agents
+    let mut sockets: BTreeMap<String, PathBuf> = agents
         .iter()
         .map(|a| (a.node.clone(), a.admin_socket()))
         .collect();
+    sockets.insert("waypoint".to_owned(), waypoint.admin_socket());
     let meshctl = workspace_binary("meshctl")?;
     let frontend = cluster.pod("frontend");
     let mut commands = BTreeMap::new();
@@ -345,8 +512,21 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         "policy".to_owned(),
         format!("${{EDITOR:-vi}} {}", policy_file.display()),
     );
+    commands.insert(
+        "requests".to_owned(),
+        format!(
+            "{} --agent {} flows --method GET --last 20",
+            meshctl.display(),
+            sockets["waypoint"].display()
+        ),
+    );
+    commands.insert(
+        "route".to_owned(),
+        format!("${{EDITOR:-vi}} {}", route_file.display()),
+    );
     let summary = Summary {
         pairs,
+        waypoint: waypointed,
         commands: commands.clone(),
         agents: sockets,
     };
@@ -377,6 +557,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         "  # change the policy (e.g. add spiffe://cluster.local/ns/shop/sa/cart to identities) and run `why` again\n  $ {}\n",
         commands["policy"]
     );
+    println!(
+        "  # every HTTP request the waypoint routed, with its route and backend\n  $ {}\n",
+        commands["requests"]
+    );
+    println!(
+        "  # change the canary weights (e.g. 50/50) and watch the split follow\n  $ {}\n",
+        commands["route"]
+    );
     println!("demo is up");
 
     let deadline = cli
@@ -387,6 +575,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     println!("\nstopping: removing the agents, the CA, the pods and nodes");
     drop(apps);
+    drop(waypoint);
     drop(agents);
     drop(pki);
     drop(cluster);
@@ -462,7 +651,46 @@ fn pair(
         ),
         bytes_sent: measured.iter().map(|r| r.bytes_sent).sum(),
         bytes_received: measured.iter().map(|r| r.bytes_received).sum(),
+        source_identity: inbound
+            .iter()
+            .chain(&outbound)
+            .find_map(|r| r.source.identity.clone())
+            .unwrap_or_else(|| "-".into()),
+        destination_identity: outbound
+            .iter()
+            .find_map(|r| r.tls.as_ref().map(|t| t.peer_identity.clone()))
+            .or_else(|| inbound.iter().find_map(|r| r.destination.identity.clone()))
+            .unwrap_or_else(|| "-".into()),
     }
+}
+
+/// The canary split and the L7 refusal, from the waypoint's request records.
+fn waypointed(requests: &[FlowRecord]) -> anyhow::Result<Waypointed> {
+    let mut canary = BTreeMap::new();
+    for r in requests {
+        if let Some(h) = &r.http
+            && h.route.as_deref() == Some("shop/cart-canary#0")
+            && h.status == 200
+            && let Some(pod) = &r.destination.pod
+        {
+            *canary.entry(pod.clone()).or_default() += 1;
+        }
+    }
+    let denied = requests
+        .iter()
+        .find(|r| r.state == State::Denied)
+        .context("the waypoint recorded no denied request")?;
+    let http = denied.http.as_ref().context("a request record")?;
+    let verdict = denied.verdict.as_ref().context("a verdict")?;
+    Ok(Waypointed {
+        canary,
+        denied_request: format!("{} {}", http.method, http.path),
+        denied_status: http.status,
+        denied_rule: match (&verdict.policy, verdict.rule) {
+            (Some(p), Some(rule)) => format!("{p} rule {rule}"),
+            _ => verdict.reason.clone(),
+        },
+    })
 }
 
 /// An inbound record belongs to a pair when an outbound record of the pair
@@ -484,7 +712,16 @@ fn inbound_of(
 fn print_summary(pairs: &[Pair]) {
     println!();
     let header = [
-        "FROM", "TO", "CONNS", "CAPTURED", "mTLS", "VERDICT", "RULE", "SENT", "RECEIVED",
+        "FROM",
+        "TO",
+        "CONNS",
+        "CAPTURED",
+        "mTLS",
+        "VERDICT",
+        "RULE",
+        "SENT",
+        "RECEIVED",
+        "IDENTITIES (verified)",
     ];
     let rows: Vec<Vec<String>> = pairs
         .iter()
@@ -499,6 +736,7 @@ fn print_summary(pairs: &[Pair]) {
                 p.rule.clone(),
                 render::bytes(p.bytes_sent),
                 render::bytes(p.bytes_received),
+                format!("{} → {}", p.source_identity, p.destination_identity),
             ]
         })
         .collect();
