@@ -39,12 +39,7 @@ impl Flow {
         src: SocketAddr,
         orig_dst: SocketAddr,
     ) -> Self {
-        let owner = Owner {
-            pod: &pod.pod,
-            ips: &pod.ips,
-            store: &pod.mesh.flows,
-        };
-        Self::of(&owner, snapshot, direction, hook, src, orig_dst)
+        Self::of(&pod.owner(), snapshot, direction, hook, src, orig_dst)
     }
 
     /// As [`Flow::new`], for any owner of flows (a pod, a waypoint).

@@ -23,6 +23,7 @@ use super::{
     PodContext,
     admission::Arrival,
     flow::Flow,
+    flow::Owner,
     inbound::{admit_and_deliver, carry},
     mesh::{Mesh, MeshIdentity},
 };
@@ -55,6 +56,11 @@ pub trait Site: Handler {
     /// For log lines: the pod (or waypoint) served.
     fn name(&self) -> &str;
     fn mesh(&self) -> &Mesh;
+    /// Who records this site's flows.
+    fn owner(&self) -> Owner<'_>;
+    /// The path its arrivals are recorded with.
+    fn path(&self) -> Path;
+
     /// Records an HBONE connection refused as a whole (before any CONNECT).
     fn connection_refused(
         &self,
@@ -62,7 +68,34 @@ pub trait Site: Handler {
         local: SocketAddr,
         identity: Option<String>,
         why: String,
-    );
+    ) {
+        let snapshot = &self.mesh().snapshot().snapshot;
+        let mut flow = Flow::of(
+            &self.owner(),
+            snapshot,
+            Direction::Inbound,
+            None,
+            peer,
+            local,
+        );
+        flow.record.path = self.path();
+        flow.record.source.identity = identity;
+        flow.failed(State::Refused, why);
+    }
+
+    /// Logs a request refused before [`Handler::open`] and returns the
+    /// site's HBONE address, for the record.
+    fn log_rejected(&self, peer: &Peer, request: &str, refusal: &Refusal) -> SocketAddr {
+        tracing::warn!(
+            site = %self.name(),
+            peer = %peer.identity,
+            request,
+            "HBONE request refused: {}",
+            refusal.reason
+        );
+        let ip = self.owner().ips.first().copied();
+        SocketAddr::new(ip.unwrap_or([0, 0, 0, 0].into()), ports::HBONE)
+    }
 }
 
 /// Accepts HBONE connections for `site` until the task is aborted.
@@ -189,25 +222,12 @@ impl Site for PodHandler {
         &self.0.mesh
     }
 
-    fn connection_refused(
-        &self,
-        peer: SocketAddr,
-        local: SocketAddr,
-        identity: Option<String>,
-        why: String,
-    ) {
-        let pod = &self.0;
-        let mut flow = Flow::new(
-            pod,
-            &pod.mesh.snapshot().snapshot,
-            Direction::Inbound,
-            None,
-            peer,
-            local,
-        );
-        flow.record.path = Path::Tunnel;
-        flow.record.source.identity = identity;
-        flow.failed(State::Refused, why);
+    fn owner(&self) -> Owner<'_> {
+        self.0.owner()
+    }
+
+    fn path(&self) -> Path {
+        Path::Tunnel
     }
 }
 
@@ -252,17 +272,7 @@ impl Handler for PodHandler {
     }
 
     fn rejected(&self, peer: &Peer, request: &str, refusal: &Refusal) {
-        tracing::warn!(
-            pod = %self.0.pod,
-            peer = %peer.identity,
-            request,
-            "HBONE request refused: {}",
-            refusal.reason
-        );
-        let local = SocketAddr::new(
-            self.0.ips.first().copied().unwrap_or([0, 0, 0, 0].into()),
-            ports::HBONE,
-        );
+        let local = self.log_rejected(peer, request, refusal);
         self.flow(&self.0.mesh.snapshot().snapshot, peer, local)
             .failed(State::Refused, refusal.reason.clone());
     }

@@ -46,6 +46,15 @@ pub struct PodContext {
 }
 
 impl PodContext {
+    /// This pod as the owner of its flows.
+    pub fn owner(&self) -> flow::Owner<'_> {
+        flow::Owner {
+            pod: &self.pod,
+            ips: &self.ips,
+            store: &self.mesh.flows,
+        }
+    }
+
     pub fn new(
         pod: String,
         ips: Vec<IpAddr>,

@@ -9,7 +9,11 @@ use http::StatusCode;
 use super::{Waypoint, serve};
 use crate::{
     flows::record::{Direction, Path, State},
-    proxy::{flow::Flow, hbone::Site as HboneSite, mesh::Mesh},
+    proxy::{
+        flow::{Flow, Owner},
+        hbone::Site as HboneSite,
+        mesh::Mesh,
+    },
     state::Snapshot,
     tunnel::server::{Handler, Peer, Refusal, Session},
 };
@@ -45,20 +49,12 @@ impl HboneSite for Site {
         &self.0.mesh
     }
 
-    fn connection_refused(
-        &self,
-        peer: SocketAddr,
-        local: SocketAddr,
-        identity: Option<String>,
-        why: String,
-    ) {
-        let wp = &self.0;
-        let snapshot = &wp.mesh.snapshot().snapshot;
-        let mut flow = Flow::of(&wp.owner(), snapshot, Direction::Inbound, None, peer, local);
-        flow.record.path = Path::Waypoint;
-        flow.record.source.identity = identity;
-        flow.record.waypoint = Some(wp.me.to_string());
-        flow.failed(State::Refused, why);
+    fn owner(&self) -> Owner<'_> {
+        self.0.owner()
+    }
+
+    fn path(&self) -> Path {
+        Path::Waypoint
     }
 }
 
@@ -102,17 +98,7 @@ impl Handler for Site {
     }
 
     fn rejected(&self, peer: &Peer, request: &str, refusal: &Refusal) {
-        tracing::warn!(
-            waypoint = %self.0.me,
-            peer = %peer.identity,
-            request,
-            "HBONE request refused: {}",
-            refusal.reason
-        );
-        let local = SocketAddr::new(
-            self.0.ips.first().copied().unwrap_or([0, 0, 0, 0].into()),
-            mesh_common::ports::HBONE,
-        );
+        let local = self.log_rejected(peer, request, refusal);
         self.flow(&self.0.mesh.snapshot().snapshot, peer, local)
             .failed(State::Refused, refusal.reason.clone());
     }
