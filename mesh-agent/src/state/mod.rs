@@ -5,12 +5,15 @@
 //! - [`model`]: the compact [`Snapshot`] every stage queries, and enrolment;
 //! - [`parse`]: YAML → typed objects → snapshot, with precise errors;
 //! - [`watch`]: hot reload of the directory;
+//! - [`gateway`], [`traffic`]: Gateway API routes and nodemesh's
+//!   TrafficPolicies, kept as written;
 //! - [`keys`]: every label and annotation key nodemesh reads.
 mod error;
 pub mod gateway;
 pub mod keys;
 pub mod model;
 mod parse;
+pub mod traffic;
 mod watch;
 
 #[cfg(test)]

@@ -31,22 +31,24 @@ use super::{
     gateway::{self, HttpRoute},
     keys::{CGROUP_ANNOTATION, NETNS_ANNOTATION},
     model::{Labels, NamespaceInfo, PodInfo, ServiceInfo, ServicePort, Snapshot},
+    traffic::TrafficPolicy,
 };
 
 /// Every kind local mode reads.
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 7] = [
     "Namespace",
     "Pod",
     "Service",
     "AuthorizationPolicy",
     "PeerAuthentication",
     "HTTPRoute",
+    "TrafficPolicy",
 ];
 
 fn api_version_of(kind: &str) -> Option<&'static str> {
     match kind {
         "Namespace" | "Pod" | "Service" => Some("v1"),
-        "AuthorizationPolicy" | "PeerAuthentication" => Some(policy::API_VERSION),
+        "AuthorizationPolicy" | "PeerAuthentication" | "TrafficPolicy" => Some(policy::API_VERSION),
         "HTTPRoute" => Some(gateway::API_VERSION),
         _ => None,
     }
@@ -198,6 +200,8 @@ impl Loader {
             "HTTPRoute" => {
                 typed::<HttpRoute>(without_status(value)).map(|r| self.snapshot.http_routes.push(r))
             }
+            "TrafficPolicy" => typed::<TrafficPolicy>(without_status(value))
+                .map(|p| self.snapshot.traffic_policies.push(p)),
             _ => typed::<PeerAuthentication>(value).map(|p| self.peer_auth(p)),
         };
         if let Err((field, message)) = result {

@@ -158,7 +158,7 @@ fn each_bad_object_is_reported_precisely_and_the_good_ones_still_load() {
         "pods.yaml: Pod shop/two-faults: field spec.nodeName: missing: the agent serves only pods placed on its node",
         "pods.yaml: Pod shop/two-faults: field status.podIP: \"nope\" is not an IP address (expected e.g. 10.1.0.11 or fd00::b)",
         "pods.yaml: Pod (document 7): field metadata.name: missing: every object needs a name",
-        "pods.yaml: Gadget default/g: field kind: unknown kind \"Gadget\": local mode reads Namespace, Pod, Service, AuthorizationPolicy, PeerAuthentication, HTTPRoute",
+        "pods.yaml: Gadget default/g: field kind: unknown kind \"Gadget\": local mode reads Namespace, Pod, Service, AuthorizationPolicy, PeerAuthentication, HTTPRoute, TrafficPolicy",
         "pods.yaml: Pod default/wrong-api: field apiVersion: \"apps/v1\" is not supported for Pod: use `apiVersion: v1`",
     ];
     for (i, w) in want.iter().enumerate() {
@@ -221,6 +221,60 @@ fn service_port_errors_name_the_field() {
         got[2].contains("field spec.ports[0].port: 70000 is not a port (1-65535)"),
         "{got:?}"
     );
+}
+
+#[test]
+fn traffic_policies_load_as_written_and_unknown_fields_are_errors() {
+    let d = Dir::new();
+    d.write(
+        "limits.yaml",
+        "apiVersion: nodemesh.io/v1alpha1
+kind: TrafficPolicy
+metadata: {name: cart-limits, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: cart-split, sectionName: canary}
+  rateLimit:
+    route: {requestsPerUnit: 100, unit: Second, burst: 200}
+    perSource: {requestsPerUnit: 10, unit: Minute}
+  fault:
+    delay: {fixed: 100ms, percent: 0.5}
+    abort: {status: 503, percent: 5}
+status: {ancestors: []}
+---
+apiVersion: nodemesh.io/v1alpha1
+kind: TrafficPolicy
+metadata: {name: typo, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: cart-split}
+  rateLimit:
+    persource: {requestsPerUnit: 1, unit: Second}
+",
+    );
+    let loaded = d.load();
+    let got: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].starts_with(
+            "limits.yaml: TrafficPolicy shop/typo: field spec.rateLimit.persource: unknown field `persource`, expected `route` or `perSource`"
+        ),
+        "{}",
+        got[0]
+    );
+    let policies = &loaded.snapshot.traffic_policies;
+    assert_eq!(policies.len(), 1);
+    assert_eq!(policies[0].key(), "shop/cart-limits");
+    let spec = &policies[0].spec;
+    assert_eq!(spec.target_ref.section_name.as_deref(), Some("canary"));
+    let fault = spec.fault.as_ref().unwrap();
+    assert_eq!(fault.delay.as_ref().unwrap().percent.unwrap().0, 0.5);
+    let per_source = spec
+        .rate_limit
+        .as_ref()
+        .unwrap()
+        .per_source
+        .as_ref()
+        .unwrap();
+    assert_eq!((per_source.requests_per_unit, per_source.burst), (10, None));
 }
 
 #[tokio::test]

@@ -10,10 +10,12 @@
 //!   per request;
 //! - [`route`]: HTTPRoute compilation (problems per field), matching with
 //!   the specification's precedence, filters, weighted backends;
+//! - [`limits`]: TrafficPolicy rate limits and faults (limit → abort → delay);
 //! - [`forward`]: timeouts, retries within a budget, then
 //! - [`upstream`]: endpoint choice (power of two choices, outlier ejection)
 //!   and pooled HTTP connections over HBONE to the endpoints.
 pub mod forward;
+pub mod limits;
 pub mod route;
 pub mod serve;
 pub mod site;
