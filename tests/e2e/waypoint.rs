@@ -37,6 +37,10 @@ pub fn trials() -> Vec<Trial> {
             "waypoint::l7_policy_denies_by_method_path_and_header_for_the_mtls_identity",
             l7_policy,
         ),
+        trial(
+            "waypoint::rate_limits_answer_429_and_faults_abort_and_delay",
+            limits_and_faults,
+        ),
     ]
 }
 
@@ -873,4 +877,112 @@ fn scrape_unix(socket: &std::path::Path) -> anyhow::Result<String> {
         .context("an HTTP response")?;
     ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
     Ok(body.to_owned())
+}
+
+const LIMITS: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: cart, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: \"\", name: cart}]
+  rules:
+  - name: limited
+    matches: [{path: {value: /limited}}]
+    backendRefs: [{name: cart-v1, port: 80}]
+  - name: aborted
+    matches: [{path: {value: /aborted}}]
+    backendRefs: [{name: cart-v1, port: 80}]
+  - name: delayed
+    matches: [{path: {value: /delayed}}]
+    backendRefs: [{name: cart-v1, port: 80}]
+---
+apiVersion: nodemesh.io/v1alpha1
+kind: TrafficPolicy
+metadata: {name: per-client, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: cart, sectionName: limited}
+  rateLimit:
+    perSource: {requestsPerUnit: 5, unit: Minute, burst: 5}
+---
+apiVersion: nodemesh.io/v1alpha1
+kind: TrafficPolicy
+metadata: {name: abort, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: cart, sectionName: aborted}
+  fault:
+    abort: {status: 503, percent: 100}
+---
+apiVersion: nodemesh.io/v1alpha1
+kind: TrafficPolicy
+metadata: {name: delay, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: cart, sectionName: delayed}
+  fault:
+    delay: {fixed: 400ms}
+---
+apiVersion: nodemesh.io/v1alpha1
+kind: TrafficPolicy
+metadata: {name: broken, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: cart}
+  fault:
+    abort: {status: 700}
+";
+
+fn limits_and_faults() -> anyhow::Result<()> {
+    let shop = Shop::start(&[("v1", "cart-v1", &[])])?;
+    shop.routes(LIMITS)?;
+    eventually("the route applies", || {
+        Ok(shop.get("/aborted", &[])?.0 == 503)
+    })?;
+    let limited = shop.load(&[
+        "--to",
+        "10.96.0.20:80",
+        "--path",
+        "/limited",
+        "--count",
+        "10",
+    ])?;
+    ensure!(
+        count(&limited, "statuses", "200") == 5 && count(&limited, "statuses", "429") == 5,
+        "a per-source bucket of 5 answers 5 requests, then 429: {limited}"
+    );
+    let (status, _, sample) = shop.get("/limited", &[])?;
+    let retry_after: u64 = sample["headers"]["retry-after"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .context("a retry-after header")?;
+    ensure!(status == 429 && (1..=12).contains(&retry_after), "{sample}");
+    let started = std::time::Instant::now();
+    let (status, backend, _) = shop.get("/delayed", &[])?;
+    ensure!(
+        status == 200 && backend == "v1" && started.elapsed() >= Duration::from_millis(400),
+        "a 400 ms delay fault: {status} after {:?}",
+        started.elapsed()
+    );
+    let records = shop.requests()?;
+    let refused = records
+        .iter()
+        .find(|r| r.http.as_ref().is_some_and(|h| h.status == 429))
+        .context("a 429 record")?;
+    ensure!(
+        refused
+            .http
+            .as_ref()
+            .and_then(|h| h.reason.as_deref())
+            .is_some_and(|r| r.contains("shop/per-client")),
+        "{refused:#?}"
+    );
+    let status = shop
+        .waypoint()
+        .wait_status("the invalid TrafficPolicy reported", |s| {
+            s["config_errors"].as_array().is_some_and(|e| {
+                e.iter().any(|e| {
+                    e.as_str().is_some_and(|e| {
+                        e.contains("shop/broken") && e.contains("spec.fault.abort.status")
+                    })
+                })
+            })
+        })?;
+    ensure!(!status.is_null());
+    Ok(())
 }

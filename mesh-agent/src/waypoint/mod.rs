@@ -152,6 +152,9 @@ pub struct Waypoint {
     pub mesh: Arc<Mesh>,
     pub upstream: upstream::Upstreams,
     routes: Mutex<RouteCache>,
+    /// TrafficPolicies compiled for the config they came from; rebuilt (with
+    /// the buckets of unchanged policies kept) when the config changes.
+    limits: std::sync::RwLock<(Option<Arc<Loaded>>, limits::Limits)>,
 }
 
 /// Route tables compiled for one config, per Service port.
@@ -177,6 +180,7 @@ impl Waypoint {
             mesh,
             upstream: upstream::Upstreams::default(),
             routes: Mutex::default(),
+            limits: std::sync::RwLock::default(),
         }
     }
 
@@ -220,6 +224,33 @@ impl Waypoint {
         table
     }
 
+    /// The rate limits and faults for one request of `route`'s rule
+    /// `rule_name` from `source`, under `config`.
+    pub fn limit(
+        &self,
+        config: &Arc<Loaded>,
+        route: &str,
+        rule_name: Option<&str>,
+        source: &str,
+    ) -> limits::Decision {
+        let now = std::time::Instant::now();
+        let rolls = (fastrand::f64(), fastrand::f64());
+        {
+            let current = self.limits.read().expect("limits");
+            if current.0.as_ref().is_some_and(|c| Arc::ptr_eq(c, config)) {
+                return current.1.check(route, rule_name, source, now, rolls);
+            }
+        }
+        let mut current = self.limits.write().expect("limits");
+        if !current.0.as_ref().is_some_and(|c| Arc::ptr_eq(c, config)) {
+            for p in current.1.rebuild(&config.snapshot.traffic_policies) {
+                tracing::warn!(waypoint = %self.me, "{p}");
+            }
+            current.0 = Some(Arc::clone(config));
+        }
+        current.1.check(route, rule_name, source, now, rolls)
+    }
+
     /// Every problem of the routes attached to the Services this waypoint
     /// serves, as `meshctl status` shows config errors.
     pub fn route_problems(&self, config: &Loaded) -> Vec<String> {
@@ -238,6 +269,8 @@ impl Waypoint {
                 );
             }
         }
+        let (_, problems) = limits::Limits::build(&config.snapshot.traffic_policies);
+        all.extend(problems.iter().map(ToString::to_string));
         all.sort();
         all.dedup();
         all

@@ -29,6 +29,7 @@ use super::{
     Waypoint,
     body::{self, Body},
     forward::{self, Local},
+    limits,
     route::{self, Backend, Filter, Rule, Timeouts},
     upstream::{self, Endpoint},
 };
@@ -311,6 +312,33 @@ async fn route_and_forward(
         };
         if let Some(http) = flow.record.http.as_mut() {
             http.route = Some(format!("{}#{}", matched.route, matched.rule_index));
+        }
+        let source = down.peer.identity.to_string();
+        match wp.limit(loaded, matched.route, matched.rule.name.as_deref(), &source) {
+            limits::Decision::Pass { delay: None } => {}
+            limits::Decision::Pass { delay: Some(delay) } => {
+                if let Some(http) = flow.record.http.as_mut() {
+                    http.reason = Some(format!("fault injection: delayed {delay:?}"));
+                }
+                tokio::time::sleep(delay).await;
+            }
+            limits::Decision::Abort { status, reason } => {
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                return Err(local(status, reason));
+            }
+            limits::Decision::Limited { retry_after, which } => {
+                let why = format!("rate limited by the {which}");
+                let mut response = local_response(StatusCode::TOO_MANY_REQUESTS, &why);
+                response.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs().max(1)),
+                );
+                if let Some(http) = flow.record.http.as_mut() {
+                    http.reason = Some(why);
+                }
+                return Ok(response);
+            }
         }
         (matched.rule, matched.matched_prefix.map(str::to_owned))
     };
