@@ -1,7 +1,8 @@
 //! `mesh-http`: the HTTP side of the test traffic, for the waypoint's
 //! scenarios. `serve` is a backend speaking HTTP/1.1 and HTTP/2 (detected
 //! per connection) that says who it is and what it saw; `load` sends
-//! requests and prints one JSON summary line (statuses, backends, samples).
+//! requests and prints one JSON summary line (statuses, backends, samples,
+//! latency percentiles and requests/s, which the benchmark reads).
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -318,6 +319,19 @@ struct Summary {
     errors: Vec<String>,
     samples: Vec<Sample>,
     elapsed_ms: u64,
+    /// Answered requests per second of the whole run (dials included).
+    requests_per_second: f64,
+    /// Latency of answered requests, from sending to the end of the body
+    /// (a connection's dial is not part of its first request).
+    p50_us: u64,
+    p99_us: u64,
+}
+
+/// Request latencies in microseconds.
+type Latencies = hdrhistogram::Histogram<u64>;
+
+fn latencies() -> Latencies {
+    Latencies::new(3).expect("3 significant figures")
 }
 
 async fn load(
@@ -337,8 +351,10 @@ async fn load(
         }));
     }
     let mut summary = Summary::default();
+    let mut all = latencies();
     for task in tasks {
-        let part = task.await?;
+        let (part, part_latencies) = task.await?;
+        all.add(&part_latencies)?;
         summary.requests += part.requests;
         for (k, v) in part.statuses {
             *summary.statuses.entry(k).or_default() += v;
@@ -350,7 +366,11 @@ async fn load(
         summary.samples.extend(part.samples);
     }
     summary.samples.truncate(5);
-    summary.elapsed_ms = started.elapsed().as_millis() as u64;
+    let elapsed = started.elapsed();
+    summary.elapsed_ms = elapsed.as_millis() as u64;
+    summary.p50_us = all.value_at_quantile(0.5);
+    summary.p99_us = all.value_at_quantile(0.99);
+    summary.requests_per_second = all.len() as f64 / elapsed.as_secs_f64();
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }
@@ -425,8 +445,9 @@ fn generated(bytes: u64) -> Body {
     rx.boxed()
 }
 
-async fn one_connection(to: SocketAddr, spec: &LoadSpec, count: u64) -> Summary {
+async fn one_connection(to: SocketAddr, spec: &LoadSpec, count: u64) -> (Summary, Latencies) {
     let mut summary = Summary::default();
+    let mut answered = latencies();
     let mut sender = None;
     for _ in 0..count {
         summary.requests += 1;
@@ -434,6 +455,7 @@ async fn one_connection(to: SocketAddr, spec: &LoadSpec, count: u64) -> Summary 
             if sender.is_none() {
                 sender = Some(dial(to, spec.h2).await?);
             }
+            let sent = Instant::now();
             let req = request(spec)?;
             let response = match sender.as_mut().expect("dialled above") {
                 Sender::H1(s) => {
@@ -471,16 +493,21 @@ async fn one_connection(to: SocketAddr, spec: &LoadSpec, count: u64) -> Summary 
                     body.extend_from_slice(&data);
                 }
             }
-            anyhow::Ok(Sample {
+            let latency = sent.elapsed();
+            let sample = Sample {
                 status,
                 headers,
                 body: String::from_utf8_lossy(&body).into_owned(),
                 trailers,
-            })
+            };
+            anyhow::Ok((sample, latency))
         }
         .await;
         match outcome {
-            Ok(sample) => {
+            Ok((sample, latency)) => {
+                if let Err(e) = answered.record(latency.as_micros() as u64) {
+                    summary.errors.push(format!("recording a latency: {e}"));
+                }
                 *summary.statuses.entry(sample.status).or_default() += 1;
                 let backend = sample
                     .headers
@@ -498,7 +525,7 @@ async fn one_connection(to: SocketAddr, spec: &LoadSpec, count: u64) -> Summary 
             }
         }
     }
-    summary
+    (summary, answered)
 }
 
 async fn upgrade(to: SocketAddr, host: &str, message: &str) -> anyhow::Result<()> {

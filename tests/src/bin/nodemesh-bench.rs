@@ -1,8 +1,11 @@
 //! `nodemesh-bench` (run it with `cargo xtask bench`): every scenario twice
 //! in the same run — direct (pods not enrolled) and through the mesh
 //! (enrolled: capture + HBONE mTLS) — interleaved, on the simulated
-//! cluster, with the same load generator (`mesh-traffic`). Reports absolute
-//! figures and mesh/direct ratios as a markdown table and as JSON.
+//! cluster, with the same load generator (`mesh-traffic`). The waypoint
+//! scenarios run three ways instead: direct, through nginx (the reverse
+//! proxy to beat) and through the waypoint (`mesh-http` as client and
+//! backend). Reports absolute figures and ratios as markdown tables and as
+//! JSON.
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -63,7 +66,20 @@ const SCENARIOS: &[(&str, &str)] = &[
         "footprint",
         "agent RSS at rest with 100 enrolled pods, and with 1000 open connections",
     ),
+    (
+        "waypoint-http1",
+        "HTTP/1.1 GETs over 16 keep-alive connections: direct, nginx, waypoint",
+    ),
+    (
+        "waypoint-h2",
+        "HTTP/2 (prior knowledge) GETs over 16 connections: direct, nginx, waypoint",
+    ),
 ];
+
+/// The scenarios that run on [`WaypointLab`].
+fn is_waypoint(scenario: &str) -> bool {
+    scenario.starts_with("waypoint-")
+}
 
 /// Load sizes: full and quick.
 struct Load {
@@ -73,6 +89,7 @@ struct Load {
     churn: u32,
     pods: u32,
     held: u32,
+    http_requests: u32,
 }
 
 const FULL: Load = Load {
@@ -82,6 +99,7 @@ const FULL: Load = Load {
     churn: 2_000,
     pods: 100,
     held: 1_000,
+    http_requests: 20_000,
 };
 const QUICK: Load = Load {
     bulk_seconds: 1.0,
@@ -90,12 +108,91 @@ const QUICK: Load = Load {
     churn: 200,
     pods: 10,
     held: 100,
+    http_requests: 2_000,
 };
 
+/// One way of running a scenario. Direct and Mesh are the pairs of [`Lab`];
+/// Direct, Nginx and Waypoint the paths of [`WaypointLab`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Direct,
     Mesh,
+    Nginx,
+    Waypoint,
+}
+
+impl Mode {
+    /// Its key in the report.
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Mesh => "mesh",
+            Mode::Nginx => "nginx",
+            Mode::Waypoint => "waypoint",
+        }
+    }
+}
+
+/// How a scenario is compared: its modes in the order each repetition runs
+/// them, and its ratios as (report key, numerator, denominator). Statics,
+/// so the report can group scenarios by identity.
+struct Comparison {
+    modes: &'static [Mode],
+    ratios: &'static [(&'static str, Mode, Mode)],
+}
+
+static MESH_VS_DIRECT: Comparison = Comparison {
+    modes: &[Mode::Direct, Mode::Mesh],
+    ratios: &[("ratio", Mode::Mesh, Mode::Direct)],
+};
+static WAYPOINT_VS_NGINX: Comparison = Comparison {
+    modes: &[Mode::Direct, Mode::Nginx, Mode::Waypoint],
+    ratios: &[
+        ("ratio", Mode::Waypoint, Mode::Direct),
+        ("ratio_nginx", Mode::Waypoint, Mode::Nginx),
+    ],
+};
+
+fn comparison(scenario: &str) -> &'static Comparison {
+    if is_waypoint(scenario) {
+        &WAYPOINT_VS_NGINX
+    } else {
+        &MESH_VS_DIRECT
+    }
+}
+
+/// A cluster that measures scenarios in its modes.
+trait Measure {
+    fn measure(&self, scenario: &str, mode: Mode, load: &Load) -> anyhow::Result<Value>;
+}
+
+/// Figures by scenario, then by mode, one per repetition.
+type Samples = BTreeMap<&'static str, BTreeMap<&'static str, Vec<Value>>>;
+
+/// Runs every scenario of `scenarios` in each of its modes, `reps` times,
+/// interleaved (so machine drift hits every mode alike).
+fn sample(
+    lab: &impl Measure,
+    scenarios: &[&'static str],
+    reps: u32,
+    load: &Load,
+    samples: &mut Samples,
+) -> anyhow::Result<()> {
+    for rep in 1..=reps {
+        for &scenario in scenarios {
+            for &mode in comparison(scenario).modes {
+                eprintln!("rep {rep}/{reps} {scenario} {}", mode.name());
+                let figures = lab.measure(scenario, mode, load)?;
+                samples
+                    .entry(scenario)
+                    .or_default()
+                    .entry(mode.name())
+                    .or_default()
+                    .push(figures);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -122,7 +219,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     nodemesh_tests::require_root()?;
     set_suite_prefix("nmbench")?;
-    let selected: Vec<&str> = SCENARIOS
+    let selected: Vec<&'static str> = SCENARIOS
         .iter()
         .map(|(n, _)| *n)
         .filter(|n| cli.scenario.is_empty() || cli.scenario.iter().any(|s| s == n))
@@ -130,40 +227,40 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let load = if cli.quick { &QUICK } else { &FULL };
     let reps = cli.reps.unwrap_or(if cli.quick { 1 } else { 3 });
 
-    let mut samples: BTreeMap<&str, [Vec<Value>; 2]> = BTreeMap::new();
-    let traffic_scenarios: Vec<&str> = selected
+    let mut samples = Samples::new();
+    // One cluster at a time: an idle one would still take its share of the
+    // two cores.
+    let (waypoint_scenarios, traffic_scenarios): (Vec<&str>, Vec<&str>) = selected
         .iter()
         .copied()
         .filter(|s| *s != "footprint")
-        .collect();
+        .partition(|s| is_waypoint(s));
     if !traffic_scenarios.is_empty() {
-        let lab = Lab::start()?;
-        for rep in 1..=reps {
-            for scenario in &traffic_scenarios {
-                for mode in [Mode::Direct, Mode::Mesh] {
-                    eprintln!(
-                        "rep {rep}/{reps} {scenario} {}",
-                        if mode == Mode::Direct {
-                            "direct"
-                        } else {
-                            "mesh"
-                        }
-                    );
-                    let figures = lab.measure(scenario, mode, load)?;
-                    samples.entry(scenario).or_default()[mode as usize].push(figures);
-                }
-            }
-        }
+        sample(&Lab::start()?, &traffic_scenarios, reps, load, &mut samples)?;
+    }
+    if !waypoint_scenarios.is_empty() {
+        sample(
+            &WaypointLab::start()?,
+            &waypoint_scenarios,
+            reps,
+            load,
+            &mut samples,
+        )?;
     }
     let mut results: BTreeMap<String, Value> = samples
         .into_iter()
-        .map(|(name, [direct, mesh])| {
-            let (direct, mesh) = (median(&direct), median(&mesh));
-            let ratio = ratios(&direct, &mesh);
-            (
-                name.to_owned(),
-                json!({"direct": direct, "mesh": mesh, "ratio": ratio}),
-            )
+        .map(|(name, by_mode)| {
+            let c = comparison(name);
+            let mut result = serde_json::Map::new();
+            for mode in c.modes {
+                let figures = by_mode.get(mode.name()).map_or(&[][..], Vec::as_slice);
+                result.insert(mode.name().to_owned(), median(figures));
+            }
+            for (key, numerator, denominator) in c.ratios {
+                let ratio = ratios(&result[denominator.name()], &result[numerator.name()]);
+                result.insert((*key).to_owned(), ratio);
+            }
+            (name.to_owned(), Value::Object(result))
         })
         .collect();
     if selected.contains(&"footprint") {
@@ -278,18 +375,20 @@ impl Lab {
             (false, Mode::Mesh) => ("a", "b"),
             (true, Mode::Direct) => ("c", "c2"),
             (true, Mode::Mesh) => ("a", "a2"),
+            (_, Mode::Nginx | Mode::Waypoint) => {
+                unreachable!("the waypoint scenarios run on their own cluster")
+            }
         };
         (self.cluster.pod(from), self.cluster.pod(to))
     }
 
     /// CPU seconds both agents have used so far.
     fn agent_cpu(&self) -> anyhow::Result<f64> {
-        self.agents
-            .iter()
-            .map(|a| cpu_seconds(a.process.pid()))
-            .sum()
+        cpu_seconds_of(self.agents.iter().map(|a| a.process.pid()))
     }
+}
 
+impl Measure for Lab {
     fn measure(&self, scenario: &str, mode: Mode, load: &Load) -> anyhow::Result<Value> {
         let same_node = scenario.starts_with("same-node");
         let (from, to) = self.pair(same_node, mode);
@@ -380,6 +479,282 @@ impl Lab {
     }
 }
 
+/// The cluster of the waypoint scenarios. On n1: the enrolled client `a`,
+/// the waypoint's pod `wp`, and, not enrolled, the client `c` and the pod
+/// `proxy` running nginx; on n2 the `mesh-http` backends `b` (enrolled, the
+/// Service `shop/cart`, which uses the waypoint) and `d` (not). The three
+/// paths cross the same nodes, each proxy on the client's node:
+/// - direct: c → d;
+/// - nginx: c → proxy → d, plain HTTP both legs;
+/// - waypoint: a → (node agent, HBONE) wp → (HBONE, node agent) b.
+struct WaypointLab {
+    waypoint: Agent,
+    agents: Vec<Agent>,
+    nginx: PodChild,
+    _backends: Vec<PodChild>,
+    _pki: Pki,
+    cluster: Cluster,
+    http: PathBuf,
+}
+
+const CART: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 96, 0, 20)),
+    80,
+);
+/// The backends' port, and nginx's HTTP/1.1 one.
+const HTTP: u16 = 8080;
+/// nginx's prior-knowledge HTTP/2 port (an `http2` listener without TLS
+/// speaks nothing else).
+const NGINX_H2: u16 = 8081;
+/// Keep-alive connections of the load.
+const HTTP_CONNECTIONS: u32 = 16;
+
+impl WaypointLab {
+    fn start() -> anyhow::Result<Self> {
+        let cluster = ClusterSpec::cross_node_pair()
+            .pod("wp", "n1")
+            .pod("c", "n1")
+            .pod("proxy", "n1")
+            .pod("d", "n2")
+            .build()?;
+        let config_dir = cluster.scratch_dir("config")?;
+        let mut config = MeshConfig::new()
+            .namespace("shop", true)
+            .namespace("legacy", false)
+            .pod(cluster.pod("a"), "shop")
+            .pod(cluster.pod("wp"), "shop")
+            .service_account("wp", "wp")
+            .pod_label("wp", "gateway.networking.k8s.io/gateway-name", "wp")
+            .pod(cluster.pod("b"), "shop")
+            .pod_label("b", "app", "cart")
+            .service("shop", "cart", CART.ip(), (CART.port(), HTTP), "cart")
+            .service_label("shop/cart", "nodemesh.io/use-waypoint", "wp");
+        for pod in ["c", "proxy", "d"] {
+            config = config.pod(cluster.pod(pod), "legacy");
+        }
+        config.write(&cluster, &config_dir)?;
+        let mut pki = Pki::init(&cluster, &["n1", "n2"])?;
+        pki.serve(&cluster, &config_dir, 3600)?;
+        let agents = ["n1", "n2"]
+            .iter()
+            .map(|n| Agent::start_meshed(&cluster, n, &config_dir, &pki))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let waypoint = Agent::start_waypoint(&cluster, "n1", &config_dir, &pki, ("shop", "wp"))?;
+        let http = workspace_binary("mesh-http")?;
+        let mut backends = Vec::new();
+        for pod in ["b", "d"] {
+            let mut cmd = Command::new(&http);
+            cmd.args(["serve", "--listen", &format!("0.0.0.0:{HTTP}")])
+                .args(["--name", pod]);
+            let mut backend = cluster.spawn(cluster.pod(pod), cmd)?;
+            let line = backend.next_line(Duration::from_secs(10))?;
+            anyhow::ensure!(line.contains("listening"), "backend {pod}: {line}");
+            backends.push(backend);
+        }
+        let nginx = start_nginx(
+            &cluster,
+            SocketAddr::new(cluster.pod("d").ipv4.into(), HTTP),
+        )?;
+        let lab = Self {
+            waypoint,
+            agents,
+            nginx,
+            _backends: backends,
+            _pki: pki,
+            cluster,
+            http,
+        };
+        // Every path answers before anything is measured (and the
+        // waypoint's pools are warm).
+        for h2 in [false, true] {
+            for mode in WAYPOINT_VS_NGINX.modes {
+                lab.load(*mode, h2, 2 * u64::from(HTTP_CONNECTIONS))?;
+            }
+        }
+        Ok(lab)
+    }
+
+    /// `mesh-http load` of `count` GETs on `mode`'s path; its summary, once
+    /// every request was answered 200.
+    fn load(&self, mode: Mode, h2: bool, count: u64) -> anyhow::Result<Value> {
+        let (from, to) = match mode {
+            Mode::Direct => (
+                "c",
+                SocketAddr::new(self.cluster.pod("d").ipv4.into(), HTTP),
+            ),
+            Mode::Nginx => {
+                let port = if h2 { NGINX_H2 } else { HTTP };
+                (
+                    "c",
+                    SocketAddr::new(self.cluster.pod("proxy").ipv4.into(), port),
+                )
+            }
+            Mode::Waypoint => ("a", CART),
+            Mode::Mesh => unreachable!("the waypoint scenarios have no plain mesh mode"),
+        };
+        let mut cmd = Command::new(&self.http);
+        cmd.args([
+            "load",
+            "--to",
+            &to.to_string(),
+            "--count",
+            &count.to_string(),
+        ])
+        .args(["--connections", &HTTP_CONNECTIONS.to_string()]);
+        if h2 {
+            cmd.arg("--h2");
+        }
+        let out = self
+            .cluster
+            .run(self.cluster.pod(from), cmd, Duration::from_secs(600))?;
+        let summary: Value = serde_json::from_str(out.trim())
+            .with_context(|| format!("mesh-http load to {to} printed {out:?}"))?;
+        let ok = summary["statuses"]["200"].as_u64().unwrap_or(0);
+        anyhow::ensure!(
+            ok == count,
+            "{} path{}: {ok} of {count} requests answered 200: {summary}",
+            mode.name(),
+            if h2 { " (h2)" } else { "" },
+        );
+        Ok(summary)
+    }
+
+    /// The proxy's processes on `mode`'s path (none on the direct one).
+    fn proxy_pids(&self, mode: Mode) -> anyhow::Result<Vec<u32>> {
+        Ok(match mode {
+            Mode::Nginx => {
+                let master = self.nginx.pid();
+                let mut pids = vec![master];
+                pids.extend(children(master)?);
+                pids
+            }
+            Mode::Waypoint => vec![self.waypoint.process.pid()],
+            Mode::Direct | Mode::Mesh => Vec::new(),
+        })
+    }
+}
+
+impl Measure for WaypointLab {
+    fn measure(&self, scenario: &str, mode: Mode, load: &Load) -> anyhow::Result<Value> {
+        let h2 = scenario == "waypoint-h2";
+        let proxy = self.proxy_pids(mode)?;
+        let agents: Vec<u32> = self.agents.iter().map(|a| a.process.pid()).collect();
+        let (proxy_before, agents_before) = (
+            cpu_seconds_of(proxy.iter().copied())?,
+            cpu_seconds_of(agents.iter().copied())?,
+        );
+        let summary = self.load(mode, h2, load.http_requests.into())?;
+        let thousands = f64::from(load.http_requests) / 1000.0;
+        let mut figures = serde_json::Map::new();
+        for key in ["requests_per_second", "p50_us", "p99_us"] {
+            figures.insert(key.to_owned(), summary[key].clone());
+        }
+        if mode != Mode::Direct {
+            let proxy_cpu = cpu_seconds_of(proxy.iter().copied())? - proxy_before;
+            figures.insert(
+                "proxy_cpu_s_per_1000_requests".into(),
+                json!(proxy_cpu / thousands),
+            );
+            // After the load; nginx's master and worker together.
+            let (mut rss, mut anon) = (0.0, 0.0);
+            for pid in proxy {
+                let (r, a) = memory(pid)?;
+                (rss, anon) = (rss + r, anon + a);
+            }
+            figures.insert("proxy_rss_mib".into(), json!(rss));
+            figures.insert("proxy_anon_mib".into(), json!(anon));
+        }
+        if mode == Mode::Waypoint {
+            let agent_cpu = cpu_seconds_of(agents)? - agents_before;
+            figures.insert(
+                "agent_cpu_s_per_1000_requests".into(),
+                json!(agent_cpu / thousands),
+            );
+        }
+        Ok(Value::Object(figures))
+    }
+}
+
+/// nginx as a plain reverse proxy to `backend` in the pod `proxy`: one
+/// worker, keep-alive to the backend, no access log, no limit on requests
+/// per connection (the default 1000 would close the load's connections
+/// mid-run, as neither the load nor the waypoint does); HTTP/1.1 on [`HTTP`],
+/// prior-knowledge HTTP/2 on [`NGINX_H2`]. Its config, pid file, logs and
+/// temporary files live in a scratch directory; it runs in the foreground
+/// as a pod process: dropping it kills the master, and the cluster's
+/// teardown (which kills its pods' cgroups) the worker.
+fn start_nginx(cluster: &Cluster, backend: SocketAddr) -> anyhow::Result<PodChild> {
+    let dir = cluster.scratch_dir("nginx")?;
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream backend {{
+        server {backend};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {HTTP};
+        listen {NGINX_H2} http2;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+"
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).with_context(|| format!("writing {}", conf_path.display()))?;
+    let mut cmd = Command::new(NGINX);
+    cmd.arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .args(["-g", "daemon off;"]);
+    let nginx = cluster
+        .spawn(cluster.pod("proxy"), cmd)
+        .with_context(|| format!("{NGINX} (cargo xtask setup installs it)"))?;
+    // The master writes its pid file after binding the listeners; the
+    // worker comes just after.
+    nodemesh_tests::eventually("nginx listening with its worker", || {
+        Ok(dir.join("nginx.pid").exists() && !children(nginx.pid())?.is_empty())
+    })
+    .with_context(|| {
+        format!(
+            "nginx's error log: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        )
+    })?;
+    Ok(nginx)
+}
+
+const NGINX: &str = "/usr/sbin/nginx";
+
+/// A process's children (nginx's worker under its master).
+fn children(pid: u32) -> anyhow::Result<Vec<u32>> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path}"))?
+        .split_whitespace()
+        .map(|p| p.parse().with_context(|| format!("{path}: {p:?}")))
+        .collect()
+}
+
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -393,6 +768,11 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
     Ok(ticks / hz)
+}
+
+/// utime + stime of several processes together, in seconds.
+fn cpu_seconds_of(pids: impl IntoIterator<Item = u32>) -> anyhow::Result<f64> {
+    pids.into_iter().map(cpu_seconds).sum()
 }
 
 /// Resident memory in MiB: all of it, and the anonymous part (the agent's
@@ -474,24 +854,26 @@ fn median(samples: &[Value]) -> Value {
     Value::Object(out)
 }
 
-/// mesh / direct for every figure both have.
-fn ratios(direct: &Value, mesh: &Value) -> Value {
+/// subject / baseline (mesh / direct, waypoint / nginx) for every figure
+/// both have.
+fn ratios(baseline: &Value, subject: &Value) -> Value {
     let mut out = serde_json::Map::new();
-    if let Value::Object(d) = direct {
-        for (key, dv) in d {
-            if let (Some(dv), Some(mv)) = (dv.as_f64(), mesh[key].as_f64())
-                && dv > 0.0
+    if let Value::Object(b) = baseline {
+        for (key, bv) in b {
+            if let (Some(bv), Some(sv)) = (bv.as_f64(), subject[key].as_f64())
+                && bv > 0.0
             {
-                out.insert(key.clone(), json!(mv / dv));
+                out.insert(key.clone(), json!(sv / bv));
             }
         }
     }
     Value::Object(out)
 }
 
+/// One table per kind of comparison: a column per mode, then per ratio.
 fn markdown(report: &Value) -> String {
     let mut out = format!(
-        "\n## nodemesh bench{} — commit {}, {} cores, kernel {}\n\n| scenario | figure | direct | mesh | mesh/direct |\n|---|---|---:|---:|---:|\n",
+        "\n## nodemesh bench{} — commit {}, {} cores, kernel {}\n",
         if report["quick"] == true {
             " (quick)"
         } else {
@@ -506,19 +888,43 @@ fn markdown(report: &Value) -> String {
         Some(x) if x.fract() == 0.0 || x >= 100.0 => format!("{x:.0}"),
         Some(x) => format!("{x:.2}"),
     };
-    if let Some(scenarios) = report["scenarios"].as_object() {
-        for (name, s) in scenarios {
-            let keys: Vec<&String> = s["mesh"]
-                .as_object()
-                .map(|m| m.keys().collect())
-                .unwrap_or_default();
+    let empty = serde_json::Map::new();
+    let scenarios = report["scenarios"].as_object().unwrap_or(&empty);
+    for c in [&MESH_VS_DIRECT, &WAYPOINT_VS_NGINX] {
+        let mine: Vec<(&String, &Value)> = scenarios
+            .iter()
+            .filter(|(name, _)| std::ptr::eq(comparison(name), c))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut columns: Vec<(String, &str)> = c
+            .modes
+            .iter()
+            .map(|m| (m.name().to_owned(), m.name()))
+            .collect();
+        columns.extend(
+            c.ratios
+                .iter()
+                .map(|(key, n, d)| (format!("{}/{}", n.name(), d.name()), *key)),
+        );
+        let headings: Vec<&str> = columns.iter().map(|(h, _)| h.as_str()).collect();
+        out.push_str(&format!(
+            "\n| scenario | figure | {} |\n|---|---|{}\n",
+            headings.join(" | "),
+            "---:|".repeat(columns.len())
+        ));
+        for (name, s) in mine {
+            // Every figure any mode has (the proxied modes have more).
+            let keys: std::collections::BTreeSet<&String> = c
+                .modes
+                .iter()
+                .filter_map(|m| s[m.name()].as_object())
+                .flat_map(|figures| figures.keys())
+                .collect();
             for key in keys {
-                out.push_str(&format!(
-                    "| {name} | {key} | {} | {} | {} |\n",
-                    num(&s["direct"][key]),
-                    num(&s["mesh"][key]),
-                    num(&s["ratio"][key]),
-                ));
+                let cells: Vec<String> = columns.iter().map(|(_, k)| num(&s[*k][key])).collect();
+                out.push_str(&format!("| {name} | {key} | {} |\n", cells.join(" | ")));
             }
         }
     }
