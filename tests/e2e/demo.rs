@@ -6,7 +6,7 @@ use std::{process::Command, time::Duration};
 use anyhow::{Context as _, ensure};
 use libtest_mimic::Trial;
 use mesh_agent::flows::FlowRecord;
-use nodemesh_tests::{leaks, mesh::workspace_binary, process::spawn_here};
+use nodemesh_tests::{PodChild, leaks, mesh::workspace_binary, process::spawn_here};
 
 use crate::support::trial;
 
@@ -24,6 +24,29 @@ fn demo() -> anyhow::Result<()> {
         .arg(&summary_path);
     let mut demo = spawn_here(cmd)?;
     let prefix = format!("nmdemo-{}-", demo.pid());
+    if let Err(e) = checks(&mut demo, &summary_path) {
+        // Stop it as a user would (Ctrl-C), so it removes what it made: a
+        // demo killed by the drop would leave its cluster behind.
+        let _ = demo.interrupt(Duration::from_secs(60));
+        if let Ok(left) = leaks::find(&prefix)
+            && !left.is_empty()
+        {
+            let _ = leaks::sweep(&left);
+        }
+        return Err(e);
+    }
+    let (status, rest) = demo.wait_output(Duration::from_secs(60))?;
+    ensure!(
+        status.success() && rest.contains("nothing is left behind"),
+        "the demo ended with {status}: {rest}"
+    );
+    let left = leaks::find(&prefix)?;
+    ensure!(left.is_empty(), "the demo left resources behind: {left}");
+    Ok(())
+}
+
+/// What the running demo printed and summarised is true.
+fn checks(demo: &mut PodChild, summary_path: &std::path::Path) -> anyhow::Result<()> {
     let mut printed = Vec::new();
     while printed.last().map(String::as_str) != Some("demo is up") {
         printed.push(demo.next_line(Duration::from_secs(90)).with_context(|| {
@@ -33,8 +56,8 @@ fn demo() -> anyhow::Result<()> {
             )
         })?);
     }
-    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary_path)?)?;
-    std::fs::remove_file(&summary_path)?;
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(summary_path)?)?;
+    std::fs::remove_file(summary_path)?;
 
     let pair = |from: &str, to: &str| {
         summary["pairs"]
@@ -134,13 +157,5 @@ fn demo() -> anyhow::Result<()> {
             && f.hook.is_some()),
         "the printed command's connection is not in meshctl flows: {flows:#?}"
     );
-
-    let (status, rest) = demo.wait_output(Duration::from_secs(60))?;
-    ensure!(
-        status.success() && rest.contains("nothing is left behind"),
-        "the demo ended with {status}: {rest}"
-    );
-    let left = leaks::find(&prefix)?;
-    ensure!(left.is_empty(), "the demo left resources behind: {left}");
     Ok(())
 }
