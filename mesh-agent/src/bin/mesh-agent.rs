@@ -422,24 +422,29 @@ async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(waypoint = %me, pod = %wp.pod, admin = %socket.display(), "waypoint ready");
+    // Compiled once per config, not per status write: every route's
+    // regexes and every TrafficPolicy.
+    let problems = |loaded: &state::Loaded| {
+        let mut errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        errors.extend(wp.route_problems(loaded));
+        errors
+    };
+    let mut config_errors = problems(&mesh.snapshot());
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             changed = config.changed() => {
                 changed.context("the config watcher stopped")?;
-                config.borrow_and_update();
+                let loaded = Arc::clone(&config.borrow_and_update());
+                config_errors = problems(&loaded);
             }
             _ = status_tick.tick() => {
-                let loaded = mesh.snapshot();
-                let mut config_errors: Vec<String> =
-                    loaded.errors.iter().map(ToString::to_string).collect();
-                config_errors.extend(wp.route_problems(&loaded));
                 let status = Status {
                     node: args.mesh.node.clone(),
                     version: env!("CARGO_PKG_VERSION").to_owned(),
                     pods: Vec::new(),
                     counters: Vec::new(),
-                    config_errors,
+                    config_errors: config_errors.clone(),
                     certs: mesh.identity.as_ref().map(|i| i.certs.status()).unwrap_or_default(),
                     tunnel: mesh.tunnel_status(),
                 };

@@ -210,16 +210,27 @@ enum Attempt {
 }
 
 fn clone_parts(parts: &Parts) -> Parts {
+    copy_head(&parts.method, &parts.uri, parts.version, &parts.headers)
+}
+
+/// A new request head equal to the given one (a retry's, a mirror's):
+/// `Parts` cannot be cloned, its extensions being opaque.
+pub fn copy_head(
+    method: &http::Method,
+    uri: &http::Uri,
+    version: http::Version,
+    headers: &http::HeaderMap,
+) -> Parts {
     let mut builder = Request::builder()
-        .method(parts.method.clone())
-        .uri(parts.uri.clone())
-        .version(parts.version);
-    if let Some(headers) = builder.headers_mut() {
-        *headers = parts.headers.clone();
+        .method(method.clone())
+        .uri(uri.clone())
+        .version(version);
+    if let Some(h) = builder.headers_mut() {
+        *h = headers.clone();
     }
     builder
         .body(())
-        .expect("parts of a valid request make a valid request")
+        .expect("the head of a valid request makes a valid request")
         .into_parts()
         .0
 }

@@ -25,7 +25,7 @@ mod body;
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
 };
 
@@ -36,9 +36,14 @@ use crate::{
         inpod::hbone_listeners,
         netns::{NetnsError, NetnsWorker},
     },
-    proxy::{flow::Owner, hbone::accept_loop, mesh::Mesh},
-    state::{Loaded, WaypointRef, keys::WAYPOINT_POD_LABEL},
-    tunnel::tls::server_config_resolving,
+    flows::record::{Direction, Path},
+    proxy::{
+        flow::{Flow, Owner},
+        hbone::accept_loop,
+        mesh::Mesh,
+    },
+    state::{Loaded, Snapshot, WaypointRef, keys::WAYPOINT_POD_LABEL},
+    tunnel::{server::Peer, tls::server_config_resolving},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +187,26 @@ impl Waypoint {
             routes: Mutex::default(),
             limits: std::sync::RwLock::default(),
         }
+    }
+
+    /// The flow record of something `peer` sent to `target` through this
+    /// waypoint: the destination is the Service address asked for, not the
+    /// waypoint's pod.
+    pub fn arrival(&self, snapshot: &Snapshot, peer: &Peer, target: SocketAddr) -> Flow {
+        let mut flow = Flow::of(
+            &self.owner(),
+            snapshot,
+            Direction::Inbound,
+            None,
+            peer.addr,
+            target,
+        );
+        let identity = peer.identity.to_string();
+        flow.tunnelled(Path::Waypoint, &identity, peer.tls_version);
+        flow.record.source.identity = Some(identity);
+        flow.record.destination.pod = None;
+        flow.record.waypoint = Some(self.me.to_string());
+        flow
     }
 
     pub fn owner(&self) -> Owner<'_> {

@@ -36,7 +36,7 @@ use super::{
 use crate::{
     flows::{
         Progress,
-        record::{Direction, HttpRecord, Path, State},
+        record::{HttpRecord, State},
     },
     policy::{Connection, Decision, Policy, Request as PolicyRequest, compile::Target, evaluate},
     proxy::{
@@ -134,20 +134,8 @@ fn malformed(wp: &Waypoint, down: &Downstream, error: &(dyn std::error::Error + 
 
 /// The flow record of one request, joined to its stream's L4 flow.
 fn request_flow(wp: &Waypoint, loaded: &Loaded, down: &Downstream, http: HttpRecord) -> Flow {
-    let mut flow = Flow::of(
-        &wp.owner(),
-        &loaded.snapshot,
-        Direction::Inbound,
-        None,
-        down.peer.addr,
-        down.target,
-    );
-    let identity = down.peer.identity.to_string();
-    flow.tunnelled(Path::Waypoint, &identity, down.peer.tls_version);
-    flow.record.source.identity = Some(identity);
-    flow.record.destination.pod = None;
+    let mut flow = wp.arrival(&loaded.snapshot, &down.peer, down.target);
     flow.record.service = Some(down.service.clone());
-    flow.record.waypoint = Some(wp.me.to_string());
     flow.record.parent = Some(down.flow_id);
     flow.record.http = Some(http);
     flow
@@ -334,35 +322,24 @@ async fn route_and_forward(
                     http::header::RETRY_AFTER,
                     HeaderValue::from(retry_after.as_secs().max(1)),
                 );
-                if let Some(http) = flow.record.http.as_mut() {
-                    http.reason = Some(why);
-                }
-                return Ok(response);
+                return Ok(answered(flow, (response, why)));
             }
         }
         (matched.rule, matched.matched_prefix.map(str::to_owned))
     };
 
-    let mut upstream_host = None;
-    let mut upstream_path = None;
+    let filters = Filters {
+        wp,
+        loaded,
+        down,
+        host: &host,
+        prefix: prefix.as_deref(),
+    };
+    let mut rewrites = Rewrites::default();
     // The rule's filters first: a redirect answers before any backend is
     // needed (a redirect rule has none).
-    for filter in &rule.filters {
-        if let Some(answer) = apply_request_filter(
-            filter,
-            wp,
-            loaded,
-            down,
-            &mut req,
-            &host,
-            prefix.as_deref(),
-            (&mut upstream_host, &mut upstream_path),
-        ) {
-            if let Some(http) = flow.record.http.as_mut() {
-                http.reason = Some(answer.1.clone());
-            }
-            return Ok(answer.0);
-        }
+    if let Some(answer) = filters.apply(&rule.filters, &mut req, &mut rewrites) {
+        return Ok(answered(flow, answer));
     }
     let Some(backend) = rule.pick(fastrand::u64(..)) else {
         return Err(local(
@@ -370,19 +347,8 @@ async fn route_and_forward(
             "the matched rule has no backend to send to (no backendRefs, or every weight is 0)",
         ));
     };
-    for filter in &backend.filters {
-        if let Some(answer) = apply_request_filter(
-            filter,
-            wp,
-            loaded,
-            down,
-            &mut req,
-            &host,
-            prefix.as_deref(),
-            (&mut upstream_host, &mut upstream_path),
-        ) {
-            return Ok(answer.0);
-        }
+    if let Some(answer) = filters.apply(&backend.filters, &mut req, &mut rewrites) {
+        return Ok(answered(flow, answer));
     }
 
     let backend_key = format!("{}/{}", backend.namespace, backend.name);
@@ -394,11 +360,11 @@ async fn route_and_forward(
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let replayable = hyper::body::Body::is_end_stream(req.body());
     let (mut parts, incoming) = req.into_parts();
-    let authority = upstream_host.map_or(asked, |h| match down.target.port() {
+    let authority = rewrites.host.map_or(asked, |h| match down.target.port() {
         80 => h,
         port => format!("{h}:{port}"),
     });
-    let path_and_query = match (upstream_path, parts.uri.query()) {
+    let path_and_query = match (rewrites.path, parts.uri.query()) {
         (Some(path), Some(query)) => format!("{path}?{query}"),
         (Some(path), None) => path,
         (None, _) => parts
@@ -508,53 +474,74 @@ fn authorize(
     )
 }
 
-/// Applies one request-side filter; a redirect is the answer itself
-/// (response and why).
-#[expect(clippy::too_many_arguments, reason = "one request's whole context")]
-fn apply_request_filter(
-    filter: &Filter,
-    wp: &Arc<Waypoint>,
-    loaded: &Arc<Loaded>,
-    down: &Downstream,
-    req: &mut Request<Incoming>,
-    host: &str,
-    prefix: Option<&str>,
-    (upstream_host, upstream_path): (&mut Option<String>, &mut Option<String>),
-) -> Option<(Response<Body>, String)> {
-    match filter {
-        Filter::Redirect(redirect) => {
-            let view = route::Request {
-                method: req.method(),
-                host,
-                path: req.uri().path(),
-                query: req.uri().query(),
-                headers: req.headers(),
-            };
-            let (status, location) = redirect.answer(&view, "http", down.target.port(), prefix);
-            let mut response = local_response(status, &format!("redirect to {location}"));
-            if let Ok(value) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(LOCATION, value);
+/// What a request's filters need to know of it besides the request.
+struct Filters<'a> {
+    wp: &'a Arc<Waypoint>,
+    loaded: &'a Arc<Loaded>,
+    down: &'a Downstream,
+    host: &'a str,
+    /// The PathPrefix the rule matched, for `ReplacePrefixMatch`.
+    prefix: Option<&'a str>,
+}
+
+/// Where URLRewrite sends the request instead (`None`: unchanged).
+#[derive(Default)]
+struct Rewrites {
+    host: Option<String>,
+    path: Option<String>,
+}
+
+impl Filters<'_> {
+    /// Applies `filters` to the request in order; a redirect is the answer
+    /// itself (the response, and why).
+    fn apply(
+        &self,
+        filters: &[Filter],
+        req: &mut Request<Incoming>,
+        rewrites: &mut Rewrites,
+    ) -> Option<(Response<Body>, String)> {
+        for filter in filters {
+            match filter {
+                Filter::Redirect(redirect) => {
+                    let view = route::Request {
+                        method: req.method(),
+                        host: self.host,
+                        path: req.uri().path(),
+                        query: req.uri().query(),
+                        headers: req.headers(),
+                    };
+                    let port = self.down.target.port();
+                    let (status, location) = redirect.answer(&view, "http", port, self.prefix);
+                    let mut response = local_response(status, &format!("redirect to {location}"));
+                    if let Ok(value) = HeaderValue::from_str(&location) {
+                        response.headers_mut().insert(LOCATION, value);
+                    }
+                    return Some((response, format!("redirected to {location}")));
+                }
+                Filter::RequestHeaders(edit) => edit.apply(req.headers_mut()),
+                Filter::Rewrite(rewrite) => {
+                    let (host, path) = rewrite.apply(req.uri().path(), self.prefix);
+                    rewrites.host = host.or(rewrites.host.take());
+                    rewrites.path = path.or(rewrites.path.take());
+                }
+                Filter::Mirror { backend, percent } => {
+                    if fastrand::u32(..100) < *percent {
+                        mirror(self.wp, self.loaded, self.down, backend, req);
+                    }
+                }
+                Filter::ResponseHeaders(_) => {}
             }
-            return Some((response, format!("redirected to {location}")));
         }
-        Filter::RequestHeaders(edit) => edit.apply(req.headers_mut()),
-        Filter::Rewrite(rewrite) => {
-            let (h, p) = rewrite.apply(req.uri().path(), prefix);
-            if h.is_some() {
-                *upstream_host = h;
-            }
-            if p.is_some() {
-                *upstream_path = p;
-            }
-        }
-        Filter::Mirror { backend, percent } => {
-            if fastrand::u32(..100) < *percent {
-                mirror(wp, loaded, down, backend, req);
-            }
-        }
-        Filter::ResponseHeaders(_) => {}
+        None
     }
-    None
+}
+
+/// A response the waypoint made itself, with why in the request's record.
+fn answered(flow: &mut Flow, (response, why): (Response<Body>, String)) -> Response<Body> {
+    if let Some(http) = flow.record.http.as_mut() {
+        http.reason = Some(why);
+    }
+    response
 }
 
 /// The enrolled endpoints of a rule's backend Service.
@@ -606,17 +593,7 @@ fn mirror(
     };
     let (endpoint, in_flight) = wp.upstream.choose(&endpoints);
     let endpoint = endpoint.clone();
-    let mut builder = Request::builder()
-        .method(req.method().clone())
-        .uri(req.uri().clone())
-        .version(req.version());
-    if let Some(headers) = builder.headers_mut() {
-        *headers = req.headers().clone();
-    }
-    let Ok(copy) = builder.body(()) else {
-        return;
-    };
-    let (mut parts, ()) = copy.into_parts();
+    let mut parts = forward::copy_head(req.method(), req.uri(), req.version(), req.headers());
     let authority = authority(req).unwrap_or_default();
     let path = req
         .uri()

@@ -8,37 +8,12 @@ use http::StatusCode;
 
 use super::{Waypoint, serve};
 use crate::{
-    flows::record::{Direction, Path, State},
-    proxy::{
-        flow::{Flow, Owner},
-        hbone::Site as HboneSite,
-        mesh::Mesh,
-    },
-    state::Snapshot,
+    flows::record::{Path, State},
+    proxy::{flow::Owner, hbone::Site as HboneSite, mesh::Mesh},
     tunnel::server::{Handler, Peer, Refusal, Session},
 };
 
 pub struct Site(pub Arc<Waypoint>);
-
-impl Site {
-    fn flow(&self, snapshot: &Snapshot, peer: &Peer, target: SocketAddr) -> Flow {
-        let wp = &self.0;
-        let mut flow = Flow::of(
-            &wp.owner(),
-            snapshot,
-            Direction::Inbound,
-            None,
-            peer.addr,
-            target,
-        );
-        let identity = peer.identity.to_string();
-        flow.tunnelled(Path::Waypoint, &identity, peer.tls_version);
-        flow.record.source.identity = Some(identity);
-        flow.record.destination.pod = None;
-        flow.record.waypoint = Some(wp.me.to_string());
-        flow
-    }
-}
 
 impl HboneSite for Site {
     fn name(&self) -> &str {
@@ -64,7 +39,7 @@ impl Handler for Site {
         let loaded = wp.mesh.snapshot();
         let snapshot = &loaded.snapshot;
         let target = SocketAddr::new(target.ip().to_canonical(), target.port());
-        let mut flow = self.flow(snapshot, &peer, target);
+        let mut flow = wp.arrival(snapshot, &peer, target);
         let served = snapshot
             .service_by_ip(target.ip())
             .filter(|svc| snapshot.waypoint_for(svc).as_ref() == Some(&wp.me))
@@ -99,7 +74,8 @@ impl Handler for Site {
 
     fn rejected(&self, peer: &Peer, request: &str, refusal: &Refusal) {
         let local = self.log_rejected(peer, request, refusal);
-        self.flow(&self.0.mesh.snapshot().snapshot, peer, local)
+        self.0
+            .arrival(&self.0.mesh.snapshot().snapshot, peer, local)
             .failed(State::Refused, refusal.reason.clone());
     }
 }
