@@ -1,6 +1,6 @@
-//! Gateway API route objects (`gateway.networking.k8s.io/v1` HTTPRoute), in
-//! the shape users write them: the part of the specification the waypoint
-//! implements, including GEP-1731 `retry`. Unknown fields are errors, so a
+//! Gateway API route objects (`gateway.networking.k8s.io/v1` HTTPRoute and
+//! GRPCRoute), in the shape users write them: the part of the specification
+//! the waypoint implements, including GEP-1731 `retry`. Unknown fields are errors, so a
 //! misspelt `matches` cannot silently turn a route into a catch-all; what a
 //! route *means* (regexes, weights, filters) is checked by the waypoint that
 //! serves it, which reports problems per object and field.
@@ -14,14 +14,18 @@ use serde::{Deserialize, Serialize};
 
 pub const API_VERSION: &str = "gateway.networking.k8s.io/v1";
 
+/// A route object; its kind is its spec's.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpRoute {
+pub struct Route<S> {
     pub api_version: String,
     pub kind: String,
     pub metadata: RouteMeta,
-    pub spec: HttpRouteSpec,
+    pub spec: S,
 }
+
+pub type HttpRoute = Route<HttpRouteSpec>;
+pub type GrpcRoute = Route<GrpcRouteSpec>;
 
 /// The metadata a route's meaning depends on; the rest of Kubernetes'
 /// `ObjectMeta` (annotations, managedFields, …) is accepted and ignored.
@@ -37,30 +41,35 @@ pub struct RouteMeta {
     pub labels: BTreeMap<String, String>,
 }
 
-impl HttpRoute {
+impl RouteMeta {
     /// `namespace/name`.
     pub fn key(&self) -> String {
         format!(
             "{}/{}",
-            self.metadata.namespace.as_deref().unwrap_or("default"),
-            self.metadata.name
+            self.namespace.as_deref().unwrap_or("default"),
+            self.name
         )
     }
 }
 
+/// What HTTPRoute and GRPCRoute specs share; `R` is the kind's rule.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpRouteSpec {
+pub struct RouteSpec<R> {
     /// A Service (mesh, GAMMA) or the waypoint Gateway itself.
     #[serde(default)]
     pub parent_refs: Vec<ParentRef>,
     #[serde(default)]
     pub hostnames: Vec<String>,
-    /// Absent: one rule matching everything, with no backends (so 500, as
-    /// the specification says of a rule without backends).
+    /// Absent: one rule matching every request (every gRPC call, for a
+    /// GRPCRoute), with no backends (so 500, as the specification says of a
+    /// rule without backends).
     #[serde(default)]
-    pub rules: Vec<HttpRouteRule>,
+    pub rules: Vec<R>,
 }
+
+pub type HttpRouteSpec = RouteSpec<HttpRouteRule>;
+pub type GrpcRouteSpec = RouteSpec<GrpcRouteRule>;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -241,9 +250,15 @@ pub struct BackendObjectRef {
     pub port: Option<u16>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HttpBackendRef {
+/// A rule's backend; `F` is the kind's filter.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    // `filters` defaults to an empty list, which needs no default filter.
+    bound(deserialize = "F: Deserialize<'de>")
+)]
+pub struct BackendRef<F> {
     /// Spelled out, not flattened from [`BackendObjectRef`]: serde cannot
     /// reject unknown fields through `flatten`.
     pub group: Option<String>,
@@ -254,8 +269,11 @@ pub struct HttpBackendRef {
     /// Relative share (default 1; 0 sends nothing).
     pub weight: Option<u32>,
     #[serde(default)]
-    pub filters: Vec<HttpRouteFilter>,
+    pub filters: Vec<F>,
 }
+
+pub type HttpBackendRef = BackendRef<HttpRouteFilter>;
+pub type GrpcBackendRef = BackendRef<GrpcRouteFilter>;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -273,4 +291,83 @@ pub struct HttpRouteRetry {
     pub codes: Vec<u16>,
     pub attempts: Option<u32>,
     pub backoff: Option<String>,
+}
+
+/// GRPCRoute has no timeouts or retry in the standard channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteRule {
+    pub name: Option<String>,
+    /// Absent or empty: every gRPC request.
+    #[serde(default)]
+    pub matches: Vec<GrpcRouteMatch>,
+    #[serde(default)]
+    pub filters: Vec<GrpcRouteFilter>,
+    #[serde(default)]
+    pub backend_refs: Vec<GrpcBackendRef>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteMatch {
+    /// Absent: every service and method.
+    pub method: Option<GrpcMethodMatch>,
+    /// The specification's GRPCHeaderMatch has HTTPHeaderMatch's shape.
+    #[serde(default)]
+    pub headers: Vec<HttpHeaderMatch>,
+}
+
+/// `type` defaults to `Exact`, as for header values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcMethodMatch {
+    #[serde(default, rename = "type")]
+    pub kind: ValueMatchType,
+    /// Fully qualified (`pkg.Service`); absent: any service.
+    pub service: Option<String>,
+    /// Absent: any method.
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteFilter {
+    /// `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestMirror` or
+    /// `ExtensionRef`: GRPCRoute has no redirect or rewrite.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub request_header_modifier: Option<HeaderModifier>,
+    pub response_header_modifier: Option<HeaderModifier>,
+    pub request_mirror: Option<RequestMirror>,
+    pub extension_ref: Option<LocalObjectRef>,
+}
+
+/// A GRPCRoute filter is an HTTPRoute filter of the types they share, so
+/// the waypoint validates and applies both with one code path.
+impl From<&GrpcRouteFilter> for HttpRouteFilter {
+    fn from(f: &GrpcRouteFilter) -> Self {
+        HttpRouteFilter {
+            kind: f.kind.clone(),
+            request_header_modifier: f.request_header_modifier.clone(),
+            response_header_modifier: f.response_header_modifier.clone(),
+            request_redirect: None,
+            url_rewrite: None,
+            request_mirror: f.request_mirror.clone(),
+            extension_ref: f.extension_ref.clone(),
+        }
+    }
+}
+
+impl From<&GrpcBackendRef> for HttpBackendRef {
+    fn from(r: &GrpcBackendRef) -> Self {
+        HttpBackendRef {
+            group: r.group.clone(),
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+            namespace: r.namespace.clone(),
+            port: r.port,
+            weight: r.weight,
+            filters: r.filters.iter().map(HttpRouteFilter::from).collect(),
+        }
+    }
 }

@@ -25,6 +25,7 @@ pub struct Snapshot {
     /// Gateway API routes, as written; the waypoint compiles the ones
     /// attached to what it serves.
     pub http_routes: Vec<super::gateway::HttpRoute>,
+    pub grpc_routes: Vec<super::gateway::GrpcRoute>,
     /// TrafficPolicies (rate limits, faults), as written; the waypoint
     /// compiles them and reports their problems.
     pub traffic_policies: Vec<super::traffic::TrafficPolicy>,

@@ -28,20 +28,21 @@ use super::{
         peer_auth::PeerAuth,
     },
     ConfigError,
-    gateway::{self, HttpRoute},
+    gateway::{self, GrpcRoute, HttpRoute},
     keys::{CGROUP_ANNOTATION, NETNS_ANNOTATION},
     model::{Labels, NamespaceInfo, PodInfo, ServiceInfo, ServicePort, Snapshot},
     traffic::TrafficPolicy,
 };
 
 /// Every kind local mode reads.
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 8] = [
     "Namespace",
     "Pod",
     "Service",
     "AuthorizationPolicy",
     "PeerAuthentication",
     "HTTPRoute",
+    "GRPCRoute",
     "TrafficPolicy",
 ];
 
@@ -49,7 +50,7 @@ fn api_version_of(kind: &str) -> Option<&'static str> {
     match kind {
         "Namespace" | "Pod" | "Service" => Some("v1"),
         "AuthorizationPolicy" | "PeerAuthentication" | "TrafficPolicy" => Some(policy::API_VERSION),
-        "HTTPRoute" => Some(gateway::API_VERSION),
+        "HTTPRoute" | "GRPCRoute" => Some(gateway::API_VERSION),
         _ => None,
     }
 }
@@ -190,20 +191,22 @@ impl Loader {
         if !self.first_sighting(&doc) {
             return;
         }
-        let result = match kind.as_str() {
-            "Namespace" => typed::<Namespace>(value).map(|ns| self.namespace(ns)),
-            "Pod" => typed::<Pod>(value).map(|pod| self.pod(&doc, pod)),
-            "Service" => typed::<Service>(value).map(|svc| self.service(&doc, svc)),
-            "AuthorizationPolicy" => {
-                typed::<AuthorizationPolicy>(value).map(|p| self.authorization(&doc, p))
-            }
-            "HTTPRoute" => {
-                typed::<HttpRoute>(without_status(value)).map(|r| self.snapshot.http_routes.push(r))
-            }
-            "TrafficPolicy" => typed::<TrafficPolicy>(without_status(value))
-                .map(|p| self.snapshot.traffic_policies.push(p)),
-            _ => typed::<PeerAuthentication>(value).map(|p| self.peer_auth(p)),
-        };
+        let result =
+            match kind.as_str() {
+                "Namespace" => typed::<Namespace>(value).map(|ns| self.namespace(ns)),
+                "Pod" => typed::<Pod>(value).map(|pod| self.pod(&doc, pod)),
+                "Service" => typed::<Service>(value).map(|svc| self.service(&doc, svc)),
+                "AuthorizationPolicy" => {
+                    typed::<AuthorizationPolicy>(value).map(|p| self.authorization(&doc, p))
+                }
+                "HTTPRoute" => typed::<HttpRoute>(without_status(value))
+                    .map(|r| self.snapshot.http_routes.push(r)),
+                "GRPCRoute" => typed::<GrpcRoute>(without_status(value))
+                    .map(|r| self.snapshot.grpc_routes.push(r)),
+                "TrafficPolicy" => typed::<TrafficPolicy>(without_status(value))
+                    .map(|p| self.snapshot.traffic_policies.push(p)),
+                _ => typed::<PeerAuthentication>(value).map(|p| self.peer_auth(p)),
+            };
         if let Err((field, message)) = result {
             self.fail(&doc, field.as_deref(), message);
         }

@@ -158,7 +158,7 @@ fn each_bad_object_is_reported_precisely_and_the_good_ones_still_load() {
         "pods.yaml: Pod shop/two-faults: field spec.nodeName: missing: the agent serves only pods placed on its node",
         "pods.yaml: Pod shop/two-faults: field status.podIP: \"nope\" is not an IP address (expected e.g. 10.1.0.11 or fd00::b)",
         "pods.yaml: Pod (document 7): field metadata.name: missing: every object needs a name",
-        "pods.yaml: Gadget default/g: field kind: unknown kind \"Gadget\": local mode reads Namespace, Pod, Service, AuthorizationPolicy, PeerAuthentication, HTTPRoute, TrafficPolicy",
+        "pods.yaml: Gadget default/g: field kind: unknown kind \"Gadget\": local mode reads Namespace, Pod, Service, AuthorizationPolicy, PeerAuthentication, HTTPRoute, GRPCRoute, TrafficPolicy",
         "pods.yaml: Pod default/wrong-api: field apiVersion: \"apps/v1\" is not supported for Pod: use `apiVersion: v1`",
     ];
     for (i, w) in want.iter().enumerate() {
@@ -275,6 +275,64 @@ spec:
         .as_ref()
         .unwrap();
     assert_eq!((per_source.requests_per_unit, per_source.burst), (10, None));
+}
+
+#[test]
+fn grpc_routes_load_as_written_and_http_only_fields_are_errors() {
+    let d = Dir::new();
+    d.write(
+        "grpc.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: greeter, namespace: shop}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: greeter}]
+  rules:
+  - matches:
+    - method: {service: pkg.Greeter, method: Hello}
+      headers: [{name: x-v, value: \"2\"}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {add: [{name: x-a, value: b}]}
+    backendRefs: [{name: greeter-v2, port: 80, weight: 3}]
+status: {parents: []}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: typo, namespace: shop}
+spec:
+  rules:
+  - matches: [{path: {value: /pkg.Greeter/Hello}}]
+",
+    );
+    let loaded = d.load();
+    let got: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(
+        got[0].starts_with(
+            "grpc.yaml: GRPCRoute shop/typo: field spec.rules[0].matches[0].path: unknown field `path`, expected `method` or `headers`"
+        ),
+        "{}",
+        got[0]
+    );
+    let routes = &loaded.snapshot.grpc_routes;
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0].metadata.key(), "shop/greeter");
+    let rule = &routes[0].spec.rules[0];
+    let method = rule.matches[0].method.as_ref().unwrap();
+    assert_eq!(
+        (
+            method.kind,
+            method.service.as_deref(),
+            method.method.as_deref()
+        ),
+        (
+            gateway::ValueMatchType::Exact,
+            Some("pkg.Greeter"),
+            Some("Hello")
+        )
+    );
+    assert_eq!(rule.backend_refs[0].weight, Some(3));
 }
 
 #[tokio::test]

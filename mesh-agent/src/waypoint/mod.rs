@@ -8,8 +8,9 @@
 //! - [`site`]: the HBONE CONNECTs it accepts (only for Services it serves);
 //! - [`serve`]: HTTP/1.1 or HTTP/2 on each CONNECT stream, one L7 record
 //!   per request;
-//! - [`route`]: HTTPRoute compilation (problems per field), matching with
-//!   the specification's precedence, filters, weighted backends;
+//! - [`route`]: HTTPRoute and GRPCRoute compilation (problems per field),
+//!   matching with the specifications' precedence, filters, weighted
+//!   backends;
 //! - [`limits`]: TrafficPolicy rate limits and faults (limit → abort → delay);
 //! - [`forward`]: timeouts, retries within a budget, then
 //! - [`upstream`]: endpoint choice (power of two choices, outlier ejection)
@@ -236,12 +237,11 @@ impl Waypoint {
         if let Some(table) = cache.tables.get(&key) {
             return Arc::clone(table);
         }
-        let (table, problems) =
-            route::RouteTable::build(&config.snapshot.http_routes, &self.parent(service, port));
+        let (table, problems) = self.build_routes(config, service, port);
         for p in &problems {
             tracing::warn!(
                 waypoint = %self.me, route = %p.route, field = %p.field,
-                "HTTPRoute not accepted: {}", p.message
+                "{} not accepted: {}", p.kind, p.message
             );
         }
         let table = Arc::new(table);
@@ -283,15 +283,8 @@ impl Waypoint {
         for svc in config.snapshot.services_using(&self.me) {
             let name = format!("{}/{}", svc.namespace, svc.name);
             for port in &svc.ports {
-                let (_, problems) = route::RouteTable::build(
-                    &config.snapshot.http_routes,
-                    &self.parent(&name, port.port),
-                );
-                all.extend(
-                    problems
-                        .into_iter()
-                        .map(|p| format!("HTTPRoute {} {}: {}", p.route, p.field, p.message)),
-                );
+                let (_, problems) = self.build_routes(config, &name, port.port);
+                all.extend(problems.iter().map(ToString::to_string));
             }
         }
         let (_, problems) = limits::Limits::build(&config.snapshot.traffic_policies);
@@ -299,6 +292,19 @@ impl Waypoint {
         all.sort();
         all.dedup();
         all
+    }
+
+    fn build_routes(
+        &self,
+        config: &Loaded,
+        service: &str,
+        port: u16,
+    ) -> (route::RouteTable, Vec<route::RouteProblem>) {
+        route::RouteTable::build(
+            &config.snapshot.http_routes,
+            &config.snapshot.grpc_routes,
+            &self.parent(service, port),
+        )
     }
 
     fn parent(&self, service: &str, port: u16) -> route::Parent {

@@ -213,6 +213,39 @@ fn local_response(status: StatusCode, reason: &str) -> Response<Body> {
     response
 }
 
+/// gRPC's status code UNIMPLEMENTED.
+const GRPC_UNIMPLEMENTED: u16 = 12;
+
+/// A gRPC "trailers-only" answer: HTTP 200 whose headers carry the status
+/// and its message, with no body.
+fn grpc_status_response(code: u16, message: &str) -> Response<Body> {
+    let mut response = Response::new(body::empty());
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(value) = HeaderValue::from_str(&grpc_message(message)) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+/// `grpc-message` is percent-encoded: every byte outside printable ASCII,
+/// and `%` itself (gRPC over HTTP/2, "Responses").
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// The authority the client asked for: `:authority` (HTTP/2, absolute
 /// URIs), else `Host`.
 fn authority<B>(req: &Request<B>) -> Option<String> {
@@ -287,16 +320,24 @@ async fn route_and_forward(
             headers: req.headers(),
         };
         let Some(matched) = table.decide(&view) else {
-            return Err(local(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no HTTPRoute rule for {} matches {} {}{}",
-                    down.service,
-                    req.method(),
-                    asked,
-                    req.uri().path()
-                ),
-            ));
+            // The Gateway API's answer to a request no route takes: 404,
+            // and to a gRPC call the status UNIMPLEMENTED, which a gRPC
+            // client reads as such (it would make UNIMPLEMENTED of a 404
+            // too, but lose the message).
+            let grpc = route::is_grpc(req.headers());
+            let why = format!(
+                "no {} rule for {} matches {} {}{}",
+                if grpc { "GRPCRoute" } else { "HTTPRoute" },
+                down.service,
+                req.method(),
+                asked,
+                req.uri().path()
+            );
+            if grpc {
+                let response = grpc_status_response(GRPC_UNIMPLEMENTED, &why);
+                return Ok(answered(flow, (response, why)));
+            }
+            return Err(local(StatusCode::NOT_FOUND, why));
         };
         if let Some(http) = flow.record.http.as_mut() {
             http.route = Some(format!("{}#{}", matched.route, matched.rule_index));

@@ -6,7 +6,7 @@ use http::Method;
 use regex::Regex;
 
 use super::{
-    Backend, Retry, RouteProblem, Rule, Timeouts,
+    Backend, Retry, RouteKind, RouteProblem, Rule, Timeouts,
     attach::DEFAULT_NAMESPACE,
     filters::{RuleShape, compile_filters, header_name},
     matching::{HeaderMatch, HostPattern, PathMatch, QueryMatch, RouteMatch, ValueMatch},
@@ -14,8 +14,8 @@ use super::{
     timestamp::{Instant, parse_rfc3339},
 };
 use crate::state::gateway::{
-    HttpRoute, HttpRouteMatch, HttpRouteRetry, HttpRouteRule, HttpRouteTimeouts, PathMatchType,
-    ValueMatchType,
+    HttpBackendRef, HttpHeaderMatch, HttpRoute, HttpRouteFilter, HttpRouteMatch, HttpRouteRetry,
+    HttpRouteRule, HttpRouteTimeouts, PathMatchType, RouteMeta, ValueMatchType,
 };
 
 /// The specification's bound on a backend weight.
@@ -28,6 +28,7 @@ const METHODS: [&str; 9] = [
 
 /// Problems found in one route so far.
 pub(super) struct Problems {
+    kind: RouteKind,
     route: String,
     found: Vec<RouteProblem>,
 }
@@ -35,6 +36,7 @@ pub(super) struct Problems {
 impl Problems {
     pub fn push(&mut self, field: String, message: String) {
         self.found.push(RouteProblem {
+            kind: self.kind,
             route: self.route.clone(),
             field,
             message,
@@ -44,12 +46,22 @@ impl Problems {
 
 #[derive(Debug)]
 pub(super) struct CompiledRoute {
+    pub kind: RouteKind,
     /// `namespace/name`.
     pub key: String,
     pub created: Option<Instant>,
     /// Lowercase; empty = every host.
     pub hostnames: Vec<HostPattern>,
     pub rules: Vec<CompiledRule>,
+}
+
+impl CompiledRoute {
+    /// Smaller is senior: the oldest route (absent timestamps after every
+    /// present one), then the first by `namespace/name` — the
+    /// specification's tie-break between routes.
+    pub fn seniority(&self) -> (bool, Option<Instant>, &str) {
+        (self.created.is_none(), self.created, &self.key)
+    }
 }
 
 #[derive(Debug)]
@@ -59,32 +71,60 @@ pub(super) struct CompiledRule {
     pub matches: Vec<RouteMatch>,
 }
 
-/// The route's typed form, or every problem found in it.
-pub(super) fn compile_route(route: &HttpRoute) -> Result<CompiledRoute, Vec<RouteProblem>> {
+/// An HTTPRoute's typed form, or every problem found in it.
+pub(super) fn compile_http(route: &HttpRoute) -> Result<CompiledRoute, Vec<RouteProblem>> {
+    compile(
+        RouteKind::Http,
+        &route.metadata,
+        &route.spec.hostnames,
+        |namespace, problems| {
+            if route.spec.rules.is_empty() {
+                // The specification's reading of a route without rules:
+                // everything matches and, with no backends, is answered 500.
+                vec![compile_rule(
+                    &HttpRouteRule::default(),
+                    0,
+                    namespace,
+                    problems,
+                )]
+            } else {
+                route
+                    .spec
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, rule)| compile_rule(rule, i, namespace, problems))
+                    .collect()
+            }
+        },
+    )
+}
+
+/// What every route kind shares: metadata and hostnames; `rules` compiles
+/// the kind's rules (given the route's namespace).
+pub(super) fn compile(
+    kind: RouteKind,
+    meta: &RouteMeta,
+    hostnames: &[String],
+    rules: impl FnOnce(&str, &mut Problems) -> Vec<CompiledRule>,
+) -> Result<CompiledRoute, Vec<RouteProblem>> {
     let mut problems = Problems {
-        route: route.key(),
+        kind,
+        route: meta.key(),
         found: Vec::new(),
     };
-    let namespace = route
-        .metadata
-        .namespace
+    let namespace = meta.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    let created = meta
+        .creation_timestamp
         .as_deref()
-        .unwrap_or(DEFAULT_NAMESPACE);
-    let created =
-        route
-            .metadata
-            .creation_timestamp
-            .as_deref()
-            .and_then(|text| match parse_rfc3339(text) {
-                Ok(instant) => Some(instant),
-                Err(message) => {
-                    problems.push("metadata.creationTimestamp".to_owned(), message);
-                    None
-                }
-            });
-    let hostnames = route
-        .spec
-        .hostnames
+        .and_then(|text| match parse_rfc3339(text) {
+            Ok(instant) => Some(instant),
+            Err(message) => {
+                problems.push("metadata.creationTimestamp".to_owned(), message);
+                None
+            }
+        });
+    let hostnames = hostnames
         .iter()
         .enumerate()
         .filter_map(|(i, host)| match hostname_problem(host, true) {
@@ -98,26 +138,10 @@ pub(super) fn compile_route(route: &HttpRoute) -> Result<CompiledRoute, Vec<Rout
             }),
         })
         .collect();
-    let rules = if route.spec.rules.is_empty() {
-        // The specification's reading of a route without rules: everything
-        // matches and, with no backends, is answered 500.
-        vec![compile_rule(
-            &HttpRouteRule::default(),
-            0,
-            namespace,
-            &mut problems,
-        )]
-    } else {
-        route
-            .spec
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(i, rule)| compile_rule(rule, i, namespace, &mut problems))
-            .collect()
-    };
+    let rules = rules(namespace, &mut problems);
     if problems.found.is_empty() {
         Ok(CompiledRoute {
+            kind,
             key: problems.route,
             created,
             hostnames,
@@ -135,16 +159,7 @@ fn compile_rule(
     problems: &mut Problems,
 ) -> CompiledRule {
     let at = format!("spec.rules[{index}]");
-    let matches = if written.matches.is_empty() {
-        vec![RouteMatch::everything()]
-    } else {
-        written
-            .matches
-            .iter()
-            .enumerate()
-            .map(|(i, m)| compile_match(m, &format!("{at}.matches[{i}]"), problems))
-            .collect()
-    };
+    let matches = compile_matches(&written.matches, &at, problems, compile_match);
     let non_prefix = written.matches.iter().enumerate().find_map(|(i, m)| {
         match m
             .path
@@ -157,37 +172,17 @@ fn compile_rule(
         }
     });
     let shape = RuleShape {
+        kind: RouteKind::Http,
         namespace,
         non_prefix,
     };
-    let filters = compile_filters(&written.filters, &format!("{at}.filters"), &shape, problems);
-    let backends = written
-        .backend_refs
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let at = format!("{at}.backendRefs[{i}]");
-            let weight = r.weight.unwrap_or(1);
-            if weight > MAX_WEIGHT {
-                problems.push(
-                    format!("{at}.weight"),
-                    format!("weight {weight} is more than {MAX_WEIGHT}; scale the weights down to 0-{MAX_WEIGHT}"),
-                );
-            }
-            let mut backend = backend(
-                (r.group.as_deref(), r.kind.as_deref()),
-                &r.name,
-                r.namespace.as_deref(),
-                r.port,
-                namespace,
-                &at,
-                problems,
-            );
-            backend.weight = weight;
-            backend.filters = compile_filters(&r.filters, &format!("{at}.filters"), &shape, problems);
-            backend
-        })
-        .collect();
+    let (filters, backends) = actions(
+        &written.filters,
+        &written.backend_refs,
+        &at,
+        &shape,
+        problems,
+    );
     let timeouts = written
         .timeouts
         .as_ref()
@@ -207,6 +202,63 @@ fn compile_rule(
         },
         matches,
     }
+}
+
+/// A rule's filters and weighted backends (with their own filters), for the
+/// rule at `at`.
+pub(super) fn actions(
+    filters: &[HttpRouteFilter],
+    backend_refs: &[HttpBackendRef],
+    at: &str,
+    shape: &RuleShape<'_>,
+    problems: &mut Problems,
+) -> (Vec<super::Filter>, Vec<Backend>) {
+    let filters = compile_filters(filters, &format!("{at}.filters"), shape, problems);
+    let backends = backend_refs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let at = format!("{at}.backendRefs[{i}]");
+            let weight = r.weight.unwrap_or(1);
+            if weight > MAX_WEIGHT {
+                problems.push(
+                    format!("{at}.weight"),
+                    format!("weight {weight} is more than {MAX_WEIGHT}; scale the weights down to 0-{MAX_WEIGHT}"),
+                );
+            }
+            let mut backend = backend(
+                (r.group.as_deref(), r.kind.as_deref()),
+                &r.name,
+                r.namespace.as_deref(),
+                r.port,
+                shape.namespace,
+                &at,
+                problems,
+            );
+            backend.weight = weight;
+            backend.filters = compile_filters(&r.filters, &format!("{at}.filters"), shape, problems);
+            backend
+        })
+        .collect();
+    (filters, backends)
+}
+
+/// The matches of the rule at `at`, each compiled by `compile`; a rule
+/// without matches has the kind's catch-all (a default match).
+pub(super) fn compile_matches<M: Default>(
+    written: &[M],
+    at: &str,
+    problems: &mut Problems,
+    compile: fn(&M, &str, &mut Problems) -> RouteMatch,
+) -> Vec<RouteMatch> {
+    if written.is_empty() {
+        return vec![compile(&M::default(), at, problems)];
+    }
+    written
+        .iter()
+        .enumerate()
+        .map(|(i, m)| compile(m, &format!("{at}.matches[{i}]"), problems))
+        .collect()
 }
 
 fn compile_match(written: &HttpRouteMatch, at: &str, problems: &mut Problems) -> RouteMatch {
@@ -235,19 +287,9 @@ fn compile_match(written: &HttpRouteMatch, at: &str, problems: &mut Problems) ->
             }
         }
     };
-    // Of entries naming the same header or parameter only the first counts
-    // (the specification's rule), also for precedence.
-    let mut headers: Vec<HeaderMatch> = Vec::new();
-    for (i, h) in written.headers.iter().enumerate() {
-        let field = format!("{at}.headers[{i}]");
-        let name = header_name(&h.name, &format!("{field}.name"), problems);
-        let value = value_match(h.kind, &h.value, &format!("{field}.value"), problems);
-        if let (Some(name), Some(value)) = (name, value)
-            && !headers.iter().any(|seen| seen.name == name)
-        {
-            headers.push(HeaderMatch { name, value });
-        }
-    }
+    let headers = header_matches(&written.headers, at, problems);
+    // Of entries naming the same parameter only the first counts (the
+    // specification's rule), also for precedence.
     let mut query: Vec<QueryMatch> = Vec::new();
     for (i, q) in written.query_params.iter().enumerate() {
         let field = format!("{at}.queryParams[{i}]");
@@ -287,7 +329,30 @@ fn compile_match(written: &HttpRouteMatch, at: &str, problems: &mut Problems) ->
         headers,
         query,
         method,
+        grpc: None,
     }
+}
+
+/// The header matches of the match at `at`. Of entries naming the same
+/// header only the first counts (the specification's rule), also for
+/// precedence.
+pub(super) fn header_matches(
+    written: &[HttpHeaderMatch],
+    at: &str,
+    problems: &mut Problems,
+) -> Vec<HeaderMatch> {
+    let mut headers: Vec<HeaderMatch> = Vec::new();
+    for (i, h) in written.iter().enumerate() {
+        let field = format!("{at}.headers[{i}]");
+        let name = header_name(&h.name, &format!("{field}.name"), problems);
+        let value = value_match(h.kind, &h.value, &format!("{field}.value"), problems);
+        if let (Some(name), Some(value)) = (name, value)
+            && !headers.iter().any(|seen| seen.name == name)
+        {
+            headers.push(HeaderMatch { name, value });
+        }
+    }
+    headers
 }
 
 fn value_match(
@@ -304,7 +369,7 @@ fn value_match(
 
 /// A regex that must match the whole text, as the specification means it:
 /// `\A` and `\z` hold even when the user's pattern turns on multi-line mode.
-fn whole(pattern: &str, field: &str, problems: &mut Problems) -> Option<Regex> {
+pub(super) fn whole(pattern: &str, field: &str, problems: &mut Problems) -> Option<Regex> {
     match Regex::new(&format!(r"\A(?:{pattern})\z")) {
         Ok(regex) => Some(regex),
         Err(e) => {

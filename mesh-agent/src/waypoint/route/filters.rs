@@ -5,7 +5,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::{
-    Backend, Request,
+    Backend, Request, RouteKind,
     compile::{Problems, backend, hostname_problem},
 };
 use crate::state::gateway::{HeaderModifier, HttpRouteFilter, PathModifier};
@@ -165,8 +165,9 @@ impl Rewrite {
     }
 }
 
-/// What the filters of a rule may rely on about its matches.
+/// What the filters of a rule may rely on about its route and matches.
 pub(super) struct RuleShape<'a> {
+    pub kind: RouteKind,
     pub namespace: &'a str,
     /// The first match that is not a `PathPrefix` (index, type), which
     /// rules out `ReplacePrefixMatch`.
@@ -183,6 +184,27 @@ const FIELDS: [(&str, &str); 6] = [
     ("ExtensionRef", "extensionRef"),
 ];
 
+impl RouteKind {
+    /// The filter types the kind's specification defines, ExtensionRef
+    /// aside (which the waypoint does not support).
+    fn filter_types(self) -> &'static [&'static str] {
+        match self {
+            RouteKind::Http => &[
+                "RequestHeaderModifier",
+                "ResponseHeaderModifier",
+                "RequestRedirect",
+                "URLRewrite",
+                "RequestMirror",
+            ],
+            RouteKind::Grpc => &[
+                "RequestHeaderModifier",
+                "ResponseHeaderModifier",
+                "RequestMirror",
+            ],
+        }
+    }
+}
+
 /// Compiles `written` (at `base`, e.g. `spec.rules[0].filters`), reporting
 /// into `problems`; the result is only used when there were none.
 pub(super) fn compile_filters(
@@ -196,11 +218,14 @@ pub(super) fn compile_filters(
     for (i, filter) in written.iter().enumerate() {
         let at = format!("{base}[{i}]");
         let kind = filter.kind.as_str();
-        let Some(&(_, own_field)) = FIELDS.iter().find(|(k, _)| *k == kind) else {
+        let known = shape.kind.filter_types().contains(&kind) || kind == "ExtensionRef";
+        let Some(&(_, own_field)) = FIELDS.iter().find(|(k, _)| known && *k == kind) else {
             problems.push(
                 format!("{at}.type"),
                 format!(
-                    "unknown filter type {kind:?}; use one of RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect, URLRewrite, RequestMirror"
+                    "unknown filter type {kind:?} for a {}; use one of {}",
+                    shape.kind,
+                    shape.kind.filter_types().join(", ")
                 ),
             );
             continue;
@@ -305,6 +330,13 @@ pub(super) fn compile_filters(
                     }),
                 })
             }),
+            "RequestMirror" if shape.kind == RouteKind::Grpc => {
+                problems.push(
+                    format!("{at}.type"),
+                    "RequestMirror is not supported on GRPCRoutes by the nodemesh waypoint: it mirrors only requests without a body, and every gRPC call has one; remove the filter".to_owned(),
+                );
+                continue;
+            }
             "RequestMirror" => filter.request_mirror.as_ref().map(|m| {
                 let percent = m.percent.unwrap_or(100);
                 if percent > 100 {

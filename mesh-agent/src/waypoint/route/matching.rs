@@ -13,6 +13,13 @@
 //! `RegularExpression` paths rank after every `Exact` and `PathPrefix` path
 //! (the specification leaves their place to implementations: a regex's
 //! specificity cannot be measured), and tie among themselves.
+//!
+//! A GRPCRoute match ranks by the GRPCRoute specification instead: the
+//! most characters of a matching service, then of a matching method, then
+//! the most header matches. Exact method matches come before
+//! `RegularExpression` ones (for the same reason as regex paths) and those
+//! before matches without a method. The two kinds never meet in one host
+//! group (see `attach`), so their ranks are never compared with each other.
 use std::cmp::{Ordering, Reverse};
 
 use http::{HeaderName, Method};
@@ -57,6 +64,52 @@ pub(super) struct RouteMatch {
     pub headers: Vec<HeaderMatch>,
     pub query: Vec<QueryMatch>,
     pub method: Option<Method>,
+    /// Set for a GRPCRoute's match: only gRPC requests meet it, and it
+    /// ranks by the GRPCRoute precedence.
+    pub grpc: Option<GrpcMethod>,
+}
+
+/// How a GRPCRoute match names the method, for precedence.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct GrpcMethod {
+    pub class: MethodClass,
+    /// Characters of an exact service and method; 0 when absent or regex.
+    pub service_len: usize,
+    pub method_len: usize,
+}
+
+/// More specific first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum MethodClass {
+    Exact,
+    Regex,
+    /// No method match: every service and method.
+    Any,
+}
+
+/// A match's place in the order; smaller is more specific.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    /// Path class (Exact, PathPrefix, regex), prefix length, method,
+    /// headers, query parameters.
+    Http(
+        u8,
+        Reverse<usize>,
+        Reverse<bool>,
+        Reverse<usize>,
+        Reverse<usize>,
+    ),
+    /// Method class, service characters, method characters, headers.
+    Grpc(MethodClass, Reverse<usize>, Reverse<usize>, Reverse<usize>),
+}
+
+/// Whether a request is a gRPC call: `content-type: application/grpc`,
+/// optionally with a `+codec` suffix or parameters.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.as_bytes().strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
 }
 
 impl RouteMatch {
@@ -70,6 +123,7 @@ impl RouteMatch {
             headers: Vec::new(),
             query: Vec::new(),
             method: None,
+            grpc: None,
         }
     }
 
@@ -80,6 +134,7 @@ impl RouteMatch {
             && self.path_matches(req.path)
             && self.headers.iter().all(|h| h.matches(req.headers))
             && self.query.iter().all(|q| q.matches(req.query))
+            && (self.grpc.is_none() || is_grpc(req.headers))
     }
 
     fn path_matches(&self, path: &str) -> bool {
@@ -99,14 +154,21 @@ impl RouteMatch {
         }
     }
 
-    /// Smaller is more specific.
-    fn rank(&self) -> impl Ord {
+    fn rank(&self) -> Rank {
+        if let Some(grpc) = self.grpc {
+            return Rank::Grpc(
+                grpc.class,
+                Reverse(grpc.service_len),
+                Reverse(grpc.method_len),
+                Reverse(self.headers.len()),
+            );
+        }
         let (class, prefix_len) = match &self.path {
             PathMatch::Exact(_) => (0u8, 0),
             PathMatch::Prefix { trimmed, .. } => (1, trimmed.len()),
             PathMatch::Regex(_) => (2, 0),
         };
-        (
+        Rank::Http(
             class,
             Reverse(prefix_len),
             Reverse(self.method.is_some()),
@@ -172,6 +234,20 @@ impl HostPattern {
         }
     }
 
+    /// Whether some host matches both (`Any` matches every host).
+    fn overlaps(&self, other: &HostPattern) -> bool {
+        match (self, other) {
+            (HostPattern::Any, _) | (_, HostPattern::Any) => true,
+            (HostPattern::Exact(a), HostPattern::Exact(b)) => a.eq_ignore_ascii_case(b),
+            (HostPattern::Exact(host), wildcard) | (wildcard, HostPattern::Exact(host)) => {
+                wildcard.matches(host)
+            }
+            (HostPattern::Wildcard(a), HostPattern::Wildcard(b)) => {
+                a.ends_with(b.as_str()) || b.ends_with(a.as_str())
+            }
+        }
+    }
+
     /// Smaller is more specific.
     fn rank(&self) -> (u8, Reverse<usize>) {
         match self {
@@ -180,6 +256,11 @@ impl HostPattern {
             HostPattern::Any => (2, Reverse(0)),
         }
     }
+}
+
+/// Whether two routes' hostnames (empty: every host) share a host.
+pub(super) fn hostnames_overlap(a: &[HostPattern], b: &[HostPattern]) -> bool {
+    a.is_empty() || b.is_empty() || a.iter().any(|x| b.iter().any(|y| x.overlaps(y)))
 }
 
 /// A place in the order: `routes[route].rules[rule].matches[index]`.
@@ -248,13 +329,10 @@ fn compare(routes: &[CompiledRoute], a: &Entry, b: &Entry) -> Ordering {
     let (route_a, route_b) = (&routes[a.route], &routes[b.route]);
     let match_a = &route_a.rules[a.rule].matches[a.index];
     let match_b = &route_b.rules[b.rule].matches[b.index];
-    // Absent timestamps sort after every present one.
-    let age = |route: &CompiledRoute| (route.created.is_none(), route.created);
     match_a
         .rank()
         .cmp(&match_b.rank())
-        .then_with(|| age(route_a).cmp(&age(route_b)))
-        .then_with(|| route_a.key.cmp(&route_b.key))
+        .then_with(|| route_a.seniority().cmp(&route_b.seniority()))
         .then_with(|| a.rule.cmp(&b.rule))
         .then_with(|| a.index.cmp(&b.index))
 }

@@ -1,24 +1,30 @@
-//! Gateway API HTTPRoutes as the waypoint serves them: the routes attached
-//! to one [`Parent`] compiled into a [`RouteTable`] that answers, per
-//! request, which rule of which route wins by the specification's
-//! precedence, with the rule's filters, weighted backends, timeouts and
-//! retry already validated and typed. Routes with any problem are left out
-//! whole and reported per field ([`RouteProblem`]), so a half-understood
-//! route can never serve traffic.
+//! Gateway API HTTPRoutes and GRPCRoutes as the waypoint serves them: the
+//! routes attached to one [`Parent`] compiled into a [`RouteTable`] that
+//! answers, per request, which rule of which route wins by the
+//! specification's precedence, with the rule's filters, weighted backends,
+//! timeouts and retry already validated and typed. Routes with any problem
+//! are left out whole and reported per field ([`RouteProblem`]), so a
+//! half-understood route can never serve traffic.
 //!
-//! - `attach`: which routes belong to the parent (Service or waypoint).
+//! A GRPCRoute compiles into the same form as an HTTPRoute (a gRPC call is a
+//! POST to `/{service}/{method}`), so one matcher serves both kinds.
+//!
+//! - `attach`: which routes belong to the parent (Service or waypoint), and
+//!   which of an HTTPRoute and a GRPCRoute sharing hostnames is accepted.
 //! - `compile`: validation and the typed form, with field paths.
+//! - `grpc`: a GRPCRoute's method matches in that form.
 //! - `matching`: hostnames, match criteria, the precedence order.
 //! - `filters`: header edits, redirects, rewrites, mirrors.
 //! - `duration`, `timestamp`: the two textual formats routes carry.
 use std::time::Duration;
 
-use crate::state::gateway::HttpRoute;
+use crate::state::gateway::{GrpcRoute, HttpRoute};
 
 mod attach;
 mod compile;
 mod duration;
 mod filters;
+mod grpc;
 mod matching;
 mod timestamp;
 
@@ -27,6 +33,7 @@ mod tests;
 
 pub use duration::parse_duration;
 pub use filters::{Filter, HeaderEdit, PathChange, Redirect, Rewrite};
+pub use matching::is_grpc;
 
 use compile::CompiledRoute;
 use matching::{Entry, HostGroup};
@@ -53,9 +60,26 @@ pub struct Request<'a> {
     pub headers: &'a http::HeaderMap,
 }
 
+/// Which Gateway API route type a route is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    Http,
+    Grpc,
+}
+
+impl std::fmt::Display for RouteKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        })
+    }
+}
+
 /// One invalid route, as its status condition would say it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteProblem {
+    pub kind: RouteKind,
     /// `namespace/name`.
     pub route: String,
     /// The path of the offending field, e.g. `spec.rules[0].matches[1].path.value`.
@@ -68,8 +92,8 @@ impl std::fmt::Display for RouteProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "HTTPRoute {} {}: {}",
-            self.route, self.field, self.message
+            "{} {} {}: {}",
+            self.kind, self.route, self.field, self.message
         )
     }
 }
@@ -166,19 +190,32 @@ impl Rule {
 }
 
 impl RouteTable {
-    /// Compiles every route in `routes` attached to `parent`; routes with any
-    /// problem are left out whole (and reported), valid ones are unaffected.
-    /// Routes attached elsewhere are skipped without a word: they are
-    /// another parent's business.
-    pub fn build(routes: &[HttpRoute], parent: &Parent) -> (RouteTable, Vec<RouteProblem>) {
+    /// Compiles every route in `http` and `grpc` attached to `parent`;
+    /// routes with any problem are left out whole (and reported), valid ones
+    /// are unaffected. Routes attached elsewhere are skipped without a word:
+    /// they are another parent's business.
+    pub fn build(
+        http: &[HttpRoute],
+        grpc: &[GrpcRoute],
+        parent: &Parent,
+    ) -> (RouteTable, Vec<RouteProblem>) {
+        let http = http
+            .iter()
+            .filter(|r| attach::attaches(&r.metadata, &r.spec.parent_refs, parent))
+            .map(compile::compile_http);
+        let grpc = grpc
+            .iter()
+            .filter(|r| attach::attaches(&r.metadata, &r.spec.parent_refs, parent))
+            .map(grpc::compile_grpc);
         let mut compiled = Vec::new();
         let mut problems = Vec::new();
-        for route in routes.iter().filter(|r| attach::attaches(r, parent)) {
-            match compile::compile_route(route) {
+        for result in http.chain(grpc) {
+            match result {
                 Ok(route) => compiled.push(route),
                 Err(mut found) => problems.append(&mut found),
             }
         }
+        let compiled = attach::without_conflicts(compiled, &mut problems);
         let groups = matching::order(&compiled);
         (
             RouteTable {
@@ -194,7 +231,7 @@ impl RouteTable {
     }
 
     /// The winning rule by the specification's precedence, or `None` (the
-    /// caller answers 404). A scan of the precomputed order: the first
+    /// caller answers 404, or UNIMPLEMENTED to a gRPC call). A scan of the precomputed order: the first
     /// entry whose hostname and match hold wins.
     pub fn decide(&self, req: &Request<'_>) -> Option<Matched<'_>> {
         self.groups

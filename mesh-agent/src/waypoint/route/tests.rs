@@ -7,6 +7,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use super::*;
 use crate::state::gateway::HttpRoute;
 
+/// GRPCRoutes, alone and beside HTTPRoutes.
+mod grpc;
+
 fn parent() -> Parent {
     Parent {
         service_namespace: "shop".to_owned(),
@@ -48,7 +51,7 @@ fn created(at: &str) -> String {
 }
 
 fn build(routes: &[HttpRoute]) -> RouteTable {
-    let (table, problems) = RouteTable::build(routes, &parent());
+    let (table, problems) = RouteTable::build(routes, &[], &parent());
     assert!(problems.is_empty(), "unexpected problems: {problems:#?}");
     table
 }
@@ -578,7 +581,7 @@ fn routes_attach_to_their_service_port_or_the_waypoint_only() {
         let routes = [route(&format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: {refs}\n"
         ))];
-        let (table, problems) = RouteTable::build(&routes, &parent());
+        let (table, problems) = RouteTable::build(&routes, &[], &parent());
         assert!(problems.is_empty());
         assert_eq!(!table.is_empty(), attached, "{refs}");
     }
@@ -589,7 +592,7 @@ fn routes_attach_to_their_service_port_or_the_waypoint_only() {
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {metadata}\nspec:\n  parentRefs: [{{kind: Service, name: cart}}]\n"
         ))];
         assert!(
-            RouteTable::build(&routes, &parent()).0.is_empty(),
+            RouteTable::build(&routes, &[], &parent()).0.is_empty(),
             "{metadata}"
         );
     }
@@ -607,7 +610,7 @@ spec:
   rules: [{matches: [{path: {value: no-slash}}]}]
 "#,
     );
-    let (table, problems) = RouteTable::build(&[foreign], &parent());
+    let (table, problems) = RouteTable::build(&[foreign], &[], &parent());
     assert!(table.is_empty());
     assert!(problems.is_empty());
 }
@@ -808,7 +811,7 @@ fn each_invalid_field_is_reported_at_its_path() {
         ),
     ];
     for (spec, field, message) in cases {
-        let (table, problems) = RouteTable::build(&[cart_route("bad", spec)], &parent());
+        let (table, problems) = RouteTable::build(&[cart_route("bad", spec)], &[], &parent());
         assert!(
             table.is_empty(),
             "{spec}: an invalid route must not be served"
@@ -841,7 +844,7 @@ spec:
   parentRefs: [{name: waypoint, namespace: shop}]
 "#,
     );
-    let (_, problems) = RouteTable::build(&[written], &parent());
+    let (_, problems) = RouteTable::build(&[written], &[], &parent());
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].route, "default/r");
     assert_eq!(problems[0].field, "metadata.creationTimestamp");
@@ -858,7 +861,7 @@ rules:
 "#,
     );
     let good = cart_route("good", "rules:\n- matches: [{path: {value: /}}]");
-    let (table, problems) = RouteTable::build(&[bad, good], &parent());
+    let (table, problems) = RouteTable::build(&[bad, good], &[], &parent());
     let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(
         fields,
