@@ -1,6 +1,7 @@
 //! The L7 waypoint on the simulated cluster: real agents, a real waypoint
-//! process, real HTTP/1.1, HTTP/2 and gRPC-framed traffic from enrolled
-//! pods, checked by what the backends saw and by every flow record.
+//! process, real HTTP/1.1, HTTP/2 and gRPC traffic (hand-framed, and tonic
+//! on both ends) from enrolled pods, checked by what the backends saw and by
+//! every flow record.
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::{Context as _, ensure};
@@ -40,6 +41,10 @@ pub fn trials() -> Vec<Trial> {
         trial(
             "waypoint::rate_limits_answer_429_and_faults_abort_and_delay",
             limits_and_faults,
+        ),
+        trial(
+            "waypoint::grpcroute_splits_tonic_calls_by_method_and_keeps_statuses",
+            grpc_routes,
         ),
     ]
 }
@@ -133,14 +138,28 @@ impl Shop {
 
     /// `mesh-http load` from the client pod; its summary.
     fn load(&self, args: &[&str]) -> anyhow::Result<Value> {
+        self.mesh_http("load", args)
+    }
+
+    /// `mesh-http grpc-call` (tonic) to the cart Service from the client
+    /// pod; its outcome.
+    fn grpc(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut all = vec!["--to", "10.96.0.20:80"];
+        all.extend_from_slice(args);
+        self.mesh_http("grpc-call", &all)
+    }
+
+    /// `mesh-http <command>` from the client pod; the JSON line it prints.
+    fn mesh_http(&self, command: &str, args: &[&str]) -> anyhow::Result<Value> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh-http"));
-        cmd.arg("load").args(args);
+        cmd.arg(command).args(args);
         let (_, out) = self
             .meshed
             .cluster
             .spawn(self.meshed.cluster.pod("client"), cmd)?
             .wait_output(WAIT)?;
-        serde_json::from_str(out.trim()).with_context(|| format!("mesh-http load {args:?}: {out}"))
+        serde_json::from_str(out.trim())
+            .with_context(|| format!("mesh-http {command} {args:?}: {out}"))
     }
 
     /// One request to the cart Service; (status, backend, sample).
@@ -986,5 +1005,181 @@ fn limits_and_faults() -> anyhow::Result<()> {
             })
         })?;
     ensure!(!status.is_null());
+    Ok(())
+}
+
+const GREETER: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata:
+  name: greeter
+  namespace: shop
+  creationTimestamp: \"2024-01-01T00:00:00Z\"
+spec:
+  parentRefs: [{kind: Service, group: \"\", name: cart}]
+  rules:
+  - matches: [{method: {service: nodemesh.test.Greeter, method: Hello}}]
+    backendRefs: [{name: cart-v1, port: 80}]
+  - matches: [{method: {service: nodemesh.test.Greeter}}]
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-route, value: greeter-rest}]}
+    backendRefs: [{name: cart-v2, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: broken, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: \"\", name: cart}]
+  rules:
+  - matches: [{method: {service: nodemesh/test}}]
+    backendRefs: [{name: cart-v2, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: late
+  namespace: shop
+  creationTimestamp: \"2025-01-01T00:00:00Z\"
+spec:
+  parentRefs: [{kind: Service, group: \"\", name: cart}]
+  rules:
+  - backendRefs: [{name: cart-v2, port: 80}]
+";
+
+/// The gRPC record of `path` whose grpc-status is `status`.
+fn grpc_record<'a>(
+    requests: &'a [FlowRecord],
+    path: &str,
+    status: &str,
+) -> anyhow::Result<&'a FlowRecord> {
+    requests
+        .iter()
+        .find(|r| {
+            r.http
+                .as_ref()
+                .is_some_and(|h| h.path == path && h.grpc_status.as_deref() == Some(status))
+        })
+        .with_context(|| format!("a record of {path} with grpc-status {status}: {requests:#?}"))
+}
+
+fn grpc_routes() -> anyhow::Result<()> {
+    let shop = Shop::start(&[("v1", "cart-v1", &[]), ("v2", "cart-v2", &[])])?;
+    shop.routes(GREETER)?;
+    eventually("the GRPCRoute applies", || {
+        Ok(shop.grpc(&["--method", "Count"])?["replies"][0]["backend"] == "v2")
+    })?;
+
+    // Split by method: Hello to v1, the rest of the service to v2.
+    let hello = shop.grpc(&["--name", "ada"])?;
+    ensure!(
+        hello["code"] == 0
+            && hello["replies"][0]["backend"] == "v1"
+            && hello["replies"][0]["message"] == "hello ada",
+        "unary Hello through the waypoint: {hello}"
+    );
+    let count = shop.grpc(&["--method", "Count", "--count", "3"])?;
+    let replies = count["replies"].as_array().context("replies")?;
+    ensure!(
+        count["code"] == 0
+            && replies.len() == 3
+            && replies
+                .iter()
+                .enumerate()
+                .all(|(i, r)| r["backend"] == "v2" && r["index"] == i)
+            && count["metadata"]["x-route"] == "greeter-rest",
+        "server streaming Count, with the rule's response header: {count}"
+    );
+
+    // Errors cross intact: in the trailers after streamed replies, and as
+    // a trailers-only answer to a unary call.
+    let failed = shop.grpc(&["--method", "Count", "--count", "2", "--fail", "gone away"])?;
+    ensure!(
+        failed["code"] == 5
+            && failed["message"] == "gone away"
+            && failed["replies"].as_array().is_some_and(|r| r.len() == 2)
+            && failed["metadata"]["x-backend"] == "v2"
+            && failed["metadata"]["x-detail"] == "from-greeter",
+        "NOT_FOUND in the trailers after two replies: {failed}"
+    );
+    let missing = shop.grpc(&["--fail", "no such greeting"])?;
+    ensure!(
+        missing["code"] == 5
+            && missing["message"] == "no such greeting"
+            && missing["metadata"]["x-backend"] == "v1"
+            && missing["metadata"]["x-detail"] == "from-greeter",
+        "a trailers-only NOT_FOUND: {missing}"
+    );
+
+    // No rule takes the call: the waypoint answers UNIMPLEMENTED itself.
+    let other = shop.grpc(&["--service", "nodemesh.test.Other"])?;
+    ensure!(
+        other["code"] == 12
+            && other["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no GRPCRoute rule for shop/cart")),
+        "an unroutable call: {other}"
+    );
+    // The younger HTTPRoute lost the conflict, so plain HTTP finds no rule.
+    let (status, _, sample) = shop.get("/", &[])?;
+    ensure!(status == 404, "plain HTTP next to a GRPCRoute: {sample}");
+
+    // The records: method, path, route, backend and gRPC status per call.
+    let requests = shop.requests()?;
+    let hello = grpc_record(&requests, "/nodemesh.test.Greeter/Hello", "0")?;
+    let http = hello.http.as_ref().context("checked")?;
+    ensure!(
+        http.method == "POST"
+            && http.protocol == "HTTP/2"
+            && http.status == 200
+            && http.route.as_deref() == Some("shop/greeter#0")
+            && http.backend.as_deref() == Some("shop/cart-v1")
+            && hello.destination.pod.as_deref() == Some("shop/v1")
+            && hello.source.identity.as_deref() == Some(CLIENT),
+        "{hello:#?}"
+    );
+    let failed = grpc_record(&requests, "/nodemesh.test.Greeter/Count", "5")?;
+    let http = failed.http.as_ref().context("checked")?;
+    ensure!(
+        http.route.as_deref() == Some("shop/greeter#1")
+            && http.backend.as_deref() == Some("shop/cart-v2"),
+        "{failed:#?}"
+    );
+    let other = grpc_record(&requests, "/nodemesh.test.Other/Hello", "12")?;
+    let http = other.http.as_ref().context("checked")?;
+    ensure!(
+        http.route.is_none()
+            && http.backend.is_none()
+            && http
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("no GRPCRoute rule")),
+        "{other:#?}"
+    );
+
+    // The invalid GRPCRoute and the rejected HTTPRoute are reported by
+    // field; neither disturbed the valid route.
+    let reported = |s: &Value, what: &str, field: &str| {
+        s["config_errors"].as_array().is_some_and(|e| {
+            e.iter().any(|e| {
+                e.as_str()
+                    .is_some_and(|e| e.starts_with(&format!("{what} {field}: ")))
+            })
+        })
+    };
+    let status = shop
+        .waypoint()
+        .wait_status("the route problems reported", |s| {
+            reported(
+                s,
+                "GRPCRoute shop/broken",
+                "spec.rules[0].matches[0].method.service",
+            ) && reported(s, "HTTPRoute shop/late", "spec.hostnames")
+        })?;
+    ensure!(
+        status["config_errors"]
+            .as_array()
+            .is_some_and(|e| e.len() == 2),
+        "{status}"
+    );
     Ok(())
 }

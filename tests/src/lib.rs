@@ -22,6 +22,7 @@
 //!   a panic) kills its processes and removes its cgroups and namespaces;
 //! - [`leaks`] finds anything a test left behind under the suite's prefix.
 pub mod cluster;
+pub mod greeter;
 pub mod leaks;
 pub mod mesh;
 pub mod process;

@@ -1,8 +1,10 @@
 //! `mesh-http`: the HTTP side of the test traffic, for the waypoint's
 //! scenarios. `serve` is a backend speaking HTTP/1.1 and HTTP/2 (detected
-//! per connection) that says who it is and what it saw; `load` sends
-//! requests and prints one JSON summary line (statuses, backends, samples,
-//! latency percentiles and requests/s, which the benchmark reads).
+//! per connection) that says who it is and what it saw, and serves the
+//! tonic Greeter ([`nodemesh_tests::greeter`]); `load` sends requests and
+//! prints one JSON summary line (statuses, backends, samples, latency
+//! percentiles and requests/s, which the benchmark reads); `grpc-call`
+//! makes one Greeter call with tonic and prints its outcome.
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -17,13 +19,19 @@ use std::{
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt as _, Empty, Full, combinators::BoxBody};
+use http_body_util::{
+    BodyExt as _, Empty, Full,
+    combinators::{BoxBody, UnsyncBoxBody},
+};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use nodemesh_tests::greeter;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 type Body = BoxBody<Bytes, hyper::Error>;
+/// What `serve` answers with: its own bodies or the Greeter's.
+type ServedBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 #[derive(Parser)]
 #[command(about = "HTTP test traffic: a self-describing backend and a load client")]
@@ -39,7 +47,8 @@ enum Command {
     /// request headers seen. Paths: `/status/<code>`, `/delay/<ms>`,
     /// `/sink` (reads the body, answers its length and SHA-256),
     /// `/grpc` (answers a gRPC-framed message with trailers, `grpc-status`
-    /// from the request header `x-grpc-status`, default 0); a request with
+    /// from the request header `x-grpc-status`, default 0),
+    /// `/nodemesh.test.Greeter/*` (the tonic Greeter); a request with
     /// `Upgrade` gets `101` and then an echo of the raw bytes.
     Serve {
         #[arg(long)]
@@ -91,6 +100,27 @@ enum Command {
         #[arg(long, default_value = "hello through the waypoint")]
         message: String,
     },
+    /// One call to the Greeter with tonic; prints the code, message,
+    /// replies and metadata as JSON.
+    GrpcCall {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value = "cart.shop")]
+        host: String,
+        #[arg(long, default_value = greeter::SERVICE)]
+        service: String,
+        /// `Hello` (unary) or `Count` (server streaming).
+        #[arg(long, default_value = "Hello")]
+        method: String,
+        #[arg(long, default_value = "client")]
+        name: String,
+        /// Replies Count streams.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Ask the server to end with NOT_FOUND and this message.
+        #[arg(long, default_value = "")]
+        fail: String,
+    },
     /// Send raw bytes (a hand-made request) and print what comes back.
     Raw {
         #[arg(long)]
@@ -141,6 +171,20 @@ fn main() {
             }
             Command::Upgrade { to, host, message } => upgrade(to, &host, &message).await,
             Command::Raw { to, request } => raw(to, &request).await,
+            Command::GrpcCall {
+                to,
+                host,
+                service,
+                method,
+                name,
+                count,
+                fail,
+            } => {
+                let request = greeter::HelloRequest { name, count, fail };
+                let outcome = greeter::call(to, &host, &service, &method, request).await?;
+                println!("{outcome}");
+                Ok(())
+            }
         }
     });
     if let Err(e) = result {
@@ -170,10 +214,17 @@ async fn serve(
             let service = hyper::service::service_fn(move |req| {
                 let (name, seen) = (Arc::clone(&name), Arc::clone(&seen));
                 async move {
+                    if greeter::serves(req.uri().path()) {
+                        let response = greeter::answer(&name, req).await;
+                        return Ok::<Response<ServedBody>, Infallible>(
+                            response.map(|b| b.map_err(Into::into).boxed_unsync()),
+                        );
+                    }
                     let n = seen.fetch_add(1, Ordering::Relaxed) + 1;
                     let forced =
                         status.or_else(|| fail_every.filter(|every| n % every == 0).map(|_| 503));
-                    Ok::<_, Infallible>(answer(&name, req, forced).await)
+                    let response = answer(&name, req, forced).await;
+                    Ok(response.map(|b| b.map_err(Into::into).boxed_unsync()))
                 }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
