@@ -37,7 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{metrics::Metrics, status::Status, why::why};
 use crate::{
-    flows::{Filter, FlowRecord},
+    flows::Filter,
     policy::api::{Action, Mode},
     proxy::mesh::Mesh,
     state::Snapshot,
@@ -258,7 +258,7 @@ impl Admin {
         let (mut tx, body) = Channel::new(16);
         tokio::spawn(async move {
             loop {
-                let record: FlowRecord = match feed.recv().await {
+                let record = match feed.recv().await {
                     Ok(r) => r,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!("a flow follower fell {n} flows behind; they were skipped");
@@ -269,7 +269,7 @@ impl Admin {
                 if !filter.matches(&record) {
                     continue;
                 }
-                let mut line = serde_json::to_vec(&record).expect("flow records serialize");
+                let mut line = serde_json::to_vec(&*record).expect("flow records serialize");
                 line.push(b'\n');
                 if tx.send_data(Bytes::from(line)).await.is_err() {
                     return;

@@ -202,6 +202,11 @@ struct WaypointArgs {
     /// socket).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Worker threads serving requests, each a single-threaded event loop
+    /// with its own connections to the backends (as Envoy's `--concurrency`)
+    /// [default: the CPUs this process may use].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: Option<u16>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -221,7 +226,14 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Check { bpffs_dir } => check(&bpffs_dir),
         Command::Run(args) => runtime()?.block_on(run(args)),
-        Command::Waypoint(args) => runtime()?.block_on(waypoint(args)),
+        // Requests are served by the waypoint's own worker threads; this
+        // one accepts, watches the config, renews certificates and answers
+        // the admin socket.
+        Command::Waypoint(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(waypoint(args)),
         Command::Ca(CaCommand::Init { dir, trust_domain }) => {
             let ca = identity::ca::MeshCa::init(&dir, &trust_domain)?;
             println!(
@@ -416,12 +428,18 @@ async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
         admin,
         socket,
     } = serve(&args.mesh, &run_dir, args.metrics_listen).await?;
-    let (wp, _tasks) =
-        mesh_agent::waypoint::start(me.clone(), &args.mesh.node, Arc::clone(&mesh)).await?;
+    let workers = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    let serving =
+        mesh_agent::waypoint::start(me.clone(), &args.mesh.node, Arc::clone(&mesh), workers)
+            .await?;
+    let wp = &serving.waypoint;
     admin
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(waypoint = %me, pod = %wp.pod, admin = %socket.display(), "waypoint ready");
+    tracing::info!(waypoint = %me, pod = %wp.pod, workers, admin = %socket.display(), "waypoint ready");
     // Compiled once per config, not per status write: every route's
     // regexes and every TrafficPolicy.
     let problems = |loaded: &state::Loaded| {

@@ -44,14 +44,15 @@ pub struct FlowStore {
     capacity: usize,
     next_id: AtomicU64,
     inner: Mutex<Inner>,
-    closed_feed: broadcast::Sender<FlowRecord>,
+    /// Shared with the ring: a closed flow is written once, never copied.
+    closed_feed: broadcast::Sender<Arc<FlowRecord>>,
 }
 
 #[derive(Default)]
 struct Inner {
     /// Open flows, with the live byte counts of their relays.
     open: BTreeMap<u64, (FlowRecord, Arc<Progress>)>,
-    closed: VecDeque<FlowRecord>,
+    closed: VecDeque<Arc<FlowRecord>>,
 }
 
 impl FlowStore {
@@ -93,13 +94,14 @@ impl FlowStore {
 
     /// Records a flow's end: it leaves the open set and enters the ring.
     pub fn close(&self, record: FlowRecord) {
+        let record = Arc::new(record);
         let was_open = {
             let mut inner = self.inner.lock().expect("flow store");
             let was_open = inner.open.remove(&record.id).is_some();
             if inner.closed.len() == self.capacity {
                 inner.closed.pop_front();
             }
-            inner.closed.push_back(record.clone());
+            inner.closed.push_back(Arc::clone(&record));
             was_open
         };
         for s in &self.subscribers {
@@ -121,7 +123,7 @@ impl FlowStore {
         let mut all: Vec<FlowRecord> = inner
             .closed
             .iter()
-            .cloned()
+            .map(|r| FlowRecord::clone(r))
             .chain(open)
             .filter(|r| filter.matches(r))
             .collect();
@@ -133,7 +135,7 @@ impl FlowStore {
     }
 
     /// Closed flows from now on.
-    pub fn follow(&self) -> broadcast::Receiver<FlowRecord> {
+    pub fn follow(&self) -> broadcast::Receiver<Arc<FlowRecord>> {
         self.closed_feed.subscribe()
     }
 

@@ -166,6 +166,7 @@ fn log(r: &FlowRecord) {
         Direction::Inbound => (&r.destination, &r.source.identity, &r.source.identity),
     };
     let relayed = r.end.is_some();
+    let http = r.http.as_ref();
     macro_rules! record {
         ($level:ident, $message:literal) => {
             tracing::$level!(
@@ -187,12 +188,22 @@ fn log(r: &FlowRecord) {
                 received = relayed.then_some(r.bytes_received),
                 end = r.end.as_deref(),
                 error = r.error.as_deref(),
+                method = http.map(|h| h.method.as_str()),
+                authority = http.map(|h| h.authority.as_str()),
+                http_path = http.map(|h| h.path.as_str()),
+                status = http.map(|h| h.status),
+                route = http.and_then(|h| h.route.as_deref()),
+                reason = http.and_then(|h| h.reason.as_deref()),
                 duration_ms = r.duration_ms(),
                 $message
             )
         };
     }
     match r.state {
+        // An answered HTTP request is an access-log line: off by default
+        // (as Envoy's), since at waypoint rates writing it costs more CPU
+        // than routing the request; it is still recorded and counted.
+        State::Open | State::Closed if r.http.is_some() => record!(debug, "request answered"),
         State::Open | State::Closed => record!(info, "flow closed"),
         State::Refused | State::Denied => record!(info, "flow refused"),
         State::Error => record!(warn, "flow failed"),

@@ -98,21 +98,35 @@ pub trait Site: Handler {
     }
 }
 
-/// Accepts HBONE connections for `site` until the task is aborted.
+/// Accepts HBONE connections for `site` until the task is aborted, each
+/// served by a task of the current runtime.
 pub fn accept_loop<S: Site>(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     site: Arc<S>,
+) -> tokio::task::JoinHandle<()> {
+    let name = site.name().to_owned();
+    accept_each(listener, name, move |tcp, peer| {
+        tokio::spawn(connection(tcp, peer, Arc::clone(&tls), Arc::clone(&site)));
+    })
+}
+
+/// Accepts connections until the task is aborted and hands each to `serve`
+/// (the waypoint's hands them to its workers).
+pub fn accept_each(
+    listener: TcpListener,
+    site: String,
+    serve: impl Fn(TcpStream, SocketAddr) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    tokio::spawn(connection(tcp, peer, Arc::clone(&tls), Arc::clone(&site)));
+                    serve(tcp, peer);
                 }
                 Err(e) => {
-                    tracing::warn!(site = %site.name(), error = %e, "HBONE accept failed");
+                    tracing::warn!(%site, error = %e, "HBONE accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -121,7 +135,7 @@ pub fn accept_loop<S: Site>(
 }
 
 /// One HBONE connection: handshake, then its streams until the peer closes.
-async fn connection<S: Site>(
+pub async fn connection<S: Site>(
     tcp: TcpStream,
     peer_addr: SocketAddr,
     tls: Arc<ServerConfig>,

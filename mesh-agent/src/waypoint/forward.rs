@@ -114,12 +114,23 @@ pub async fn send(
         1
     };
     let mut body = Some(body);
+    let mut parts = Some(parts);
     let mut retries = 0;
     loop {
         let (endpoint, in_flight) = wp.upstream.choose(endpoints);
         let endpoint = endpoint.clone();
         let attempt_body = body.take().unwrap_or_else(body::empty);
-        let request = Request::from_parts(clone_parts(&parts), attempt_body);
+        // The last possible attempt takes the head; earlier ones send a copy.
+        let head = match parts.take() {
+            Some(head) if retries + 1 < attempts => {
+                let copy = clone_parts(&head);
+                parts = Some(head);
+                copy
+            }
+            Some(head) => head,
+            None => unreachable!("a head is kept until the last attempt"),
+        };
+        let request = Request::from_parts(head, attempt_body);
         let left = timeouts
             .request
             .map(|t| t.saturating_sub(started.elapsed()));

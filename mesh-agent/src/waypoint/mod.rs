@@ -5,6 +5,8 @@
 //! HBONE stream to the chosen endpoint.
 //!
 //! A request's path through the folder, top to bottom:
+//! - [`workers`]: one single-threaded runtime per worker thread, each
+//!   serving whole HBONE connections;
 //! - [`site`]: the HBONE CONNECTs it accepts (only for Services it serves);
 //! - [`serve`]: HTTP/1.1 or HTTP/2 on each CONNECT stream, one L7 record
 //!   per request;
@@ -21,6 +23,7 @@ pub mod route;
 pub mod serve;
 pub mod site;
 pub mod upstream;
+pub mod workers;
 
 mod body;
 
@@ -40,7 +43,7 @@ use crate::{
     flows::record::{Direction, Path},
     proxy::{
         flow::{Flow, Owner},
-        hbone::accept_loop,
+        hbone::accept_each,
         mesh::Mesh,
     },
     state::{Loaded, Snapshot, WaypointRef, keys::WAYPOINT_POD_LABEL},
@@ -74,6 +77,12 @@ pub enum WaypointError {
         #[source]
         source: std::io::Error,
     },
+    #[error("waypoint {me}: starting its worker threads: {source}")]
+    Workers {
+        me: WaypointRef,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("waypoint {me}: HBONE TLS configuration: {source}")]
     Tls {
         me: WaypointRef,
@@ -82,14 +91,39 @@ pub enum WaypointError {
     },
 }
 
-/// Starts waypoint `me` on `node`: finds its pod in the config, opens port
-/// 15008 in the pod's network namespace and serves HBONE there with the
-/// pod's certificate. The returned tasks serve until aborted.
+/// A started waypoint; dropping it stops accepting and serving.
+pub struct Serving {
+    pub waypoint: Arc<Waypoint>,
+    _accept: Vec<AbortOnDrop>,
+    _workers: Arc<workers::Workers>,
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Why a backend has no endpoints to send to.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointsError {
+    #[error("names no Service")]
+    NoService,
+    #[error("{0}")]
+    NoEndpoint(String),
+}
+
+/// Starts waypoint `me` on `node` with `workers` worker threads: finds its
+/// pod in the config, opens port 15008 in the pod's network namespace and
+/// serves HBONE there with the pod's certificate.
 pub async fn start(
     me: WaypointRef,
     node: &str,
     mesh: Arc<Mesh>,
-) -> Result<(Arc<Waypoint>, Vec<JoinHandle<()>>), WaypointError> {
+    workers: usize,
+) -> Result<Serving, WaypointError> {
     let loaded = mesh.snapshot();
     let Some(pod) = loaded
         .snapshot
@@ -136,15 +170,33 @@ pub async fn start(
         pod.ips.clone(),
         worker,
         Arc::clone(&mesh),
+        workers,
     ));
     let site = Arc::new(site::Site(Arc::clone(&wp)));
-    let mut tasks = Vec::new();
+    let workers = Arc::new(
+        workers::Workers::spawn(workers, tls, site).map_err(|source| WaypointError::Workers {
+            me: me.clone(),
+            source,
+        })?,
+    );
+    let mut accept = Vec::new();
     for listener in listeners {
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|e| listen_err(&me, e))?;
-        tasks.push(accept_loop(listener, Arc::clone(&tls), Arc::clone(&site)));
+        let to = Arc::clone(&workers);
+        accept.push(AbortOnDrop(accept_each(
+            listener,
+            me.to_string(),
+            move |tcp, peer| {
+                to.dispatch(tcp, peer);
+            },
+        )));
     }
-    Ok((wp, tasks))
+    Ok(Serving {
+        waypoint: wp,
+        _accept: accept,
+        _workers: workers,
+    })
 }
 
 /// Everything a waypoint's connections share.
@@ -157,17 +209,35 @@ pub struct Waypoint {
     pub worker: NetnsWorker,
     pub mesh: Arc<Mesh>,
     pub upstream: upstream::Upstreams,
-    routes: Mutex<RouteCache>,
+    cache: Mutex<ConfigCache>,
     /// TrafficPolicies compiled for the config they came from; rebuilt (with
     /// the buckets of unchanged policies kept) when the config changes.
     limits: std::sync::RwLock<(Option<Arc<Loaded>>, limits::Limits)>,
 }
 
-/// Route tables compiled for one config, per Service port.
+/// What the waypoint derives from one config, computed on first use: route
+/// tables per Service port, endpoints per backend Service port.
 #[derive(Default)]
-struct RouteCache {
+struct ConfigCache {
     config: Option<Arc<Loaded>>,
     tables: HashMap<(String, u16), Arc<route::RouteTable>>,
+    endpoints: HashMap<EndpointsKey, Arc<[upstream::Endpoint]>>,
+}
+
+/// (namespace, Service, port, IPv4?).
+type EndpointsKey = (String, String, u16, bool);
+
+impl ConfigCache {
+    /// The cache for `config`, emptied if it was another config's.
+    fn of(&mut self, config: &Arc<Loaded>) -> &mut Self {
+        if !self.config.as_ref().is_some_and(|c| Arc::ptr_eq(c, config)) {
+            *self = ConfigCache {
+                config: Some(Arc::clone(config)),
+                ..ConfigCache::default()
+            };
+        }
+        self
+    }
 }
 
 impl Waypoint {
@@ -177,6 +247,7 @@ impl Waypoint {
         ips: Vec<IpAddr>,
         worker: NetnsWorker,
         mesh: Arc<Mesh>,
+        workers: usize,
     ) -> Self {
         Self {
             me,
@@ -184,8 +255,8 @@ impl Waypoint {
             ips,
             worker,
             mesh,
-            upstream: upstream::Upstreams::default(),
-            routes: Mutex::default(),
+            upstream: upstream::Upstreams::new(workers),
+            cache: Mutex::default(),
             limits: std::sync::RwLock::default(),
         }
     }
@@ -222,17 +293,8 @@ impl Waypoint {
     /// `config`, compiled once per config. Problems are logged when a table
     /// is first compiled; [`Waypoint::route_problems`] lists them all.
     pub fn routes(&self, config: &Arc<Loaded>, service: &str, port: u16) -> Arc<route::RouteTable> {
-        let mut cache = self.routes.lock().expect("route cache");
-        if !cache
-            .config
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(c, config))
-        {
-            *cache = RouteCache {
-                config: Some(Arc::clone(config)),
-                tables: HashMap::new(),
-            };
-        }
+        let mut cache = self.cache.lock().expect("config cache");
+        let cache = cache.of(config);
         let key = (service.to_owned(), port);
         if let Some(table) = cache.tables.get(&key) {
             return Arc::clone(table);
@@ -247,6 +309,51 @@ impl Waypoint {
         let table = Arc::new(table);
         cache.tables.insert(key, Arc::clone(&table));
         table
+    }
+
+    /// The endpoints of Service `namespace/name` port `port` in the address
+    /// family of `v4` under `config`, resolved once per config; errors (no
+    /// such Service, no endpoint) are not kept.
+    pub fn endpoints(
+        &self,
+        config: &Arc<Loaded>,
+        (namespace, name): (&str, &str),
+        port: u16,
+        v4: bool,
+    ) -> Result<Arc<[upstream::Endpoint]>, EndpointsError> {
+        let key = (namespace.to_owned(), name.to_owned(), port, v4);
+        if let Some(found) = self
+            .cache
+            .lock()
+            .expect("config cache")
+            .of(config)
+            .endpoints
+            .get(&key)
+        {
+            return Ok(Arc::clone(found));
+        }
+        let snapshot = &config.snapshot;
+        let svc = snapshot
+            .services
+            .iter()
+            .find(|s| s.namespace == namespace && s.name == name)
+            .ok_or(EndpointsError::NoService)?;
+        let trust_domain = self
+            .mesh
+            .identity
+            .as_ref()
+            .map_or("cluster.local", |i| i.bundle.trust_domain());
+        let found: Arc<[upstream::Endpoint]> =
+            upstream::endpoints(snapshot, svc, port, v4, trust_domain)
+                .map_err(EndpointsError::NoEndpoint)?
+                .into();
+        self.cache
+            .lock()
+            .expect("config cache")
+            .of(config)
+            .endpoints
+            .insert(key, Arc::clone(&found));
+        Ok(found)
     }
 
     /// The rate limits and faults for one request of `route`'s rule

@@ -128,27 +128,54 @@ impl Drop for InFlight {
     }
 }
 
+/// Endpoint choice and health are the waypoint's; the connections to
+/// endpoints are per worker ([`Lane`]).
 pub struct Upstreams {
     pub budgets: super::forward::Budgets,
+    health: Mutex<HashMap<SocketAddr, Health>>,
+    lanes: Vec<Lane>,
+}
+
+/// One worker's connections to the endpoints. A connection is driven by a
+/// task of the runtime that opened it, so a request served by another
+/// worker's runtime would wake that one on every frame: each worker keeps
+/// its own, as Envoy's workers keep their own pools.
+struct Lane {
     tunnels: Pool<Connection>,
     http1: Mutex<HashMap<SocketAddr, Vec<conn::http1::SendRequest<Body>>>>,
     http2: Mutex<HashMap<SocketAddr, conn::http2::SendRequest<Body>>>,
-    health: Mutex<HashMap<SocketAddr, Health>>,
 }
 
-impl Default for Upstreams {
-    fn default() -> Self {
-        Self {
-            budgets: super::forward::Budgets::default(),
-            tunnels: Pool::new(TUNNELS),
-            http1: Mutex::default(),
-            http2: Mutex::default(),
-            health: Mutex::default(),
-        }
-    }
+thread_local! {
+    /// The worker this thread runs (see [`super::workers`]); 0 elsewhere.
+    static LANE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `index`'s.
+pub fn enter_lane(index: usize) {
+    LANE.with(|lane| lane.set(index));
 }
 
 impl Upstreams {
+    /// For `workers` workers (at least one).
+    pub fn new(workers: usize) -> Self {
+        Self {
+            budgets: super::forward::Budgets::default(),
+            health: Mutex::default(),
+            lanes: (0..workers.max(1))
+                .map(|_| Lane {
+                    tunnels: Pool::new(TUNNELS),
+                    http1: Mutex::default(),
+                    http2: Mutex::default(),
+                })
+                .collect(),
+        }
+    }
+
+    fn lane(&self) -> &Lane {
+        &self.lanes[LANE.with(std::cell::Cell::get) % self.lanes.len()]
+    }
+
     /// Power of two choices among the endpoints not ejected (all of them
     /// when every one is ejected: an outage is not made total by ejection).
     pub fn choose<'a>(&self, candidates: &'a [Endpoint]) -> (&'a Endpoint, InFlight) {
@@ -233,7 +260,7 @@ impl Upstreams {
             sender.ready().await.map_err(http_err)?;
             return sender.send_request(request).await.map_err(http_err);
         }
-        let mut sender = match self.idle_http1(endpoint.addr) {
+        let mut sender = match self.lane().idle_http1(endpoint.addr) {
             Some(sender) => sender,
             None => {
                 let stream = self.stream(wp, endpoint).await?;
@@ -248,7 +275,7 @@ impl Upstreams {
         let response = sender.send_request(request).await.map_err(http_err);
         // Ready again once this response's body is read: whoever takes it
         // next finds out.
-        let mut idle = self.http1.lock().expect("http1 pool");
+        let mut idle = self.lane().http1.lock().expect("http1 pool");
         let list = idle.entry(endpoint.addr).or_default();
         if list.len() < IDLE_PER_ENDPOINT {
             list.push(sender);
@@ -277,20 +304,13 @@ impl Upstreams {
         sender.send_request(request).await.map_err(http_err)
     }
 
-    fn idle_http1(&self, addr: SocketAddr) -> Option<conn::http1::SendRequest<Body>> {
-        let mut idle = self.http1.lock().expect("http1 pool");
-        let list = idle.get_mut(&addr)?;
-        list.retain(|s| !s.is_closed());
-        let ready = list.iter().position(conn::http1::SendRequest::is_ready)?;
-        Some(list.swap_remove(ready))
-    }
-
     async fn http2_sender(
         &self,
         wp: &Waypoint,
         endpoint: &Endpoint,
     ) -> Result<conn::http2::SendRequest<Body>, UpstreamError> {
         if let Some(sender) = self
+            .lane()
             .http2
             .lock()
             .expect("http2 pool")
@@ -308,7 +328,8 @@ impl Upstreams {
                 source,
             })?;
         tokio::spawn(connection);
-        self.http2
+        self.lane()
+            .http2
             .lock()
             .expect("http2 pool")
             .insert(endpoint.addr, sender.clone());
@@ -337,6 +358,7 @@ impl Upstreams {
             source,
         };
         let connection = self
+            .lane()
             .tunnels
             .get(&key, || async {
                 let c = dial_hbone(
@@ -357,6 +379,16 @@ impl Upstreams {
 
     /// Pooled HBONE connections held.
     pub fn pooled_tunnels(&self) -> usize {
-        self.tunnels.len()
+        self.lanes.iter().map(|lane| lane.tunnels.len()).sum()
+    }
+}
+
+impl Lane {
+    fn idle_http1(&self, addr: SocketAddr) -> Option<conn::http1::SendRequest<Body>> {
+        let mut idle = self.http1.lock().expect("http1 pool");
+        let list = idle.get_mut(&addr)?;
+        list.retain(|s| !s.is_closed());
+        let ready = list.iter().position(conn::http1::SendRequest::is_ready)?;
+        Some(list.swap_remove(ready))
     }
 }

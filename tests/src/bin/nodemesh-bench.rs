@@ -112,7 +112,7 @@ const QUICK: Load = Load {
 };
 
 /// One way of running a scenario. Direct and Mesh are the pairs of [`Lab`];
-/// Direct, Nginx and Waypoint the paths of [`WaypointLab`].
+/// Direct, Mesh, Nginx and Waypoint the paths of [`WaypointLab`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Direct,
@@ -146,7 +146,7 @@ static MESH_VS_DIRECT: Comparison = Comparison {
     ratios: &[("ratio", Mode::Mesh, Mode::Direct)],
 };
 static WAYPOINT_VS_NGINX: Comparison = Comparison {
-    modes: &[Mode::Direct, Mode::Nginx, Mode::Waypoint],
+    modes: &[Mode::Direct, Mode::Mesh, Mode::Nginx, Mode::Waypoint],
     ratios: &[
         ("ratio", Mode::Waypoint, Mode::Direct),
         ("ratio_nginx", Mode::Waypoint, Mode::Nginx),
@@ -255,6 +255,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             for mode in c.modes {
                 let figures = by_mode.get(mode.name()).map_or(&[][..], Vec::as_slice);
                 result.insert(mode.name().to_owned(), median(figures));
+            }
+            if std::ptr::eq(c, &WAYPOINT_VS_NGINX) {
+                added_latency(&mut result);
             }
             for (key, numerator, denominator) in c.ratios {
                 let ratio = ratios(&result[denominator.name()], &result[numerator.name()]);
@@ -486,6 +489,7 @@ impl Measure for Lab {
 /// paths cross the same nodes, each proxy on the client's node:
 /// - direct: c → d;
 /// - nginx: c → proxy → d, plain HTTP both legs;
+/// - mesh: a → (node agent, HBONE, node agent) b, by the pod's address;
 /// - waypoint: a → (node agent, HBONE) wp → (HBONE, node agent) b.
 struct WaypointLab {
     waypoint: Agent,
@@ -590,7 +594,11 @@ impl WaypointLab {
                 )
             }
             Mode::Waypoint => ("a", CART),
-            Mode::Mesh => unreachable!("the waypoint scenarios have no plain mesh mode"),
+            // The pod's own address: no Service, so no waypoint.
+            Mode::Mesh => (
+                "a",
+                SocketAddr::new(self.cluster.pod("b").ipv4.into(), HTTP),
+            ),
         };
         let mut cmd = Command::new(&self.http);
         cmd.args([
@@ -649,7 +657,7 @@ impl Measure for WaypointLab {
         for key in ["requests_per_second", "p50_us", "p99_us"] {
             figures.insert(key.to_owned(), summary[key].clone());
         }
-        if mode != Mode::Direct {
+        if matches!(mode, Mode::Nginx | Mode::Waypoint) {
             let proxy_cpu = cpu_seconds_of(proxy.iter().copied())? - proxy_before;
             figures.insert(
                 "proxy_cpu_s_per_1000_requests".into(),
@@ -854,6 +862,28 @@ fn median(samples: &[Value]) -> Value {
     Value::Object(out)
 }
 
+/// What each proxy adds to the path it sits on: nginx to the direct path,
+/// the waypoint to the mesh path (the same client, nodes and backend, with
+/// the node agents' HBONE but no waypoint). Comparing the waypoint path with
+/// the direct one would charge the waypoint for the tunnel, which the
+/// `mesh`-vs-`direct` scenarios measure on their own.
+fn added_latency(result: &mut serde_json::Map<String, Value>) {
+    for (proxy, without) in [(Mode::Nginx, Mode::Direct), (Mode::Waypoint, Mode::Mesh)] {
+        for key in ["p50_us", "p99_us"] {
+            let (Some(with), Some(base)) = (
+                result[proxy.name()][key].as_f64(),
+                result[without.name()][key].as_f64(),
+            ) else {
+                continue;
+            };
+            if let Some(figures) = result[proxy.name()].as_object_mut() {
+                let added = key.replace("_us", "_added_us");
+                figures.insert(added, json!((with - base).max(0.0)));
+            }
+        }
+    }
+}
+
 /// subject / baseline (mesh / direct, waypoint / nginx) for every figure
 /// both have.
 fn ratios(baseline: &Value, subject: &Value) -> Value {
@@ -886,6 +916,9 @@ fn markdown(report: &Value) -> String {
     let num = |v: &Value| match v.as_f64() {
         None => "–".to_owned(),
         Some(x) if x.fract() == 0.0 || x >= 100.0 => format!("{x:.0}"),
+        // Small figures (CPU-seconds per 1000 requests) keep 3 significant
+        // digits: 0.03 and 0.04 would hide a 30% difference.
+        Some(x) if x < 0.1 => format!("{x:.4}"),
         Some(x) => format!("{x:.2}"),
     };
     let empty = serde_json::Map::new();
