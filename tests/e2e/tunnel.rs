@@ -29,6 +29,10 @@ pub fn trials() -> Vec<Trial> {
             "tunnel::rotation_during_a_long_transfer",
             rotation_during_long_transfer,
         ),
+        trial(
+            "tunnel::a_closed_port_is_refused_at_once_same_node_cross_node_and_ipv6",
+            closed_port_refused,
+        ),
     ]
 }
 
@@ -284,5 +288,46 @@ fn rotation_during_long_transfer() -> anyhow::Result<()> {
         "a second tunnel dialled with the renewed certificate",
         |s| s["tunnel"]["handshakes_dialled"].as_u64() >= Some(2),
     )?;
+    Ok(())
+}
+
+/// Nothing listens on port 9 of `b` (n2) or `a2` (n1): the app's `RST` must
+/// reach the delivering agent, so the client is reset as soon as the
+/// destination refuses — the delivery connect must not wait for its timeout
+/// because the `RST`, sent to the client's address, left the pod instead.
+fn closed_port_refused() -> anyhow::Result<()> {
+    let cluster = ClusterSpec::cross_node_pair().pod("a2", "n1").build()?;
+    let config = MeshConfig::new()
+        .namespace("shop", true)
+        .pod(cluster.pod("a"), "shop")
+        .pod(cluster.pod("a2"), "shop")
+        .pod(cluster.pod("b"), "shop");
+    let meshed = Meshed::start(cluster, config, 3600)?;
+    let cluster = &meshed.cluster;
+    let [a, a2, b] = ["a", "a2", "b"].map(|p| cluster.pod(p).clone());
+    let cases = [
+        ("cross-node", addr(b.ipv4, 9), &meshed.agents[1]),
+        ("same-node", addr(a2.ipv4, 9), &meshed.agents[0]),
+        ("cross-node IPv6", addr(b.ipv6, 9), &meshed.agents[1]),
+    ];
+    for (what, to, destination) in cases {
+        let outcome = connect(cluster, &a, to, 100, 3);
+        ensure!(
+            outcome.is_err(),
+            "{what}: a connection to closed port {to} was answered: {outcome:?}"
+        );
+        let port = to.port().to_string();
+        let ip = to.ip().to_string();
+        let records = destination.flow_records(&["--to-ip", &ip, "--port", &port])?;
+        let delivery = records
+            .iter()
+            .find(|r| r.error.is_some())
+            .with_context(|| format!("{what}: no failed flow to {to}: {records:#?}"))?;
+        let error = delivery.error.as_deref().unwrap_or_default();
+        ensure!(
+            error.contains("refused") && !error.contains("timed out"),
+            "{what}: the destination must see the app's refusal, not a timeout: {error}"
+        );
+    }
     Ok(())
 }

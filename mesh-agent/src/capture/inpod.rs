@@ -11,9 +11,11 @@
 //! Inbound delivery connects to the app from the *client's* address
 //! (`IP_TRANSPARENT`, marked [`DELIVERY_MARK`]). The app's replies to that
 //! address would be routed out of the pod, so the namespace gets a policy
-//! route sending packets with that mark to local delivery, and
+//! route sending packets with that mark to local delivery,
 //! `tcp_fwmark_accept` makes the app's accepted socket inherit the mark of
-//! the SYN that created it. Istio's in-pod mode uses the same pattern.
+//! the SYN that created it, and `fwmark_reflect` gives the kernel's own
+//! answers (a closed port's RST) the mark of what they answer. Istio's
+//! in-pod mode uses the same pattern.
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -142,6 +144,12 @@ pub fn delivery_socket(client: IpAddr, app: SocketAddr) -> io::Result<std::net::
 /// Must run inside the pod's namespace.
 pub fn prepare_delivery_routing() -> io::Result<()> {
     std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1")?;
+    // A closed port's RST has no socket to inherit a mark from: reflecting
+    // the SYN's mark routes it back to the delivering agent as well, which
+    // then sees "refused" at once instead of its connect timing out while
+    // the RST, addressed to the client, leaves the pod.
+    std::fs::write("/proc/sys/net/ipv4/fwmark_reflect", "1")?;
+    std::fs::write("/proc/sys/net/ipv6/fwmark_reflect", "1")?;
     // A delivery socket may bind a port whose previous connection to the
     // same app is still in TIME_WAIT; let connect() take it over once it is
     // a second old (TCP timestamps make that safe) instead of failing. It
