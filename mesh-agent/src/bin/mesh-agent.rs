@@ -215,8 +215,20 @@ enum LogFormat {
     Json,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Errors print as their chain of causes, never as a backtrace (which
+/// `RUST_BACKTRACE` would add to a returned `anyhow::Error`): they are
+/// messages for the operator, not crash reports.
+fn main() -> std::process::ExitCode {
+    match run_command(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(cli: Cli) -> anyhow::Result<()> {
     let format = match &cli.command {
         Command::Run(args) => args.mesh.log_format,
         Command::Waypoint(args) => args.mesh.log_format,

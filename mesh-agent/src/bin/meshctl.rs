@@ -16,7 +16,7 @@ use mesh_agent::{
         Filter, FlowRecord,
         filter::Criterion,
         record::unix_ms_now,
-        render::{self, table},
+        render::{self, Layout, table},
     },
     identity::store::CertStatus,
 };
@@ -194,6 +194,13 @@ fn parse_age(text: &str) -> Result<u64, String> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Die quietly when the reader goes away (`meshctl flows | head`), as
+    // command-line tools do, instead of panicking on the failed print.
+    // SAFETY: restoring a signal's default disposition at start-up, before
+    // any other thread exists; no handler code is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
@@ -422,12 +429,12 @@ async fn flows(
     let query = filter.to_query();
     if !args.follow {
         let records: Vec<FlowRecord> = agent.get_json(&format!("/flows?{query}")).await?;
-        return print_flows(&records, args.output, colour, true);
+        return print_flows(&records, args.output, colour, Some(Layout::Fit));
     }
     // Following: the recent ones first (unless --last 0), then live.
     if args.last != Some(0) {
         let records: Vec<FlowRecord> = agent.get_json(&format!("/flows?{query}")).await?;
-        print_flows(&records, args.output, colour, true)?;
+        print_flows(&records, args.output, colour, Some(Layout::Stream))?;
     }
     let mut body = agent
         .get(&format!("/flows/follow?{query}"))
@@ -443,17 +450,19 @@ async fn flows(
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             let record: FlowRecord = serde_json::from_slice(&line)?;
-            print_flows(&[record], args.output, colour, false)?;
+            print_flows(&[record], args.output, colour, None)?;
         }
     }
     bail!("the agent closed the flow stream (did it stop?)")
 }
 
+/// `header`: print the table's header, in this layout; `None` for a
+/// follower's further rows (always [`Layout::Stream`]).
 fn print_flows(
     records: &[FlowRecord],
     output: FlowOutput,
     colour: bool,
-    header: bool,
+    header: Option<Layout>,
 ) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match output {
@@ -464,8 +473,9 @@ fn print_flows(
             }
         }
         FlowOutput::Table | FlowOutput::Wide => {
-            let text = table(records, output == FlowOutput::Wide, colour);
-            let text = if header {
+            let layout = header.unwrap_or(Layout::Stream);
+            let text = table(records, output == FlowOutput::Wide, colour, layout);
+            let text = if header.is_some() {
                 text.as_str()
             } else {
                 text.split_once('\n').map_or("", |(_, rows)| rows)

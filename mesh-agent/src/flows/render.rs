@@ -5,11 +5,27 @@ use super::{
     record::{Endpoint, Hook, Path, State},
 };
 
-/// Column widths adapt to the content; `wide` adds ids, hooks, identities,
-/// TLS and errors.
-pub fn table(records: &[FlowRecord], wide: bool, colour: bool) -> String {
+/// How column widths are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Each column as wide as its widest cell: a finished listing.
+    Fit,
+    /// Widths that fit typical cells, fixed, so rows printed one at a time
+    /// (`--follow`) line up; a longer cell widens only its own row.
+    Stream,
+}
+
+/// [`Layout::Stream`]'s widths, column by column (the last one, free text,
+/// is never padded).
+const STREAM_WIDTHS: [usize; 16] = [12, 8, 24, 28, 11, 30, 8, 8, 8, 6, 8, 9, 44, 44, 7, 0];
+/// The column painted by verdict.
+const VERDICT_COLUMN: usize = 5;
+
+/// `wide` adds ids, hooks, identities, TLS and errors.
+pub fn table(records: &[FlowRecord], wide: bool, colour: bool, layout: Layout) -> String {
     let mut header = vec![
         "TIME",
+        "DIRECTION",
         "SOURCE",
         "DESTINATION",
         "PATH",
@@ -35,8 +51,9 @@ pub fn table(records: &[FlowRecord], wide: bool, colour: bool) -> String {
             let (verdict, paint) = verdict(r);
             let mut row = vec![
                 clock(r.start_unix_ms),
+                r.direction.as_str().to_owned(),
                 end_name(&r.source, false),
-                end_name(&r.destination, true),
+                destination(r),
                 path(r),
                 verdict,
                 bytes(r.bytes_sent),
@@ -60,6 +77,11 @@ pub fn table(records: &[FlowRecord], wide: bool, colour: bool) -> String {
         })
         .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    if layout == Layout::Stream {
+        for (w, fixed) in widths.iter_mut().zip(STREAM_WIDTHS) {
+            *w = (*w).max(fixed);
+        }
+    }
     for (row, _) in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -73,7 +95,7 @@ pub fn table(records: &[FlowRecord], wide: bool, colour: bool) -> String {
             } else {
                 format!("{cell:<w$}  ")
             };
-            match paint.filter(|_| colour && i == 4) {
+            match paint.filter(|_| colour && i == VERDICT_COLUMN) {
                 Some(code) => {
                     out.push_str(&format!("\x1b[{code}m{}\x1b[0m", padded.trim_end()));
                     out.push_str(&" ".repeat(padded.len() - padded.trim_end().len()));
@@ -143,15 +165,28 @@ fn verdict(r: &FlowRecord) -> (String, Option<&'static str>) {
     }
 }
 
+/// The record's own spelling (as in JSON and `meshctl why`), except that a
+/// waypoint's request records say `http`.
 fn path(r: &FlowRecord) -> String {
     match r.path {
-        Path::Tunnel => "tunnel",
-        Path::SameNode => "same-node",
-        Path::Passthrough => "passthrough",
         Path::Waypoint if r.http.is_some() => "http",
-        Path::Waypoint => "waypoint",
+        other => other.as_str(),
     }
     .to_owned()
+}
+
+/// The destination as the app asked for it, and for a Service the endpoint
+/// it was sent to: `shop/payments:80 → shop/b:8080`.
+fn destination(r: &FlowRecord) -> String {
+    let Some(service) = &r.service else {
+        return end_name(&r.destination, true);
+    };
+    let asked = format!("{service}:{}", r.destination.port);
+    match (r.endpoint, &r.destination.pod) {
+        (Some(endpoint), Some(pod)) => format!("{asked} → {pod}:{}", endpoint.port()),
+        (Some(endpoint), None) => format!("{asked} → {endpoint}"),
+        (None, _) => asked,
+    }
 }
 
 /// `namespace/pod` (with the port for a destination), else the address.
@@ -283,17 +318,55 @@ mod tests {
     #[test]
     fn the_table_is_aligned_and_human() {
         let expected = "\
-TIME          SOURCE         DESTINATION         PATH         VERDICT                         SENT     RECEIVED  DURATION
-12:00:00.123  shop/frontend  shop/payments:8080  tunnel       allowed (shop/frontend-only#0)  1.5 KiB  64.0 MiB  1.2s
-12:00:00.123  legacy/client  shop/payments:8080  passthrough  refused                         0 B      0 B       2ms
-12:00:00.123  shop/frontend  192.0.2.1:443       passthrough  allowed                         0 B      0 B       open
+TIME          DIRECTION  SOURCE         DESTINATION         PATH         VERDICT                         SENT     RECEIVED  DURATION
+12:00:00.123  outbound   shop/frontend  shop/payments:8080  tunnel       allowed (shop/frontend-only#0)  1.5 KiB  64.0 MiB  1.2s
+12:00:00.123  outbound   legacy/client  shop/payments:8080  passthrough  refused                         0 B      0 B       2ms
+12:00:00.123  outbound   shop/frontend  192.0.2.1:443       passthrough  allowed                         0 B      0 B       open
 ";
-        assert_eq!(table(&records(), false, false), expected);
+        assert_eq!(table(&records(), false, false, Layout::Fit), expected);
+    }
+
+    #[test]
+    fn a_service_flow_names_the_service_and_the_endpoint() {
+        let mut r = records().remove(0);
+        r.destination.ip = "10.96.0.10".parse().unwrap();
+        r.destination.port = 80;
+        r.service = Some("shop/payments".into());
+        r.endpoint = Some("10.2.0.12:8080".parse().unwrap());
+        assert_eq!(destination(&r), "shop/payments:80 → shop/payments:8080");
+        r.destination.pod = None;
+        assert_eq!(destination(&r), "shop/payments:80 → 10.2.0.12:8080");
+    }
+
+    #[test]
+    fn streamed_rows_line_up_whatever_their_content() {
+        // Each row of `--follow` is rendered alone: with fixed widths the
+        // columns start at the same offsets in every one of them.
+        let starts = |line: &str| -> Vec<usize> {
+            let mut at = vec![0];
+            let bytes = line.as_bytes();
+            for i in 2..bytes.len() {
+                if bytes[i - 2] == b' ' && bytes[i - 1] == b' ' && bytes[i] != b' ' {
+                    at.push(i);
+                }
+            }
+            at
+        };
+        let rows: Vec<String> = records()
+            .iter()
+            .map(|r| table(std::slice::from_ref(r), false, false, Layout::Stream))
+            .map(|t| t.lines().nth(1).unwrap().to_owned())
+            .collect();
+        let header = table(&[], false, false, Layout::Stream);
+        let expected = starts(header.lines().next().unwrap());
+        for row in &rows {
+            assert_eq!(starts(row), expected, "{row}\n{header}");
+        }
     }
 
     #[test]
     fn wide_adds_identities_and_colour_only_paints_the_verdict() {
-        let wide = table(&records(), true, false);
+        let wide = table(&records(), true, false, Layout::Fit);
         assert!(
             wide.lines().next().unwrap().ends_with("TLS      DETAIL"),
             "{wide}"
@@ -303,7 +376,7 @@ TIME          SOURCE         DESTINATION         PATH         VERDICT           
             "{wide}"
         );
         assert!(wide.contains("plaintext refused: STRICT"), "{wide}");
-        let coloured = table(&records(), false, true);
+        let coloured = table(&records(), false, true, Layout::Fit);
         assert!(coloured.contains("\x1b[32mallowed (shop/frontend-only#0)\x1b[0m"));
         assert!(coloured.contains("\x1b[33mrefused\x1b[0m"));
         assert_eq!(
