@@ -16,12 +16,33 @@ pub enum CgroupError {
          `mount -t cgroup2 none /sys/fs/cgroup/unified`"
     )]
     NotMounted,
+    #[error(
+        "no cgroup v2 filesystem is visible to this process, but the host has one at {}: this \
+         process runs in a mount namespace of its own, as `ip netns exec` creates (it remounts \
+         /sys, hiding the cgroup mounts). Run the agent with `nsenter --net=/run/netns/<name> \
+         mesh-agent …` instead, which enters only the network namespace",
+        host.display()
+    )]
+    HiddenByMountNamespace { host: PathBuf },
 }
 
 /// Mount point of the cgroup v2 hierarchy.
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
-    find_cgroup2(&table).ok_or(CgroupError::NotMounted)
+    // Only read when ours has none: the init process's table says whether
+    // the host has one that our mount namespace hides.
+    find_cgroup2(&table).ok_or_else(|| {
+        missing(std::fs::read_to_string("/proc/1/mountinfo").ok().as_deref())
+    })
+}
+
+/// Why there is no cgroup v2 mount, given the init process's mount table
+/// (when readable).
+fn missing(init_mountinfo: Option<&str>) -> CgroupError {
+    match init_mountinfo.and_then(find_cgroup2) {
+        Some(host) => CgroupError::HiddenByMountNamespace { host },
+        None => CgroupError::NotMounted,
+    }
 }
 
 /// The mount point of the first `cgroup2` entry in a mountinfo table.
@@ -50,5 +71,17 @@ mod tests {
         assert_eq!(find_cgroup2(unified), Some("/sys/fs/cgroup".into()));
         let v1_only = "26 25 0:23 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
         assert_eq!(find_cgroup2(v1_only), None);
+    }
+
+    #[test]
+    fn a_mount_namespace_hiding_the_hosts_cgroup2_is_named() {
+        let host = "26 25 0:23 / /sys/fs/cgroup/unified rw shared:10 - cgroup2 cgroup2 rw\n";
+        let hidden = missing(Some(host));
+        assert!(
+            matches!(&hidden, CgroupError::HiddenByMountNamespace { host } if host.as_os_str() == "/sys/fs/cgroup/unified")
+        );
+        assert!(hidden.to_string().contains("nsenter --net="), "{hidden}");
+        assert!(matches!(missing(None), CgroupError::NotMounted));
+        assert!(matches!(missing(Some("")), CgroupError::NotMounted));
     }
 }
