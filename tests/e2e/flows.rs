@@ -365,6 +365,20 @@ fn follow_and_filters() -> anyhow::Result<()> {
         let json: serde_json::Value = serde_json::from_str(&n2.meshctl(&[view, "-o", "json"])?)?;
         ensure!(!json.is_null(), "meshctl {view} -o json is empty");
     }
+    // Only enrolled pods have an identity (the unenrolled `l` has none).
+    let workloads: serde_json::Value =
+        serde_json::from_str(&n2.meshctl(&["workloads", "-o", "json"])?)?;
+    let identity_of = |pod: &str| {
+        workloads
+            .as_array()
+            .and_then(|all| all.iter().find(|w| w["pod"] == pod))
+            .map(|w| w["identity"].clone())
+    };
+    ensure!(
+        identity_of("legacy/l") == Some(serde_json::Value::Null)
+            && identity_of("shop/a") == Some(FRONTEND.into()),
+        "workloads: {workloads:#}"
+    );
     let services = n2.meshctl(&["services"])?;
     ensure!(
         services.contains("shop/payments") && services.contains("80→8080"),

@@ -63,6 +63,7 @@ pub struct WorkloadView {
     pub node: String,
     pub ips: Vec<std::net::IpAddr>,
     pub service_account: String,
+    /// Only enrolled pods have one: nobody issues a certificate to the rest.
     pub identity: Option<String>,
     pub enrolled: bool,
     pub labels: std::collections::BTreeMap<String, String>,
@@ -117,17 +118,21 @@ impl Admin {
     fn workloads(&self, s: &Snapshot) -> Vec<WorkloadView> {
         s.pods
             .iter()
-            .map(|p| WorkloadView {
-                pod: p.key(),
-                node: p.node.clone(),
-                ips: p.ips.clone(),
-                service_account: p.service_account.clone(),
-                identity: self
-                    .trust_domain()
-                    .and_then(|td| p.identity(td).ok())
-                    .map(|id| id.to_string()),
-                enrolled: s.enrolled(p),
-                labels: p.labels.clone(),
+            .map(|p| {
+                let enrolled = s.enrolled(p);
+                WorkloadView {
+                    pod: p.key(),
+                    node: p.node.clone(),
+                    ips: p.ips.clone(),
+                    service_account: p.service_account.clone(),
+                    identity: self
+                        .trust_domain()
+                        .filter(|_| enrolled)
+                        .and_then(|td| p.identity(td).ok())
+                        .map(|id| id.to_string()),
+                    enrolled,
+                    labels: p.labels.clone(),
+                }
             })
             .collect()
     }

@@ -31,9 +31,8 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
     // Only read when ours has none: the init process's table says whether
     // the host has one that our mount namespace hides.
-    find_cgroup2(&table).ok_or_else(|| {
-        missing(std::fs::read_to_string("/proc/1/mountinfo").ok().as_deref())
-    })
+    find_cgroup2(&table)
+        .ok_or_else(|| missing(std::fs::read_to_string("/proc/1/mountinfo").ok().as_deref()))
 }
 
 /// Why there is no cgroup v2 mount, given the init process's mount table
