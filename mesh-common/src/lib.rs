@@ -302,8 +302,9 @@ pub enum Counter {
     SkippedAgent = 2,
     /// Left alone: loopback destination, traffic that never leaves the pod.
     SkippedLoopback = 3,
-    /// A map update failed; the connection was refused rather than let through
-    /// uncaptured.
+    /// Refused rather than let through uncaptured: a map update failed, or
+    /// (sk_lookup) the pod is enrolled but no agent listens for it — the
+    /// agent is down or restarting, and the mesh fails closed.
     Errors = 4,
 }
 
