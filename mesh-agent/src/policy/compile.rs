@@ -310,8 +310,10 @@ pub fn both<T, S>(
     }
 }
 
-pub fn principal_of(field: String, text: &String) -> Result<IdentityMatch, FieldError> {
-    IdentityMatch::principal(field, text)
+// The parsers take `&impl AsRef<str>` so they fit [`both`] over `String`
+// lists as plain function names.
+pub fn principal_of(field: String, text: &impl AsRef<str>) -> Result<IdentityMatch, FieldError> {
+    IdentityMatch::principal(field, text.as_ref())
 }
 
 /// An address or CIDR block.
@@ -360,13 +362,13 @@ pub fn path_of(field: String, p: &String) -> Result<IdentityMatch, FieldError> {
     }
 }
 
-pub fn host_of(_: String, h: &String) -> Result<IdentityMatch, FieldError> {
-    Ok(IdentityMatch::pattern(&h.to_ascii_lowercase()))
+pub fn host_of(_: String, h: &impl AsRef<str>) -> Result<IdentityMatch, FieldError> {
+    Ok(IdentityMatch::pattern(&h.as_ref().to_ascii_lowercase()))
 }
 
 /// A namespace or header value pattern.
-pub fn value_of(_: String, v: &String) -> Result<IdentityMatch, FieldError> {
-    Ok(IdentityMatch::pattern(v))
+pub fn value_of(_: String, v: &impl AsRef<str>) -> Result<IdentityMatch, FieldError> {
+    Ok(IdentityMatch::pattern(v.as_ref()))
 }
 
 /// The header name in a `request.headers[<name>]` key, lower case.

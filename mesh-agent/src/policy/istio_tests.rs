@@ -81,7 +81,8 @@ fn from_to_when_and_not_fields_follow_istio() {
     let legacy = SpiffeId::parse("spiffe://cluster.local/ns/legacy/sa/old").unwrap();
     let allow = Decision::Allow;
     let deny = Decision::Deny;
-    let table: Vec<(&str, Connection<'_>, (Decision, Option<usize>))> = vec![
+    type Row<'a> = (&'a str, Connection<'a>, (Decision, Option<usize>));
+    let table: Vec<Row<'_>> = vec![
         (
             "first from, first to",
             conn(Some(&frontend), "10.1.0.1", 8080),
