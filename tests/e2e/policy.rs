@@ -23,6 +23,10 @@ pub fn trials() -> Vec<Trial> {
             "policy::a_policy_change_cuts_established_connections_it_denies",
             change_cuts_established,
         ),
+        trial(
+            "policy::istio_shaped_policies_decide_as_native_ones_do",
+            istio_shaped,
+        ),
     ]
 }
 
@@ -336,5 +340,124 @@ fn change_cuts_established() -> anyhow::Result<()> {
     );
     let kept = finished(&mut other)?.context("a connection the policy still allows was cut")?;
     ensure!(kept.sent == 2 * MIB && kept.received == 1024, "{kept:?}");
+    Ok(())
+}
+
+/// Istio's documentation examples, L4 subset, in `security.istio.io` form:
+/// the same outcomes as the native policies above.
+const ISTIO_ALLOW: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: istio-allow
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: payments
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/shop/sa/frontend"]
+    to:
+    - operation:
+        ports: ["8080"]
+  - from:
+    - source:
+        namespaces: ["other"]
+    to:
+    - operation:
+        ports: ["9090"]
+"#;
+
+const ISTIO_DENY: &str = r#"apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata:
+  name: istio-deny
+  namespace: shop
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source:
+        notPrincipals: ["cluster.local/ns/shop/sa/frontend"]
+    to:
+    - operation:
+        ports: ["9090"]
+"#;
+
+const ISTIO_STRICT: &str = r#"apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+  namespace: shop
+spec:
+  mtls:
+    mode: STRICT
+"#;
+
+const ISTIO_PERMISSIVE_PAYMENTS: &str = r#"apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: payments
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: payments
+  mtls:
+    mode: PERMISSIVE
+"#;
+
+fn istio_shaped() -> anyhow::Result<()> {
+    let shop = Shop::start()?;
+
+    // Allow only frontend to 8080 and namespace `other` to 9090.
+    shop.policies(ISTIO_ALLOW, ("c", 8080, false))?;
+    shop.expect("a", 8080, true, "allowed by shop/istio-allow rule 0")?;
+    shop.expect("c", 9090, true, "allowed by shop/istio-allow rule 1")?;
+    let none = "no rule of the ALLOW policies shop/istio-allow";
+    shop.expect("c", 8080, false, none)?;
+    shop.expect("a", 9090, false, none)?;
+    shop.expect("l", 8080, false, none)?;
+
+    // Deny 9090 to everyone but frontend; plaintext has no principal, so
+    // notPrincipals takes it too.
+    shop.policies(ISTIO_DENY, ("c", 9090, false))?;
+    let denied = "denied by shop/istio-deny rule 0 (DENY)";
+    shop.expect("c", 9090, false, denied)?;
+    shop.expect("l", 9090, false, denied)?;
+    shop.expect("a", 9090, true, "no ALLOW policy")?;
+    shop.expect("c", 8080, true, "no ALLOW policy")?;
+
+    // STRICT for the namespace refuses plaintext; a PERMISSIVE override
+    // for payments wins over it (workload before namespace).
+    shop.meshed.write_config("policies.yaml", "")?;
+    shop.meshed.write_config("peer-auth.yaml", ISTIO_STRICT)?;
+    eventually("STRICT refuses plaintext", || Ok(!shop.reaches("l", 8080)?))?;
+    shop.why_agrees("l", 8080, false)?;
+    let refused = shop
+        .meshed
+        .agent("n2")
+        .wait_flow("a STRICT refusal", |f| f.state == "refused")?;
+    ensure!(
+        refused
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("STRICT (PeerAuthentication shop/default)")),
+        "{refused:?}"
+    );
+    ensure!(
+        shop.reaches("a", 8080)?,
+        "STRICT refused tunnelled traffic from an enrolled pod"
+    );
+    shop.meshed.write_config(
+        "peer-auth.yaml",
+        &format!("{ISTIO_STRICT}---\n{ISTIO_PERMISSIVE_PAYMENTS}"),
+    )?;
+    eventually("the PERMISSIVE workload override accepts plaintext", || {
+        shop.reaches("l", 8080)
+    })?;
+    shop.why_agrees("l", 8080, true)?;
     Ok(())
 }

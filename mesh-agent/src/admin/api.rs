@@ -175,9 +175,9 @@ impl Admin {
             policy: format!("{}/{}", p.namespace, p.name),
             kind: "PeerAuthentication".into(),
             action: None,
-            mode: Some(p.mode),
+            mode: p.mode,
             dry_run: false,
-            selector: Default::default(),
+            selector: p.selector.clone().unwrap_or_default(),
             rules: Vec::new(),
         });
         authz.chain(peer).collect()

@@ -112,7 +112,7 @@ pub fn why(
         .as_deref()
         .filter(|_| tunnelled)
         .and_then(|id| crate::identity::SpiffeId::parse(id).ok());
-    let (mode, mode_source) = snapshot.peer_auth_mode(&dest.namespace);
+    let (mode, mode_source) = snapshot.peer_auth_mode(dest);
     answer.peer_authentication = Some(format!(
         "{} ({})",
         match mode {

@@ -50,6 +50,9 @@ pub enum Action {
     Allow,
     #[serde(rename = "DENY")]
     Deny,
+    /// Istio's AUDIT: matching connections are recorded, never judged.
+    #[serde(rename = "AUDIT")]
+    Audit,
 }
 
 /// A rule matches when every field it sets matches (`from` AND `to`); a

@@ -8,15 +8,17 @@
 //! 3. else it is allowed only if a rule of one of those ALLOW policies
 //!    matches.
 //!
-//! Dry-run policies never change the decision; what each would have done
-//! is reported alongside it.
+//! Dry-run and AUDIT policies never change the decision; what each would
+//! have done (for AUDIT: which rule matched) is reported alongside it.
 use std::{fmt, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
     api::Action,
-    compile::{HttpRule, IdentityMatch, Policy, Rule},
+    compile::{
+        Condition, HttpOperation, IdentityMatch, Operation, Policy, Rule, Source, principal,
+    },
 };
 use crate::identity::SpiffeId;
 
@@ -69,12 +71,22 @@ pub enum Reason {
     },
 }
 
-/// What a dry-run policy would have done.
+/// What a dry-run policy would have done, or which rule of an AUDIT policy
+/// matched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DryRun {
     pub policy: String,
     pub rule: Option<usize>,
-    pub would: Decision,
+    pub would: Would,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Would {
+    Allow,
+    Deny,
+    /// An AUDIT policy matched: the connection is marked, not judged.
+    Audit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,26 +98,39 @@ pub struct Verdict {
 
 impl Rule {
     pub fn matches(&self, conn: &Connection<'_>) -> bool {
-        let id = conn.source.map(ToString::to_string);
-        let identities = self.identities.is_empty()
-            || id
-                .as_deref()
-                .is_some_and(|id| self.identities.iter().any(|m| m.matches(id)));
-        let namespaces = self.namespaces.is_empty()
-            || conn
-                .source
-                .is_some_and(|s| self.namespaces.iter().any(|n| n == s.namespace()));
-        let source_ip = conn.source_ip.to_canonical();
-        let ip_blocks =
-            self.ip_blocks.is_empty() || self.ip_blocks.iter().any(|b| b.contains(&source_ip));
-        let ports = self.ports.is_empty() || self.ports.contains(&conn.port);
-        identities && namespaces && ip_blocks && ports && self.http.matches(conn.request)
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(conn)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(conn)))
+            && self.when.iter().all(|c| match c {
+                Condition::Source(s) => s.matches(conn),
+                Condition::Operation(o) => o.matches(conn),
+            })
     }
 }
 
-impl HttpRule {
-    /// Without a request (a node agent judging a connection), only a rule
-    /// with no HTTP conditions can match.
+impl Source {
+    fn matches(&self, conn: &Connection<'_>) -> bool {
+        let principal = conn.source.map(principal);
+        let source_ip = conn.source_ip.to_canonical();
+        self.principals
+            .matches(principal.as_deref(), |m, id| m.matches(id))
+            && self
+                .namespaces
+                .matches(conn.source.map(SpiffeId::namespace), |m, ns| m.matches(ns))
+            && [&self.ip_blocks, &self.remote_ip_blocks]
+                .iter()
+                .all(|blocks| blocks.matches(Some(&source_ip), |block, ip| block.contains(ip)))
+    }
+}
+
+impl Operation {
+    fn matches(&self, conn: &Connection<'_>) -> bool {
+        self.ports.matches(Some(conn.port), |p, port| *p == port) && self.http.matches(conn.request)
+    }
+}
+
+impl HttpOperation {
+    /// Without a request (a node agent judging a connection), only an
+    /// operation with no HTTP conditions can match.
     fn matches(&self, request: Option<&Request<'_>>) -> bool {
         if self.is_empty() {
             return true;
@@ -113,20 +138,15 @@ impl HttpRule {
         let Some(r) = request else {
             return false;
         };
-        let any = |patterns: &[IdentityMatch], value: &str| {
-            patterns.is_empty() || patterns.iter().any(|p| p.matches(value))
-        };
-        let headers = self.headers.iter().all(|(name, values, not)| {
-            let value = r.headers.get(name.as_str()).and_then(|v| v.to_str().ok());
-            let yes =
-                values.is_empty() || value.is_some_and(|v| values.iter().any(|p| p.matches(v)));
-            let no = value.is_some_and(|v| not.iter().any(|p| p.matches(v)));
-            yes && !no
-        });
-        (self.methods.is_empty() || self.methods.iter().any(|m| m == r.method))
-            && any(&self.paths, r.path)
-            && any(&self.hosts, r.host)
-            && headers
+        let pattern = |m: &IdentityMatch, v: &str| m.matches(v);
+        self.methods
+            .matches(Some(r.method), |m, method| m == method)
+            && self.paths.matches(Some(r.path), pattern)
+            && self.hosts.matches(Some(r.host), pattern)
+            && self.headers.iter().all(|(name, values)| {
+                let value = r.headers.get(name.as_str()).and_then(|v| v.to_str().ok());
+                values.matches(value, pattern)
+            })
     }
 }
 
@@ -139,17 +159,20 @@ pub fn evaluate(policies: &[&Policy], conn: &Connection<'_>) -> Verdict {
     let dry_run = policies
         .iter()
         .filter(|p| p.dry_run)
-        .map(|p| {
+        .filter_map(|p| {
             let rule = first_match(p, conn);
             let would = match (p.action, rule.is_some()) {
-                (Action::Deny, true) | (Action::Allow, false) => Decision::Deny,
-                (Action::Deny, false) | (Action::Allow, true) => Decision::Allow,
+                (Action::Deny, true) | (Action::Allow, false) => Would::Deny,
+                (Action::Deny, false) | (Action::Allow, true) => Would::Allow,
+                (Action::Audit, true) => Would::Audit,
+                // Istio audits only what an AUDIT rule matches.
+                (Action::Audit, false) => return None,
             };
-            DryRun {
+            Some(DryRun {
                 policy: p.id(),
                 rule,
                 would,
-            }
+            })
         })
         .collect();
     let enforced = || policies.iter().filter(|p| !p.dry_run);

@@ -4,9 +4,8 @@ use std::{net::IpAddr, path::Path};
 use super::{
     Decision, Policy,
     api::{AuthorizationPolicy, Mode},
-    eval::{Connection, DryRun, Reason},
+    eval::{Connection, DryRun, Reason, Would},
     evaluate,
-    peer_auth::{ModeSource, PeerAuth, mode_for},
 };
 use crate::{identity::SpiffeId, state::load_dir};
 
@@ -205,37 +204,8 @@ fn dry_run_policies_are_reported_not_enforced() {
         vec![DryRun {
             policy: "shop/deny-legacy".into(),
             rule: Some(0),
-            would: Decision::Deny
+            would: Would::Deny
         }]
-    );
-}
-
-#[test]
-fn peer_auth_namespace_overrides_mesh_wide_which_overrides_default() {
-    let pa = |ns: &str, name: &str, mode| PeerAuth {
-        namespace: ns.into(),
-        name: name.into(),
-        mode,
-    };
-    let all = [
-        pa("nodemesh-system", "default", Mode::Strict),
-        pa("legacy", "relaxed", Mode::Permissive),
-        pa("legacy", "a-first", Mode::Strict),
-    ];
-    assert_eq!(
-        mode_for(&all, "shop"),
-        (
-            Mode::Strict,
-            ModeSource::MeshWide("nodemesh-system/default".into())
-        )
-    );
-    assert_eq!(
-        mode_for(&all, "legacy"),
-        (Mode::Strict, ModeSource::Namespace("legacy/a-first".into()))
-    );
-    assert_eq!(
-        mode_for(&[], "shop"),
-        (Mode::Permissive, ModeSource::Default)
     );
 }
 
@@ -334,7 +304,7 @@ status: {{podIP: 10.1.0.21}}
         ["shop/deny-legacy"],
         "the selector keeps only-frontend off cart"
     );
-    assert_eq!(s.peer_auth_mode("shop").0, Mode::Strict);
+    assert_eq!(s.peer_auth_mode(pod("cart-1")).0, Mode::Strict);
 }
 
 const WAYPOINT_RULES: &str = "

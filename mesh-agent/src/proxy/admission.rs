@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     identity::SpiffeId,
-    policy::{self, Decision, Verdict, api::Mode, peer_auth::ModeSource},
+    policy::{self, Decision, Verdict, api::Mode},
     state::Snapshot,
 };
 
@@ -57,14 +57,11 @@ impl std::fmt::Display for Refused {
 pub fn admit(snapshot: &Snapshot, pod: &str, arrival: &Arrival) -> Result<Verdict, Refused> {
     let info = snapshot.pod(pod).ok_or(Refused::UnknownPod)?;
     if arrival.source.is_none() {
-        let (mode, source) = snapshot.peer_auth_mode(&info.namespace);
+        let (mode, source) = snapshot.peer_auth_mode(info);
         if mode == Mode::Strict {
-            let mode_source = match source {
-                ModeSource::Namespace(p) => format!("PeerAuthentication {p}"),
-                ModeSource::MeshWide(p) => format!("mesh-wide PeerAuthentication {p}"),
-                ModeSource::Default => "default".to_owned(),
-            };
-            return Err(Refused::Strict { mode_source });
+            return Err(Refused::Strict {
+                mode_source: source.to_string(),
+            });
         }
     }
     let verdict = policy::evaluate(
@@ -215,7 +212,8 @@ mod tests {
             snapshot.peer_auth.push(PeerAuth {
                 namespace: "shop".into(),
                 name: "strict".into(),
-                mode: Mode::Strict,
+                selector: None,
+                mode: Some(Mode::Strict),
             });
         }
         if let Some(port) = deny_port {

@@ -134,9 +134,9 @@ impl Snapshot {
             .collect()
     }
 
-    /// STRICT or PERMISSIVE for a namespace, and which object decided it.
-    pub fn peer_auth_mode(&self, namespace: &str) -> (Mode, ModeSource) {
-        peer_auth::mode_for(&self.peer_auth, namespace)
+    /// STRICT or PERMISSIVE for a pod, and which object decided it.
+    pub fn peer_auth_mode(&self, pod: &PodInfo) -> (Mode, ModeSource) {
+        peer_auth::mode_for(&self.peer_auth, pod)
     }
 
     /// The pod `namespace/name`.

@@ -25,6 +25,7 @@ use super::{
     super::policy::{
         self, Policy,
         api::{AuthorizationPolicy, PeerAuthentication},
+        istio,
         peer_auth::PeerAuth,
     },
     ConfigError,
@@ -46,11 +47,18 @@ const KINDS: [&str; 8] = [
     "TrafficPolicy",
 ];
 
-fn api_version_of(kind: &str) -> Option<&'static str> {
+/// The API versions local mode reads `kind` in, nodemesh's own first.
+fn api_versions_of(kind: &str) -> Option<&'static [&'static str]> {
+    const POLICY: [&str; 3] = [
+        policy::API_VERSION,
+        istio::API_VERSIONS[0],
+        istio::API_VERSIONS[1],
+    ];
     match kind {
-        "Namespace" | "Pod" | "Service" => Some("v1"),
-        "AuthorizationPolicy" | "PeerAuthentication" | "TrafficPolicy" => Some(policy::API_VERSION),
-        "HTTPRoute" | "GRPCRoute" => Some(gateway::API_VERSION),
+        "Namespace" | "Pod" | "Service" => Some(&["v1"]),
+        "AuthorizationPolicy" | "PeerAuthentication" => Some(&POLICY),
+        "TrafficPolicy" => Some(&[policy::API_VERSION]),
+        "HTTPRoute" | "GRPCRoute" => Some(&[gateway::API_VERSION]),
         _ => None,
     }
 }
@@ -161,7 +169,7 @@ impl Loader {
                 format!("missing: every object needs `kind` ({})", KINDS.join(", ")),
             );
         };
-        let Some(expected) = api_version_of(&kind) else {
+        let Some(expected) = api_versions_of(&kind) else {
             return self.fail(
                 &doc,
                 Some("kind"),
@@ -171,16 +179,25 @@ impl Loader {
                 ),
             );
         };
-        if api_version.as_deref() != Some(expected) {
+        let Some(api_version) = api_version
+            .clone()
+            .filter(|v| expected.contains(&v.as_str()))
+        else {
+            let others = expected[1..]
+                .iter()
+                .map(|v| format!(" or {v}"))
+                .collect::<String>();
             return self.fail(
                 &doc,
                 Some("apiVersion"),
                 format!(
-                    "{:?} is not supported for {kind}: use `apiVersion: {expected}`",
-                    api_version.unwrap_or_default()
+                    "{:?} is not supported for {kind}: use `apiVersion: {}`{others}",
+                    api_version.unwrap_or_default(),
+                    expected[0]
                 ),
             );
-        }
+        };
+        let is_istio = istio::API_VERSIONS.contains(&api_version.as_str());
         if name.is_none() {
             return self.fail(
                 &doc,
@@ -191,22 +208,30 @@ impl Loader {
         if !self.first_sighting(&doc) {
             return;
         }
-        let result =
-            match kind.as_str() {
-                "Namespace" => typed::<Namespace>(value).map(|ns| self.namespace(ns)),
-                "Pod" => typed::<Pod>(value).map(|pod| self.pod(&doc, pod)),
-                "Service" => typed::<Service>(value).map(|svc| self.service(&doc, svc)),
-                "AuthorizationPolicy" => {
-                    typed::<AuthorizationPolicy>(value).map(|p| self.authorization(&doc, p))
-                }
-                "HTTPRoute" => typed::<HttpRoute>(without_status(value))
-                    .map(|r| self.snapshot.http_routes.push(r)),
-                "GRPCRoute" => typed::<GrpcRoute>(without_status(value))
-                    .map(|r| self.snapshot.grpc_routes.push(r)),
-                "TrafficPolicy" => typed::<TrafficPolicy>(without_status(value))
-                    .map(|p| self.snapshot.traffic_policies.push(p)),
-                _ => typed::<PeerAuthentication>(value).map(|p| self.peer_auth(p)),
-            };
+        let result = match (kind.as_str(), is_istio) {
+            ("Namespace", _) => typed::<Namespace>(value).map(|ns| self.namespace(ns)),
+            ("Pod", _) => typed::<Pod>(value).map(|pod| self.pod(&doc, pod)),
+            ("Service", _) => typed::<Service>(value).map(|svc| self.service(&doc, svc)),
+            ("AuthorizationPolicy", false) => typed::<AuthorizationPolicy>(value)
+                .map(|p| self.authorization(&doc, Policy::compile(p))),
+            ("AuthorizationPolicy", true) => {
+                typed::<istio::AuthorizationPolicy>(without_status(value))
+                    .map(|p| self.authorization(&doc, istio::authorization(p)))
+            }
+            ("PeerAuthentication", true) => {
+                typed::<istio::PeerAuthentication>(without_status(value))
+                    .map(|p| self.peer_auth(&doc, istio::peer_authentication(p)))
+            }
+            ("HTTPRoute", _) => {
+                typed::<HttpRoute>(without_status(value)).map(|r| self.snapshot.http_routes.push(r))
+            }
+            ("GRPCRoute", _) => {
+                typed::<GrpcRoute>(without_status(value)).map(|r| self.snapshot.grpc_routes.push(r))
+            }
+            ("TrafficPolicy", _) => typed::<TrafficPolicy>(without_status(value))
+                .map(|p| self.snapshot.traffic_policies.push(p)),
+            _ => typed::<PeerAuthentication>(value).map(|p| self.peer_auth(&doc, Ok(native(p)))),
+        };
         if let Err((field, message)) = result {
             self.fail(&doc, field.as_deref(), message);
         }
@@ -249,8 +274,8 @@ impl Loader {
         }
     }
 
-    fn authorization(&mut self, doc: &Doc<'_>, api: AuthorizationPolicy) {
-        match Policy::compile(api) {
+    fn authorization(&mut self, doc: &Doc<'_>, compiled: Result<Policy, Vec<FieldError>>) {
+        match compiled {
             Ok(policy) => self
                 .snapshot
                 .policies
@@ -265,12 +290,15 @@ impl Loader {
         }
     }
 
-    fn peer_auth(&mut self, api: PeerAuthentication) {
-        self.snapshot.peer_auth.push(PeerAuth {
-            namespace: api.metadata.namespace.unwrap_or_else(|| "default".into()),
-            name: api.metadata.name.unwrap_or_default(),
-            mode: api.spec.mode,
-        });
+    fn peer_auth(&mut self, doc: &Doc<'_>, translated: Result<PeerAuth, Vec<FieldError>>) {
+        match translated {
+            Ok(p) => self.snapshot.peer_auth.push(p),
+            Err(errors) => {
+                for (field, message) in errors {
+                    self.fail(doc, Some(&field), message);
+                }
+            }
+        }
     }
 
     fn service(&mut self, doc: &Doc<'_>, svc: Service) {
@@ -292,6 +320,17 @@ fn without_status(mut value: Value) -> Value {
 
 /// A problem with one field: (path, what is wrong and what to do).
 type FieldError = (String, String);
+
+/// A `nodemesh.io/v1alpha1` PeerAuthentication: always namespace-wide (or
+/// mesh-wide in the root namespace), always with a mode.
+fn native(api: PeerAuthentication) -> PeerAuth {
+    PeerAuth {
+        namespace: api.metadata.namespace.unwrap_or_else(|| "default".into()),
+        name: api.metadata.name.unwrap_or_default(),
+        selector: None,
+        mode: Some(api.spec.mode),
+    }
+}
 
 /// Deserializes a typed object, reporting the failing field's path.
 fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, (Option<String>, String)> {
