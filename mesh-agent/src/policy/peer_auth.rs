@@ -20,6 +20,17 @@ pub enum ModeSource {
     Default,
 }
 
+/// As refusals and `meshctl why` name it.
+impl std::fmt::Display for ModeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Namespace(p) => write!(f, "PeerAuthentication {p}"),
+            Self::MeshWide(p) => write!(f, "mesh-wide PeerAuthentication {p}"),
+            Self::Default => f.write_str("default"),
+        }
+    }
+}
+
 /// The mode for `namespace`: its own PeerAuthentication, else the mesh-wide
 /// one, else PERMISSIVE. Several in one place: the first by name wins, so the
 /// answer never depends on file order.

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     identity::SpiffeId,
-    policy::{self, Decision, Verdict, api::Mode, peer_auth::ModeSource},
+    policy::{self, Decision, Verdict, api::Mode},
     state::Snapshot,
 };
 
@@ -59,12 +59,9 @@ pub fn admit(snapshot: &Snapshot, pod: &str, arrival: &Arrival) -> Result<Verdic
     if arrival.source.is_none() {
         let (mode, source) = snapshot.peer_auth_mode(&info.namespace);
         if mode == Mode::Strict {
-            let mode_source = match source {
-                ModeSource::Namespace(p) => format!("PeerAuthentication {p}"),
-                ModeSource::MeshWide(p) => format!("mesh-wide PeerAuthentication {p}"),
-                ModeSource::Default => "default".to_owned(),
-            };
-            return Err(Refused::Strict { mode_source });
+            return Err(Refused::Strict {
+                mode_source: source.to_string(),
+            });
         }
     }
     let verdict = policy::evaluate(
