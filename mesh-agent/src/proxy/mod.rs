@@ -11,6 +11,7 @@ pub mod mesh;
 pub mod outbound;
 pub mod plan;
 pub mod relay;
+pub mod reported;
 
 use std::{
     net::{IpAddr, SocketAddr},

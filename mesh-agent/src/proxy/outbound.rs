@@ -20,7 +20,7 @@ use super::{
     mesh::MeshIdentity,
     plan::{Carry, plan},
     relay::relay,
-    reset, socket_in_pod,
+    reported, reset, socket_in_pod,
 };
 use crate::{
     capture::{inpod::upstream_socket, object::ip_key},
@@ -223,12 +223,25 @@ async fn open_tunnel(
         .await
         .map_err(|e| (State::Error, format!("tunnel to {hbone}: {e}")))?;
     flow.tunnelled(path, &dest_identity.to_string(), conn.tls_version());
-    conn.connect(authority).await.map_err(|e| match e {
-        TunnelError::Refused { status: 401, .. } => (
-            State::Denied,
-            format!("{e} (denied by the destination's policy)"),
-        ),
+    conn.connect(authority).await.map_err(|e| match &e {
+        TunnelError::Refused {
+            status: 401,
+            reported,
+            ..
+        } => match reported::decode(reported.as_ref(), &dest_identity) {
+            Some(verdict) => {
+                flow.set_verdict(&verdict);
+                (
+                    State::Denied,
+                    format!("{verdict}, at the destination ({e})"),
+                )
+            }
+            None => (
+                State::Denied,
+                format!("{e}: denied by the destination (rule not reported)"),
+            ),
+        },
         TunnelError::Refused { status: 400, .. } => (State::Refused, e.to_string()),
-        other => (State::Error, other.to_string()),
+        _ => (State::Error, e.to_string()),
     })
 }
