@@ -228,7 +228,7 @@ async fn open_tunnel(
             status: 401,
             reported,
             ..
-        } => match reported::decode(reported.as_ref(), &dest_identity) {
+        } => match reported::decode(reported.as_deref(), &dest_identity) {
             Some(verdict) => {
                 flow.set_verdict(&verdict);
                 (

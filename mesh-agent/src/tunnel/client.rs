@@ -121,14 +121,12 @@ impl Connection {
                 .headers()
                 .get(VERDICT_HEADER)
                 .and_then(|v| v.to_str().ok());
-            let reported = self
-                .server
-                .clone()
-                .zip(verdict)
-                .map(|(by, verdict)| Reported {
+            let reported = self.server.clone().zip(verdict).map(|(by, verdict)| {
+                Box::new(Reported {
                     by,
                     verdict: verdict.to_owned(),
-                });
+                })
+            });
             return Err(TunnelError::Refused {
                 target,
                 status: response.status().as_u16(),

@@ -101,7 +101,8 @@ pub enum TunnelError {
     Refused {
         target: std::net::SocketAddr,
         status: u16,
-        /// The server's [`VERDICT_HEADER`], when it sent one.
-        reported: Option<Reported>,
+        /// The server's [`VERDICT_HEADER`], when it sent one (boxed: it is
+        /// rare, and every `Result` of the tunnel carries this error's size).
+        reported: Option<Box<Reported>>,
     },
 }

@@ -225,10 +225,10 @@ async fn refusals_answer_with_ztunnel_status_codes() {
             ..
         }) => assert_eq!(
             reported,
-            Some(Reported {
+            Some(Box::new(Reported {
                 by: id("node-agent"),
                 verdict: "no intruders".into()
-            }),
+            })),
             "the reason, with the server identity the handshake verified"
         ),
         other => panic!("expected a 401, got {:?}", other.map(|_| ())),
