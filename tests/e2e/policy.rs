@@ -27,14 +27,35 @@ pub fn trials() -> Vec<Trial> {
             "policy::istio_shaped_policies_decide_as_native_ones_do",
             istio_shaped,
         ),
+        trial(
+            "policy::why_resolves_a_service_to_its_endpoints_as_the_connection_does",
+            why_for_a_service,
+        ),
+        trial(
+            "policy::why_from_an_unenrolled_pod_matches_what_its_connect_does",
+            why_from_unenrolled,
+        ),
+        trial(
+            "policy::both_ends_record_the_rule_that_denied",
+            both_ends_name_the_rule,
+        ),
     ]
 }
 
 const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+/// Service `shop/payments`: port 80 to b's 8080.
+const PAYMENTS_VIP: &str = "10.96.0.20:80";
+/// Denies frontend (a) on 8080, which the Service sends to.
+const DENY_FRONTEND: &str = "apiVersion: nodemesh.io/v1alpha1\nkind: AuthorizationPolicy\n\
+     metadata:\n  name: deny-frontend\n  namespace: shop\n\
+     spec:\n  action: DENY\n  rules:\n  - from:\n      identities: [\"*/sa/frontend\"]\n\
+     \x20   to:\n      ports: [8080]\n";
+const DENY_FRONTEND_RULE: &str = "denied by shop/deny-frontend rule 0 (DENY)";
 
 /// n1: `a` (shop, sa frontend), `c` (enrolled namespace `other`, sa client),
 /// `l` (unenrolled namespace `legacy`); n2: `b` (shop, sa payments), whose
-/// app listens on 8080 and 9090.
+/// app listens on 8080 and 9090, behind Service `shop/payments`
+/// ([`PAYMENTS_VIP`] → 8080).
 struct Shop {
     meshed: Meshed,
     _servers: Vec<nodemesh_tests::PodChild>,
@@ -57,7 +78,14 @@ impl Shop {
             .service_account("a", "frontend")
             .service_account("b", "payments")
             .service_account("c", "client")
-            .pod_label("b", "app", "payments");
+            .pod_label("b", "app", "payments")
+            .service(
+                "shop",
+                "payments",
+                PAYMENTS_VIP.parse::<SocketAddr>()?.ip(),
+                (80, 8080),
+                "payments",
+            );
         let meshed = Meshed::start(cluster, config, 3600)?;
         let b = meshed.cluster.pod("b").clone();
         let servers = ["0.0.0.0:8080", "0.0.0.0:9090"]
@@ -172,12 +200,7 @@ fn strict_and_permissive() -> anyhow::Result<()> {
         "{plain:?}"
     );
 
-    shop.meshed.write_config(
-        "peer-auth.yaml",
-        "apiVersion: nodemesh.io/v1alpha1\nkind: PeerAuthentication\n\
-         metadata:\n  name: strict\n  namespace: shop\nspec:\n  mode: STRICT\n",
-    )?;
-    eventually("STRICT refuses plaintext", || Ok(!shop.reaches("l", 8080)?))?;
+    shop.strict()?;
     shop.why_agrees("l", 8080, false)?;
     let refused = n2.wait_flow("a STRICT refusal", |f| f.state == "refused")?;
     ensure!(
@@ -459,5 +482,180 @@ fn istio_shaped() -> anyhow::Result<()> {
         shop.reaches("l", 8080)
     })?;
     shop.why_agrees("l", 8080, true)?;
+    Ok(())
+}
+
+impl Shop {
+    /// Makes namespace `shop` STRICT and waits until plaintext is refused.
+    fn strict(&self) -> anyhow::Result<()> {
+        self.meshed.write_config(
+            "peer-auth.yaml",
+            "apiVersion: nodemesh.io/v1alpha1\nkind: PeerAuthentication\n\
+             metadata:\n  name: strict\n  namespace: shop\nspec:\n  mode: STRICT\n",
+        )?;
+        eventually("STRICT refuses plaintext", || Ok(!self.reaches("l", 8080)?))
+    }
+
+    /// `meshctl why FROM TO -o json` on `node`.
+    fn why(&self, node: &str, from: &str, to: &str) -> anyhow::Result<serde_json::Value> {
+        let out = self
+            .meshed
+            .agent(node)
+            .meshctl(&["why", from, to, "-o", "json"])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// The newest flow record on `node` of a connection from `from` to `to`
+    /// that `wanted` accepts (waiting for it).
+    fn last_flow(
+        &self,
+        node: &str,
+        from: &str,
+        to: &str,
+        wanted: impl Fn(&nodemesh_tests::mesh::FlowLog) -> bool,
+    ) -> anyhow::Result<nodemesh_tests::mesh::FlowLog> {
+        let src = self.pod(from).ipv4.to_string();
+        let mut found = None;
+        eventually(&format!("{node}'s flow record of {from} → {to}"), || {
+            found = self
+                .meshed
+                .agent(node)
+                .flows()
+                .into_iter()
+                .rev()
+                .find(|f| f.src.starts_with(&src) && f.orig_dst == to && wanted(f));
+            Ok(found.is_some())
+        })?;
+        found.context("found above")
+    }
+}
+
+/// A Service address is judged where the data path sends it: `why` names
+/// the Service, its endpoint, and the rule there, as the real connection
+/// and both agents' records do.
+fn why_for_a_service() -> anyhow::Result<()> {
+    let shop = Shop::start()?;
+    let vip: SocketAddr = PAYMENTS_VIP.parse()?;
+    shop.policies(DENY_FRONTEND, ("a", 8080, false))?;
+    let cluster = &shop.meshed.cluster;
+    let denied = connect(cluster, shop.pod("a"), vip, 1024, 3);
+    ensure!(
+        !denied.as_ref().is_ok_and(|e| e.received == 1024),
+        "a → {vip} got through despite the DENY: {denied:?}"
+    );
+    let allowed = connect(cluster, shop.pod("c"), vip, 1024, 4)?;
+    ensure!(allowed.received == 1024, "c → {vip}: {allowed:?}");
+
+    let b = shop.b(8080).to_string();
+    for node in ["n1", "n2"] {
+        let answer = shop.why(node, "shop/a", PAYMENTS_VIP)?;
+        let endpoints = answer["endpoints"].as_array().cloned().unwrap_or_default();
+        ensure!(
+            answer["decision"] == "deny"
+                && answer["service"] == "shop/payments"
+                && answer["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(DENY_FRONTEND_RULE) && r.contains(&b))
+                && endpoints.len() == 1
+                && endpoints[0]["destination"]["pod"] == "shop/b"
+                && endpoints[0]["port"] == 8080
+                && endpoints[0]["decision"] == "deny",
+            "meshctl why on {node} for a → {vip} (denied by the real connection): {answer:#}"
+        );
+        let answer = shop.why(node, "other/c", PAYMENTS_VIP)?;
+        ensure!(
+            answer["decision"] == "allow"
+                && answer["endpoints"][0]["destination"]["pod"] == "shop/b",
+            "meshctl why on {node} for c → {vip} (allowed by the real connection): {answer:#}"
+        );
+    }
+    let table = shop
+        .meshed
+        .agent("n1")
+        .meshctl(&["why", "shop/a", PAYMENTS_VIP])?;
+    ensure!(
+        table.contains("Service shop/payments") && table.contains("endpoint     shop/b"),
+        "the table names the Service and its endpoint:\n{table}"
+    );
+
+    let source = shop.last_flow("n1", "a", PAYMENTS_VIP, |f| f.direction == "outbound")?;
+    let destination = shop.last_flow("n2", "a", &b, |f| f.decision.is_some())?;
+    for (side, flow) in [("source", &source), ("destination", &destination)] {
+        ensure!(
+            flow.state == "denied"
+                && flow
+                    .verdict
+                    .as_deref()
+                    .is_some_and(|v| v.contains(DENY_FRONTEND_RULE)),
+            "the {side}'s record of a → {vip} does not name the rule `why` gave: {flow:?}"
+        );
+    }
+    Ok(())
+}
+
+/// An unenrolled pod is not captured: a cluster IP is then nobody's
+/// address, and a pod address gets plain TCP, judged by the destination.
+fn why_from_unenrolled() -> anyhow::Result<()> {
+    let shop = Shop::start()?;
+    let cluster = &shop.meshed.cluster;
+    let vip: SocketAddr = PAYMENTS_VIP.parse()?;
+    let real = connect(cluster, shop.pod("l"), vip, 1024, 5);
+    ensure!(real.is_err(), "l → {vip} without capture: {real:?}");
+    for node in ["n1", "n2"] {
+        let answer = shop.why(node, "legacy/l", PAYMENTS_VIP)?;
+        ensure!(
+            answer["decision"] == "unreachable"
+                && answer["captured"] == false
+                && answer["service"] == "shop/payments"
+                && answer["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("not captured")),
+            "meshctl why on {node} for l → {vip} (the connect failed: {real:?}): {answer:#}"
+        );
+    }
+
+    shop.strict()?;
+    let b = shop.b(8080).to_string();
+    let answer = shop.why("n2", "legacy/l", &b)?;
+    ensure!(
+        answer["decision"] == "refused"
+            && answer["path"] == "passthrough"
+            && answer["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("without mTLS") && r.contains("STRICT")),
+        "meshctl why for l → b under STRICT: {answer:#}"
+    );
+    Ok(())
+}
+
+/// A DENY at the destination is named by both ends: the destination tells
+/// the source the rule on the refused CONNECT.
+fn both_ends_name_the_rule() -> anyhow::Result<()> {
+    let shop = Shop::start()?;
+    shop.policies(DENY_FRONTEND, ("a", 8080, false))?;
+    let b = shop.b(8080).to_string();
+    let source = shop.last_flow("n1", "a", &b, |f| f.direction == "outbound")?;
+    let destination = shop.last_flow("n2", "a", &b, |f| f.decision.is_some())?;
+    ensure!(
+        source.state == "denied"
+            && source.verdict.is_some()
+            && source.verdict == destination.verdict
+            && source.decision.as_deref() == Some("deny"),
+        "the ends disagree on why:\n source {source:?}\n destination {destination:?}"
+    );
+    ensure!(
+        destination.verdict.as_deref() == Some(DENY_FRONTEND_RULE),
+        "{destination:?}"
+    );
+    for node in ["n1", "n2"] {
+        let table = shop
+            .meshed
+            .agent(node)
+            .meshctl(&["flows", "--verdict", "denied"])?;
+        ensure!(
+            table.contains("denied (shop/deny-frontend#0)"),
+            "meshctl flows on {node}:\n{table}"
+        );
+    }
     Ok(())
 }

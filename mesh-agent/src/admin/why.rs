@@ -1,14 +1,27 @@
 //! `meshctl why SRC DST:PORT`: what would happen if a pod connected there,
-//! answered from the agent's current state without sending a packet. The
-//! decision comes from the same [`admit`] the data path calls, so the answer
-//! and the reality cannot drift apart.
+//! answered from the agent's current state without sending a packet.
+//!
+//! Nothing here decides on its own: where a captured connection goes comes
+//! from the data path's [`plan`] (Service → endpoints → waypoint, HBONE or
+//! plain TCP), and each endpoint's verdict from the destination's
+//! [`admit`], so the answer and the reality cannot drift apart. What is
+//! left is the one case the data path never sees: a source outside the
+//! mesh, whose connections are not captured at all.
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    policy::{self, api::Action, eval::Connection as PolicyConnection, peer_auth::ModeSource},
-    proxy::admission::{Arrival, Refused, admit},
+    flows::record::Path,
+    identity::SpiffeId,
+    policy::{
+        api::{Action, Mode},
+        eval::Connection as PolicyConnection,
+    },
+    proxy::{
+        admission::{Arrival, Refused, admit},
+        plan::{Carry, Hop, plan},
+    },
     state::{PodInfo, Snapshot},
 };
 
@@ -31,19 +44,54 @@ pub struct PolicyCheck {
     pub matched_rule: Option<usize>,
 }
 
+/// What happens to the connection at one destination.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Why {
-    pub source: Side,
-    pub destination: Side,
-    pub port: u16,
-    /// `tunnel`, `same_node` or `passthrough`.
+pub struct Outcome {
+    /// `tunnel`, `same_node`, `waypoint` or `passthrough` (`depends` when
+    /// a Service's endpoints differ).
     pub path: String,
     /// STRICT or PERMISSIVE, and which object decided (enrolled destinations).
     pub peer_authentication: Option<String>,
     pub policies: Vec<PolicyCheck>,
-    /// `allow`, `deny` or `refused`.
+    /// `allow`, `deny`, `refused` (peer authentication), `error` (the mesh
+    /// cannot send it anywhere), `unreachable` (not captured, and nothing
+    /// answers the address), `waypoint` (the waypoint decides per request),
+    /// or `depends` (a Service whose endpoints are judged differently).
     pub decision: String,
     pub reason: String,
+}
+
+/// One endpoint a Service address may be sent to, and its outcome.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointWhy {
+    pub destination: Side,
+    pub port: u16,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Why {
+    pub source: Side,
+    /// The address asked about (a Service's cluster IP stays that).
+    pub destination: Side,
+    pub port: u16,
+    /// Whether capture takes the source's connections (it is enrolled).
+    #[serde(default)]
+    pub captured: bool,
+    /// `namespace/name` when the destination is a Service's cluster IP.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// `namespace/name` of the waypoint that Service's traffic goes through.
+    #[serde(default)]
+    pub waypoint: Option<String>,
+    /// For a Service, summed up over `endpoints`.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// For a Service: every place a connection may be sent (one per
+    /// connection, round robin), each judged.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointWhy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +107,8 @@ pub enum WhyError {
 }
 
 /// Answers for a connection from `source` to `destination` (`ip:port`);
-/// `tunnels` says whether enrolled pods talk over HBONE (the agent has a CA).
+/// `trust_domain` is the mesh's when the agent has a CA (pods then talk
+/// over HBONE).
 pub fn why(
     snapshot: &Snapshot,
     source: &str,
@@ -70,94 +119,270 @@ pub fn why(
     let dst: SocketAddr = destination
         .parse()
         .map_err(|_| WhyError::BadDestination(destination.to_owned()))?;
-    let dst_pod = snapshot.pod_by_ip(dst.ip());
-    let side = |pod: Option<&PodInfo>, ip: IpAddr| Side {
-        pod: pod.map(PodInfo::key),
-        ip: ip.to_canonical(),
-        enrolled: pod.is_some_and(|p| snapshot.enrolled(p)),
-        identity: pod
-            .zip(trust_domain)
-            .and_then(|(p, td)| p.identity(td).ok())
-            .map(|id| id.to_string()),
-    };
-    let source_ip = src.ips.first().copied().unwrap_or(dst.ip());
-    let source_side = side(Some(src), source_ip);
-    let dest_side = side(dst_pod, dst.ip());
-    let tunnelled = source_side.enrolled && dest_side.enrolled && trust_domain.is_some();
-    let path = if !tunnelled {
-        "passthrough"
-    } else if dst_pod.is_some_and(|d| d.node == src.node) {
-        "same_node"
-    } else {
-        "tunnel"
+    let dst = SocketAddr::new(dst.ip().to_canonical(), dst.port());
+    let captured = snapshot.enrolled(src);
+    let judge = Judge {
+        snapshot,
+        source: src,
+        trust_domain,
     };
     let mut answer = Why {
-        source: source_side.clone(),
-        destination: dest_side.clone(),
+        source: judge.side(Some(src), judge.source_ip(dst.ip())),
+        destination: judge.side(snapshot.pod_by_ip(dst.ip()), dst.ip()),
         port: dst.port(),
-        path: path.to_owned(),
-        peer_authentication: None,
-        policies: Vec::new(),
-        decision: "allow".to_owned(),
-        reason: String::new(),
+        captured,
+        service: None,
+        waypoint: None,
+        outcome: Outcome::plain("allow", String::new()),
+        endpoints: Vec::new(),
     };
-    let Some(dest) = dst_pod.filter(|_| dest_side.enrolled) else {
-        answer.reason = "the destination is not an enrolled pod: the mesh passes the connection \
-                         through without policy"
-            .to_owned();
+    if !captured {
+        answer.service = snapshot
+            .service_by_ip(dst.ip())
+            .map(|s| format!("{}/{}", s.namespace, s.name));
+        answer.outcome = judge.uncaptured(dst, answer.service.as_deref());
+        return Ok(answer);
+    }
+    let plan = plan(snapshot, &src.node, dst, trust_domain);
+    answer.waypoint = plan.waypoint.as_ref().map(ToString::to_string);
+    let hops = match plan.hops {
+        Ok(hops) => hops,
+        Err(why) => {
+            let mut outcome = Outcome::plain("error", why.to_string());
+            if plan.waypoint.is_some() {
+                outcome.path = Path::Waypoint.as_str().to_owned();
+            }
+            answer.service = plan.service;
+            answer.outcome = outcome;
+            return Ok(answer);
+        }
+    };
+    let Some(service) = plan.service else {
+        // Not a Service: the plan's one hop is the address itself.
+        answer.outcome = hops
+            .first()
+            .map(|hop| judge.hop(hop, answer.waypoint.as_deref()))
+            .expect("a plan for an address has one hop");
         return Ok(answer);
     };
-    let source_id = source_side
-        .identity
-        .as_deref()
-        .filter(|_| tunnelled)
-        .and_then(|id| crate::identity::SpiffeId::parse(id).ok());
-    let (mode, mode_source) = snapshot.peer_auth_mode(dest);
-    answer.peer_authentication = Some(format!(
-        "{} ({})",
-        match mode {
-            policy::api::Mode::Strict => "STRICT",
-            policy::api::Mode::Permissive => "PERMISSIVE",
-        },
-        match mode_source {
-            ModeSource::Namespace(p) => format!("PeerAuthentication {p}"),
-            ModeSource::MeshWide(p) => format!("mesh-wide PeerAuthentication {p}"),
-            ModeSource::Default => "default".to_owned(),
-        }
-    ));
-    let conn = PolicyConnection {
-        source: source_id.as_ref(),
-        source_ip,
-        port: dst.port(),
-        request: None,
-    };
-    answer.policies = snapshot
-        .policies_for(dest)
-        .into_iter()
-        .map(|p| PolicyCheck {
-            policy: p.id(),
-            action: p.action,
-            dry_run: p.dry_run,
-            matched_rule: p.rules.iter().position(|r| r.matches(&conn)),
+    answer.endpoints = hops
+        .iter()
+        .map(|hop| EndpointWhy {
+            destination: judge.side(
+                hop.pod.as_deref().and_then(|p| snapshot.pod(p)),
+                hop.target.ip(),
+            ),
+            port: hop.target.port(),
+            outcome: judge.hop(hop, answer.waypoint.as_deref()),
         })
         .collect();
-    let arrival = Arrival {
-        source: source_id,
-        source_ip,
-        port: dst.port(),
+    answer.outcome = summary(&service, &answer.endpoints);
+    answer.service = Some(service);
+    Ok(answer)
+}
+
+/// The answer for a Service as a whole: the endpoints' common path and
+/// decision (else `depends`), and each endpoint's reason.
+fn summary(service: &str, endpoints: &[EndpointWhy]) -> Outcome {
+    let common = |field: fn(&Outcome) -> &String| {
+        let first = field(&endpoints.first()?.outcome);
+        endpoints
+            .iter()
+            .all(|e| field(&e.outcome) == first)
+            .then(|| first.clone())
     };
-    match admit(snapshot, &dest.key(), &arrival) {
-        Ok(verdict) => answer.reason = verdict.to_string(),
-        Err(refused) => {
-            answer.decision = match refused {
-                Refused::Denied(_) => "deny",
-                Refused::Strict { .. } | Refused::UnknownPod => "refused",
+    let each: Vec<String> = endpoints
+        .iter()
+        .map(|e| {
+            let at = SocketAddr::new(e.destination.ip, e.port);
+            match &e.destination.pod {
+                Some(pod) => format!("{pod} ({at}): {}", e.outcome.reason),
+                None => format!("{at}: {}", e.outcome.reason),
             }
-            .to_owned();
-            answer.reason = refused.to_string();
+        })
+        .collect();
+    let (peer_authentication, policies) = match endpoints {
+        [only] => (
+            only.outcome.peer_authentication.clone(),
+            only.outcome.policies.clone(),
+        ),
+        _ => (None, Vec::new()),
+    };
+    Outcome {
+        path: common(|o| &o.path).unwrap_or_else(|| "depends".to_owned()),
+        peer_authentication,
+        policies,
+        decision: common(|o| &o.decision).unwrap_or_else(|| "depends".to_owned()),
+        reason: format!(
+            "Service {service} has {} endpoint(s), one picked per connection (round robin): {}",
+            endpoints.len(),
+            each.join("; ")
+        ),
+    }
+}
+
+impl Outcome {
+    /// An outcome without peer authentication or policies to show.
+    fn plain(decision: &str, reason: String) -> Self {
+        Self {
+            path: Path::Passthrough.as_str().to_owned(),
+            peer_authentication: None,
+            policies: Vec::new(),
+            decision: decision.to_owned(),
+            reason,
         }
     }
-    Ok(answer)
+}
+
+/// Judges hops for one source pod.
+struct Judge<'a> {
+    snapshot: &'a Snapshot,
+    source: &'a PodInfo,
+    trust_domain: Option<&'a str>,
+}
+
+impl Judge<'_> {
+    fn side(&self, pod: Option<&PodInfo>, ip: IpAddr) -> Side {
+        Side {
+            pod: pod.map(PodInfo::key),
+            ip: ip.to_canonical(),
+            enrolled: pod.is_some_and(|p| self.snapshot.enrolled(p)),
+            identity: pod
+                .zip(self.trust_domain)
+                .and_then(|(p, td)| p.identity(td).ok())
+                .map(|id| id.to_string()),
+        }
+    }
+
+    /// The address the source's connection leaves with (one of the
+    /// destination's family when it has one).
+    fn source_ip(&self, to: IpAddr) -> IpAddr {
+        let ips = &self.source.ips;
+        ips.iter()
+            .find(|ip| ip.is_ipv4() == to.is_ipv4())
+            .or(ips.first())
+            .copied()
+            .unwrap_or(to)
+    }
+
+    /// An unenrolled source: nothing captures its connect, so nothing
+    /// resolves a Service address for it, and its bytes travel as plain TCP.
+    fn uncaptured(&self, dst: SocketAddr, service: Option<&str>) -> Outcome {
+        let who = self.source.key();
+        if let Some(service) = service {
+            return Outcome::plain(
+                "unreachable",
+                format!(
+                    "{who} is not in the mesh, so its connections are not captured and the mesh \
+                     never resolves the cluster IP of Service {service} for it; nodemesh runs no \
+                     kube-proxy, so the connect goes to {dst} itself, which no pod has, and fails \
+                     (\"Network is unreachable\" without a route to it). Enrol the source's \
+                     namespace (label nodemesh.io/dataplane=enabled), or connect to an endpoint"
+                ),
+            );
+        }
+        let hop = Hop {
+            pod: self.snapshot.pod_by_ip(dst.ip()).map(PodInfo::key),
+            target: dst,
+            carry: Carry::Plaintext,
+        };
+        let mut outcome = self.hop(&hop, None);
+        outcome.reason = format!(
+            "{who} is not in the mesh: its connection is not captured and arrives as plain TCP, \
+             without mTLS; {}",
+            outcome.reason
+        );
+        outcome
+    }
+
+    /// What happens to a connection sent along `hop`.
+    fn hop(&self, hop: &Hop, waypoint: Option<&str>) -> Outcome {
+        let (path, tunnelled) = match &hop.carry {
+            Carry::NoIdentity(why) => return Outcome::plain("error", why.clone()),
+            Carry::Hbone {
+                hbone,
+                path: Path::Waypoint,
+                ..
+            } => {
+                let mut outcome = Outcome::plain(
+                    "waypoint",
+                    format!(
+                        "sent over mTLS to waypoint {} (pod {}, {hbone}); its L7 \
+                         AuthorizationPolicies and routes decide per request (see the \
+                         waypoint's flows), and the endpoints it picks judge the waypoint's \
+                         identity at L4",
+                        waypoint.unwrap_or("-"),
+                        hop.pod.as_deref().unwrap_or("-"),
+                    ),
+                );
+                outcome.path = Path::Waypoint.as_str().to_owned();
+                return outcome;
+            }
+            Carry::Hbone { path, .. } => (*path, true),
+            Carry::Plaintext => (Path::Passthrough, false),
+        };
+        let mut outcome = Outcome::plain("allow", String::new());
+        outcome.path = path.as_str().to_owned();
+        let Some(dest) = self
+            .snapshot
+            .pod_by_ip(hop.target.ip())
+            .filter(|d| self.snapshot.enrolled(d))
+        else {
+            outcome.reason = "the destination is not an enrolled pod: the mesh passes the \
+                              connection through without policy"
+                .to_owned();
+            return outcome;
+        };
+        let source_id: Option<SpiffeId> = self
+            .trust_domain
+            .filter(|_| tunnelled)
+            .and_then(|td| self.source.identity(td).ok());
+        let source_ip = self.source_ip(hop.target.ip());
+        outcome.peer_authentication = Some(peer_authentication(self.snapshot, dest));
+        let conn = PolicyConnection {
+            source: source_id.as_ref(),
+            source_ip,
+            port: hop.target.port(),
+            request: None,
+        };
+        outcome.policies = self
+            .snapshot
+            .policies_for(dest)
+            .into_iter()
+            .map(|p| PolicyCheck {
+                policy: p.id(),
+                action: p.action,
+                dry_run: p.dry_run,
+                matched_rule: p.rules.iter().position(|r| r.matches(&conn)),
+            })
+            .collect();
+        let arrival = Arrival {
+            source: source_id,
+            source_ip,
+            port: hop.target.port(),
+        };
+        match admit(self.snapshot, &dest.key(), &arrival) {
+            Ok(verdict) => outcome.reason = verdict.to_string(),
+            Err(refused) => {
+                outcome.decision = match refused {
+                    Refused::Denied(_) => "deny",
+                    Refused::Strict { .. } | Refused::UnknownPod => "refused",
+                }
+                .to_owned();
+                outcome.reason = refused.to_string();
+            }
+        }
+        outcome
+    }
+}
+
+fn peer_authentication(snapshot: &Snapshot, pod: &PodInfo) -> String {
+    let (mode, source) = snapshot.peer_auth_mode(pod);
+    let mode = match mode {
+        Mode::Strict => "STRICT",
+        Mode::Permissive => "PERMISSIVE",
+    };
+    format!("{mode} ({source})")
 }
 
 fn find_source<'a>(snapshot: &'a Snapshot, source: &str) -> Result<&'a PodInfo, WhyError> {
@@ -178,3 +403,6 @@ fn find_source<'a>(snapshot: &'a Snapshot, source: &str) -> Result<&'a PodInfo, 
         (None, _) => Err(WhyError::UnknownSource(source.to_owned())),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -544,14 +544,32 @@ fn print_why(w: &Why) {
         )
     };
     println!("source       {}", side(&w.source));
-    println!("destination  {} port {}", side(&w.destination), w.port);
-    println!("path         {}", w.path);
-    if let Some(mode) = &w.peer_authentication {
-        println!("peer auth    {mode}");
+    match &w.service {
+        Some(svc) => println!(
+            "destination  Service {svc} ({}) port {}",
+            w.destination.ip, w.port
+        ),
+        None => println!("destination  {} port {}", side(&w.destination), w.port),
     }
-    for p in &w.policies {
+    if let Some(waypoint) = &w.waypoint {
+        println!("waypoint     {waypoint}");
+    }
+    print_outcome(&w.outcome, "");
+    for e in &w.endpoints {
+        println!("endpoint     {} port {}", side(&e.destination), e.port);
+        print_outcome(&e.outcome, "  ");
+    }
+}
+
+/// One outcome of `meshctl why`, each line indented by `indent`.
+fn print_outcome(o: &mesh_agent::admin::why::Outcome, indent: &str) {
+    println!("{indent}path         {}", o.path);
+    if let Some(mode) = &o.peer_authentication {
+        println!("{indent}peer auth    {mode}");
+    }
+    for p in &o.policies {
         println!(
-            "policy       {} {:?}{}: {}",
+            "{indent}policy       {} {:?}{}: {}",
             p.policy,
             p.action,
             if p.dry_run { " (dry run)" } else { "" },
@@ -561,7 +579,11 @@ fn print_why(w: &Why) {
             )
         );
     }
-    println!("decision     {}: {}", w.decision.to_uppercase(), w.reason);
+    println!(
+        "{indent}decision     {}: {}",
+        o.decision.to_uppercase(),
+        o.reason
+    );
 }
 
 fn print_status(status: &Status, colour: bool) {

@@ -154,10 +154,12 @@ fn verdict(r: &FlowRecord) -> (String, Option<&'static str>) {
             Some("32"),
         ),
         State::Denied => (
-            rule.map_or_else(
-                || "denied (no ALLOW rule)".into(),
-                |p| format!("denied ({p})"),
-            ),
+            match (rule, &r.verdict) {
+                (Some(p), _) => format!("denied ({p})"),
+                (None, Some(_)) => "denied (no ALLOW rule)".into(),
+                // A source whose destination did not say which rule.
+                (None, None) => "denied (rule not reported)".into(),
+            },
             Some("31"),
         ),
         State::Refused => ("refused".into(), Some("33")),
@@ -313,6 +315,33 @@ mod tests {
         open.bytes_sent = 0;
         open.bytes_received = 0;
         vec![base, denied, open]
+    }
+
+    #[test]
+    fn a_denial_names_its_rule_or_says_it_is_not_known() {
+        let mut denied = records().remove(0);
+        denied.state = State::Denied;
+        let by_rule = FlowVerdict {
+            decision: Decision::Deny,
+            policy: Some("shop/deny-bad".into()),
+            rule: Some(0),
+            reason: "denied by shop/deny-bad rule 0 (DENY)".into(),
+            dry_run: Vec::new(),
+        };
+        let no_rule = FlowVerdict {
+            policy: None,
+            rule: None,
+            reason: "denied: no rule of the ALLOW policies shop/a matched".into(),
+            ..by_rule.clone()
+        };
+        for (recorded, shown) in [
+            (Some(by_rule), "denied (shop/deny-bad#0)"),
+            (Some(no_rule), "denied (no ALLOW rule)"),
+            (None, "denied (rule not reported)"),
+        ] {
+            denied.verdict = recorded;
+            assert_eq!(verdict(&denied).0, shown);
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub enum ModeSource {
     Default,
 }
 
+/// As refusals and `meshctl why` name it.
 impl std::fmt::Display for ModeSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -26,6 +26,7 @@ use super::{
     flow::Owner,
     inbound::{admit_and_deliver, carry},
     mesh::{Mesh, MeshIdentity},
+    reported,
 };
 use crate::{
     flows::record::{Direction, Path, State},
@@ -274,13 +275,18 @@ impl Handler for PodHandler {
                     }
                 })
             })),
-            Err((state, why)) => {
-                let status = match state {
+            Err(not) => {
+                let status = match not.state {
                     State::Denied | State::Refused => StatusCode::UNAUTHORIZED,
                     State::Error | State::Closed | State::Open => StatusCode::SERVICE_UNAVAILABLE,
                 };
-                flow.failed(state, why.clone());
-                Err(Refusal::new(status, why))
+                flow.failed(not.state, not.why.clone());
+                let refusal = Refusal::new(status, not.why);
+                // The source records the same deciding rule as this side.
+                Err(match not.denied.as_ref().and_then(reported::encode) {
+                    Some(verdict) => refusal.with_verdict(verdict),
+                    None => refusal,
+                })
             }
         }
     }

@@ -26,6 +26,7 @@ use super::{
 use crate::{
     capture::inpod::delivery_socket,
     flows::record::{Direction, Hook, State},
+    policy::Verdict,
     state::Snapshot,
 };
 
@@ -50,9 +51,27 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     };
     match admit_and_deliver(&pod, snapshot, &mut flow, arrival, orig).await {
         Ok((app, registration)) => carry(client, app, registration, flow).await,
-        Err((state, why)) => {
+        Err(not) => {
             reset(client);
-            flow.failed(state, why);
+            flow.failed(not.state, not.why);
+        }
+    }
+}
+
+/// Why an arrival was not delivered.
+pub(super) struct Undelivered {
+    pub state: State,
+    pub why: String,
+    /// The verdict, when policy denied it (for the tunnel to report).
+    pub denied: Option<Verdict>,
+}
+
+impl Undelivered {
+    fn new(state: State, why: String) -> Self {
+        Self {
+            state,
+            why,
+            denied: None,
         }
     }
 }
@@ -66,22 +85,28 @@ pub(super) async fn admit_and_deliver(
     flow: &mut Flow,
     arrival: Arrival,
     app: SocketAddr,
-) -> Result<(TcpStream, Registration), (State, String)> {
+) -> Result<(TcpStream, Registration), Undelivered> {
     let admitted = admit(snapshot, &pod.pod, &arrival);
     let verdict = match admitted {
         Ok(verdict) => verdict,
         Err(Refused::Denied(verdict)) => {
-            let why = verdict.to_string();
             flow.set_verdict(&verdict);
-            return Err((State::Denied, why));
+            return Err(Undelivered {
+                state: State::Denied,
+                why: verdict.to_string(),
+                denied: Some(verdict),
+            });
         }
-        Err(other) => return Err((State::Refused, other.to_string())),
+        Err(other) => return Err(Undelivered::new(State::Refused, other.to_string())),
     };
     flow.set_verdict(&verdict);
     let registration = pod.mesh.live.register(&pod.pod, arrival.clone());
     match deliver(pod, arrival.source_ip, app).await {
         Ok(stream) => Ok((stream, registration)),
-        Err(e) => Err((State::Error, format!("delivery to the app failed: {e}"))),
+        Err(e) => Err(Undelivered::new(
+            State::Error,
+            format!("delivery to the app failed: {e}"),
+        )),
     }
 }
 

@@ -1,14 +1,17 @@
 //! The agent's data path for captured connections, one module per way in:
 //! [`outbound`] takes what connect4/6 redirected, [`inbound`] the plaintext
 //! that sk_lookup steered, [`hbone`] the mTLS tunnel on port 15008. They
-//! share one [`admission`] decision, one [`relay`] and one [`flow`] record.
+//! share one [`admission`] decision, one [`relay`] and one [`flow`] record;
+//! [`plan`] decides where an outbound connection goes.
 pub mod admission;
 pub mod flow;
 pub mod hbone;
 pub mod inbound;
 pub mod mesh;
 pub mod outbound;
+pub mod plan;
 pub mod relay;
+pub mod reported;
 
 use std::{
     net::{IpAddr, SocketAddr},

@@ -3,26 +3,29 @@
 //!
 //! The original destination comes from the kernel (`ORIG_DST_BY_TUPLE`,
 //! written by sockops before the handshake completed), never from a guess.
-//! To an enrolled pod (on any node, this one included) it travels through
+//! Where it goes is [`super::plan`]'s decision (the one `meshctl why`
+//! shows): to an enrolled pod (on any node, this one included) through
 //! HBONE as the app's workload; to a Service that uses a waypoint, through
 //! HBONE to that waypoint (never around it); to anything else, as plain
-//! TCP. Either way
-//! it leaves from the pod's namespace with the pod's address and the agent
-//! mark, so it is not captured again.
+//! TCP. Either way it leaves from the pod's namespace with the pod's
+//! address and the agent mark, so it is not captured again.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use mesh_common::{TupleKey, ports};
+use mesh_common::TupleKey;
 use tokio::net::TcpStream;
 
 use super::{
-    PodContext, connect, dial_hbone, flow::Flow, mesh::MeshIdentity, relay::relay, reset,
-    socket_in_pod,
+    PodContext, connect, dial_hbone,
+    flow::Flow,
+    mesh::MeshIdentity,
+    plan::{Carry, plan},
+    relay::relay,
+    reported, reset, socket_in_pod,
 };
 use crate::{
     capture::{inpod::upstream_socket, object::ip_key},
     flows::record::{Direction, Hook, Path, State},
     identity::SpiffeId,
-    state::{Snapshot, WaypointRef, keys::USE_WAYPOINT_LABEL},
     tunnel::{TunnelError, pool::Key},
 };
 
@@ -71,45 +74,72 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     let snapshot = &loaded.snapshot;
     let mut flow = Flow::new(&pod, snapshot, Direction::Outbound, Some(hook), peer, orig);
     let orig = SocketAddr::new(orig.ip().to_canonical(), orig.port());
-    if let Some(svc) = snapshot.service_by_ip(orig.ip())
-        && let Some(waypoint) = snapshot.waypoint_for(svc)
-    {
-        flow.record.service = Some(format!("{}/{}", svc.namespace, svc.name));
+    let identity = pod.mesh.identity.as_ref();
+    let trust_domain = identity.map(|i| i.bundle.trust_domain());
+    let plan = plan(snapshot, pod.mesh.flows.node(), orig, trust_domain);
+    flow.record.service = plan.service;
+    if let Some(waypoint) = &plan.waypoint {
         flow.record.waypoint = Some(waypoint.to_string());
-        return via_waypoint(&pod, client, snapshot, &waypoint, orig, flow).await;
+        flow.record.path = Path::Waypoint;
     }
-    let orig = match resolve_service(&pod, snapshot, orig, &mut flow) {
-        Ok(target) => target,
+    let hops = match plan.hops {
+        Ok(hops) => hops,
         Err(why) => {
             reset(client);
-            return flow.failed(State::Error, why);
+            return flow.failed(State::Error, why.to_string());
         }
     };
-    let tunnelled = pod.mesh.identity.as_ref().and_then(|identity| {
-        let dest = snapshot.pod_by_ip(orig.ip())?;
-        if !snapshot.enrolled(dest) {
-            return None;
+    // A lone choice leaves the round robin where it is.
+    let hop = match hops.as_slice() {
+        [only] => only,
+        several => &several[pod.mesh.next_endpoint() % several.len()],
+    };
+    if flow.record.service.is_some() {
+        flow.record.endpoint = Some(match &hop.carry {
+            Carry::Hbone {
+                hbone,
+                path: Path::Waypoint,
+                ..
+            } => *hbone,
+            _ => hop.target,
+        });
+        if plan.waypoint.is_none() {
+            flow.record.destination.pod.clone_from(&hop.pod);
         }
-        let same_node = dest.node == pod.mesh.flows.node();
-        let trust_domain = identity.bundle.trust_domain();
-        Some((identity, dest.identity(trust_domain), same_node))
-    });
-    match tunnelled {
-        None => plaintext(&pod, client, orig, flow).await,
-        Some((_, Err(e), _)) => {
+    }
+    match (&hop.carry, identity) {
+        (Carry::Plaintext, _) => plaintext(&pod, client, hop.target, flow).await,
+        (Carry::NoIdentity(why), _) => {
             reset(client);
-            flow.failed(State::Error, format!("destination identity: {e}"));
+            flow.failed(State::Error, why.clone());
         }
-        Some((identity, Ok(dest_identity), same_node)) => {
-            flow.record.destination.identity = Some(dest_identity.to_string());
-            let hbone = SocketAddr::new(orig.ip(), ports::HBONE);
-            let path = if same_node {
-                Path::SameNode
-            } else {
-                Path::Tunnel
-            };
-            let tunnel = open_tunnel(&pod, identity, dest_identity, hbone, orig, &mut flow, path);
-            carry(client, tunnel.await, flow).await;
+        (
+            &Carry::Hbone {
+                hbone,
+                ref peer,
+                path,
+            },
+            Some(identity),
+        ) => {
+            flow.record.destination.identity = Some(peer.to_string());
+            let tunnel = open_tunnel(
+                &pod,
+                identity,
+                peer.clone(),
+                hbone,
+                hop.target,
+                &mut flow,
+                path,
+            )
+            .await
+            .map_err(|(state, why)| match &plan.waypoint {
+                Some(w) => (state, format!("waypoint {w}: {why}")),
+                None => (state, why),
+            });
+            carry(client, tunnel, flow).await;
+        }
+        (Carry::Hbone { .. }, None) => {
+            unreachable!("a plan tunnels only with the trust domain of the agent's identity")
         }
     }
 }
@@ -131,110 +161,6 @@ async fn carry(
             flow.failed(state, why);
         }
     }
-}
-
-/// Sends a connection for a Service address through the Service's waypoint:
-/// a CONNECT to the Service address itself, on the waypoint's port 15008.
-/// No waypoint pod, or one that does not answer, fails the connection: the
-/// label promises L7 policy, so going around the waypoint is never an option.
-async fn via_waypoint(
-    pod: &PodContext,
-    client: TcpStream,
-    snapshot: &Snapshot,
-    waypoint: &WaypointRef,
-    orig: SocketAddr,
-    mut flow: Flow,
-) {
-    flow.record.path = Path::Waypoint;
-    let Some(identity) = pod.mesh.identity.as_ref() else {
-        reset(client);
-        let why = format!(
-            "waypoint {waypoint}: the agent runs without --ca, and a waypoint is reached only over \
-             mTLS; refusing rather than bypassing it"
-        );
-        return flow.failed(State::Error, why);
-    };
-    let chosen: Vec<_> = snapshot
-        .waypoint_pods(waypoint)
-        .filter_map(|p| {
-            let ip = p.ips.iter().find(|ip| ip.is_ipv4() == orig.is_ipv4())?;
-            Some((p, *ip))
-        })
-        .collect();
-    if chosen.is_empty() {
-        reset(client);
-        let why = format!(
-            "waypoint {waypoint} (label {USE_WAYPOINT_LABEL} of the Service or its namespace) has \
-             no pod with an IPv{} address: deploy it, or remove the label; the connection is \
-             refused rather than sent around the waypoint",
-            if orig.is_ipv4() { 4 } else { 6 }
-        );
-        return flow.failed(State::Error, why);
-    }
-    let (wp_pod, ip) = chosen[pod.mesh.next_endpoint() % chosen.len()];
-    let wp_identity = match wp_pod.identity(identity.bundle.trust_domain()) {
-        Ok(id) => id,
-        Err(e) => {
-            reset(client);
-            return flow.failed(State::Error, format!("waypoint {waypoint} identity: {e}"));
-        }
-    };
-    flow.record.endpoint = Some(SocketAddr::new(ip, ports::HBONE));
-    flow.record.destination.identity = Some(wp_identity.to_string());
-    let hbone = SocketAddr::new(ip, ports::HBONE);
-    let tunnel = open_tunnel(
-        pod,
-        identity,
-        wp_identity,
-        hbone,
-        orig,
-        &mut flow,
-        Path::Waypoint,
-    )
-    .await
-    .map_err(|(state, why)| (state, format!("waypoint {waypoint}: {why}")));
-    carry(client, tunnel, flow).await;
-}
-
-/// The endpoint to connect to: for a Service address, one of the pods its
-/// selector picks (round robin) on the port's target port, recorded in the
-/// flow; any other address is itself.
-fn resolve_service(
-    pod: &PodContext,
-    snapshot: &Snapshot,
-    orig: SocketAddr,
-    flow: &mut Flow,
-) -> Result<SocketAddr, String> {
-    let Some(svc) = snapshot.service_by_ip(orig.ip()) else {
-        return Ok(orig);
-    };
-    let name = format!("{}/{}", svc.namespace, svc.name);
-    flow.record.service = Some(name.clone());
-    let port = svc
-        .ports
-        .iter()
-        .find(|p| p.port == orig.port())
-        .ok_or_else(|| format!("service {name} has no port {}", orig.port()))?;
-    let endpoints: Vec<_> = snapshot
-        .endpoints(svc)
-        .filter_map(|p| {
-            let ip = p
-                .ips
-                .iter()
-                .find(|ip| ip.is_ipv4() == orig.is_ipv4())
-                .or(p.ips.first())?;
-            Some((p, SocketAddr::new(*ip, port.target_port)))
-        })
-        .collect();
-    if endpoints.is_empty() {
-        return Err(format!(
-            "service {name} has no endpoints (no pod matches its selector)"
-        ));
-    }
-    let (chosen, target) = endpoints[pod.mesh.next_endpoint() % endpoints.len()];
-    flow.record.endpoint = Some(target);
-    flow.record.destination.pod = Some(chosen.key());
-    Ok(target)
 }
 
 /// Relays to a destination outside the mesh as plain TCP.
@@ -297,12 +223,25 @@ async fn open_tunnel(
         .await
         .map_err(|e| (State::Error, format!("tunnel to {hbone}: {e}")))?;
     flow.tunnelled(path, &dest_identity.to_string(), conn.tls_version());
-    conn.connect(authority).await.map_err(|e| match e {
-        TunnelError::Refused { status: 401, .. } => (
-            State::Denied,
-            format!("{e} (denied by the destination's policy)"),
-        ),
+    conn.connect(authority).await.map_err(|e| match &e {
+        TunnelError::Refused {
+            status: 401,
+            reported,
+            ..
+        } => match reported::decode(reported.as_deref(), &dest_identity) {
+            Some(verdict) => {
+                flow.set_verdict(&verdict);
+                (
+                    State::Denied,
+                    format!("{verdict}, at the destination ({e})"),
+                )
+            }
+            None => (
+                State::Denied,
+                format!("{e}: denied by the destination (rule not reported)"),
+            ),
+        },
         TunnelError::Refused { status: 400, .. } => (State::Refused, e.to_string()),
-        other => (State::Error, other.to_string()),
+        _ => (State::Error, e.to_string()),
     })
 }

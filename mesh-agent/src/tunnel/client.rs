@@ -11,7 +11,8 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{TunnelError, stream::H2Stream};
+use super::{Reported, TunnelError, VERDICT_HEADER, stream::H2Stream, tls::server_identity};
+use crate::identity::SpiffeId;
 
 /// HBONE dials addresses; the server is authenticated by SPIFFE ID (see
 /// `tls`), so the SNI is a fixed, never-resolvable placeholder.
@@ -22,6 +23,8 @@ const SNI: &str = "hbone.nodemesh.invalid";
 pub struct Connection {
     sender: SendRequest<Bytes>,
     tls_version: &'static str,
+    /// The server's identity, as the handshake verified it.
+    server: Option<SpiffeId>,
     /// When the pool must stop handing it out: the client certificate it
     /// authenticated with expires then, and a new stream must not ride on
     /// an identity that is no longer valid.
@@ -51,6 +54,7 @@ impl Connection {
             .await
             .map_err(|source| TunnelError::Handshake { peer: addr, source })?;
         let tls_version = version_name(tls.get_ref().1.protocol_version());
+        let server = server_identity(tls.get_ref().1);
         let (sender, connection) = h2::client::Builder::new()
             .initial_window_size(super::STREAM_WINDOW)
             .initial_connection_window_size(super::CONNECTION_WINDOW)
@@ -65,6 +69,7 @@ impl Connection {
         Ok(Self {
             sender,
             tls_version,
+            server,
             retire_at: None,
         })
     }
@@ -112,9 +117,20 @@ impl Connection {
         let (response, send) = self.open(request, false).await?;
         let response = response.await?;
         if response.status() != StatusCode::OK {
+            let verdict = response
+                .headers()
+                .get(VERDICT_HEADER)
+                .and_then(|v| v.to_str().ok());
+            let reported = self.server.clone().zip(verdict).map(|(by, verdict)| {
+                Box::new(Reported {
+                    by,
+                    verdict: verdict.to_owned(),
+                })
+            });
             return Err(TunnelError::Refused {
                 target,
                 status: response.status().as_u16(),
+                reported,
             });
         }
         Ok(H2Stream::new(send, response.into_body()))

@@ -31,6 +31,20 @@ pub const MAX_FRAME: u32 = 256 << 10;
 /// ([`server::MAX_HEADER_BYTES`]) is lower so oversized requests are
 /// answered and logged by nodemesh rather than refused inside h2.
 pub const H2_MAX_HEADER_LIST: u32 = 64 << 10;
+/// On a refused CONNECT, the destination agent's account of the policy
+/// decision (opaque here; the proxy writes and reads it). A source believes
+/// it only from the identity it dialled, see [`Reported`].
+pub const VERDICT_HEADER: &str = "x-nodemesh-verdict";
+
+/// What the server of a refused CONNECT said about why, and who said it:
+/// the server identity verified in the TLS handshake, so a caller can check
+/// it is the peer it meant to reach before trusting a word of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reported {
+    pub by: crate::identity::SpiffeId,
+    /// The [`VERDICT_HEADER`] value.
+    pub verdict: String,
+}
 
 impl TunnelError {
     /// The peer vanished (process killed, connection reset, closed without
@@ -87,5 +101,8 @@ pub enum TunnelError {
     Refused {
         target: std::net::SocketAddr,
         status: u16,
+        /// The server's [`VERDICT_HEADER`], when it sent one (boxed: it is
+        /// rare, and every `Result` of the tunnel carries this error's size).
+        reported: Option<Box<Reported>>,
     },
 }

@@ -7,7 +7,7 @@ use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
 use bytes::Bytes;
 use h2::{RecvStream, server::SendResponse};
-use http::{Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -34,6 +34,8 @@ pub struct Peer {
 pub struct Refusal {
     pub status: StatusCode,
     pub reason: String,
+    /// Sent to the client as [`super::VERDICT_HEADER`].
+    pub verdict: Option<String>,
 }
 
 impl Refusal {
@@ -41,7 +43,14 @@ impl Refusal {
         Self {
             status,
             reason: reason.into(),
+            verdict: None,
         }
+    }
+
+    /// Tells the client the policy decision behind the refusal.
+    pub fn with_verdict(mut self, verdict: String) -> Self {
+        self.verdict = Some(verdict);
+        self
     }
 }
 
@@ -89,10 +98,15 @@ pub async fn serve<H: Handler>(
     Ok(())
 }
 
-/// Answers `status` with no body and ends the stream.
-fn answer(respond: &mut SendResponse<Bytes>, status: StatusCode) {
+/// Answers `status` (with `verdict` as [`super::VERDICT_HEADER`]) and no
+/// body, and ends the stream.
+fn answer(respond: &mut SendResponse<Bytes>, status: StatusCode, verdict: Option<&str>) {
     let mut response = Response::new(());
     *response.status_mut() = status;
+    // A value that is not a valid header is left out, never sent mangled.
+    if let Some(value) = verdict.and_then(|v| HeaderValue::from_str(v).ok()) {
+        response.headers_mut().insert(super::VERDICT_HEADER, value);
+    }
     // The peer may have gone already; nothing to do about it then.
     let _ = respond.send_response(response, true);
 }
@@ -149,11 +163,11 @@ async fn handle<H: Handler>(
                 truncated(&request.uri().to_string())
             );
             handler.rejected(&peer, &line, &refusal);
-            return answer(&mut respond, refusal.status);
+            return answer(&mut respond, refusal.status, None);
         }
     };
     match handler.open(peer, target).await {
-        Err(refusal) => answer(&mut respond, refusal.status),
+        Err(refusal) => answer(&mut respond, refusal.status, refusal.verdict.as_deref()),
         Ok(session) => {
             let tunnel = respond
                 .send_response(Response::new(()), false)

@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use super::{
-    TunnelError,
+    Reported, TunnelError,
     client::Connection,
     server::{Handler, Peer, Refusal, Session, serve},
     tls::{WorkloadCert, accept, client_config, server_config},
@@ -88,8 +88,9 @@ struct Hbone {
     handshakes: Arc<AtomicUsize>,
 }
 
-/// Serves `workloads` only, refuses service account `intruder` with 401,
-/// and answers 503 when the workload does not accept.
+/// Serves `workloads` only, refuses service account `intruder` with 401
+/// (saying why in the verdict header), and answers 503 when the workload
+/// does not accept.
 struct TestHandler {
     workloads: Vec<SocketAddr>,
 }
@@ -97,7 +98,8 @@ struct TestHandler {
 impl Handler for TestHandler {
     async fn open(&self, peer: Peer, target: SocketAddr) -> Result<Session, Refusal> {
         if peer.identity.service_account() == "intruder" {
-            return Err(Refusal::new(StatusCode::UNAUTHORIZED, "policy"));
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, "policy")
+                .with_verdict("no intruders".into()));
         }
         if !self.workloads.contains(&target) {
             return Err(Refusal::new(
@@ -216,7 +218,21 @@ async fn refusals_answer_with_ztunnel_status_codes() {
     };
     let intruder = client(&pki, "intruder", None);
     let conn = Connection::dial(server.addr, intruder).await.unwrap();
-    assert_eq!(status_of(conn.connect(closed).await), 401);
+    match conn.connect(closed).await {
+        Err(TunnelError::Refused {
+            status: 401,
+            reported,
+            ..
+        }) => assert_eq!(
+            reported,
+            Some(Box::new(Reported {
+                by: id("node-agent"),
+                verdict: "no intruders".into()
+            })),
+            "the reason, with the server identity the handshake verified"
+        ),
+        other => panic!("expected a 401, got {:?}", other.map(|_| ())),
+    }
 
     let frontend = client(&pki, "frontend", None);
     let conn = Connection::dial(server.addr, frontend).await.unwrap();

@@ -142,6 +142,17 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// The SPIFFE ID of the server of a completed client handshake. Its chain
+/// was verified against the bundle during the handshake (see
+/// [`SpiffeServerVerifier`]), so reading the leaf's URI SAN is enough.
+pub fn server_identity(tls: &rustls::ClientConnection) -> Option<SpiffeId> {
+    let leaf = tls.peer_certificates()?.first()?;
+    match crate::identity::verify::uri_sans(leaf).ok()?.as_slice() {
+        [uri] => SpiffeId::parse(uri).ok(),
+        _ => None,
+    }
+}
+
 /// Verifies a server by chain and SPIFFE ID instead of DNS name.
 #[derive(Debug)]
 struct SpiffeServerVerifier {
