@@ -541,10 +541,11 @@ impl Policy {
     }
 
     /// Whether this policy applies to `pod` (waypoint policies apply to
-    /// requests, never to pods).
+    /// requests, never to pods). A policy in a root namespace applies to
+    /// the pods of every namespace, as in Istio.
     pub fn selects(&self, pod: &PodInfo) -> bool {
         self.targets.is_empty()
-            && pod.namespace == self.namespace
+            && (pod.namespace == self.namespace || super::MESH_ROOTS.contains(&self.namespace.as_str()))
             && self
                 .selector
                 .iter()

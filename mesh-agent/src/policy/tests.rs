@@ -398,3 +398,45 @@ fn http_fields_are_checked_and_need_a_waypoint() {
     ));
     assert_eq!(both[0].0, "spec.selector");
 }
+
+#[test]
+fn a_root_namespace_policy_applies_to_every_namespace() {
+    let pod = |namespace: &str, app: &str| crate::state::PodInfo {
+        namespace: namespace.into(),
+        name: "p".into(),
+        node: "n1".into(),
+        service_account: "default".into(),
+        ips: vec![IpAddr::from([10, 1, 0, 11])],
+        labels: [("app".to_owned(), app.to_owned())].into(),
+        netns: "/run/netns/p".into(),
+        cgroup: "/sys/fs/cgroup/p".into(),
+    };
+    let in_namespace = |namespace: &str| {
+        policy(&format!(
+            "apiVersion: nodemesh.io/v1alpha1\nkind: AuthorizationPolicy\n\
+             metadata: {{name: deny-all-db, namespace: {namespace}}}\n\
+             spec: {{selector: {{matchLabels: {{app: db}}}}, action: DENY, rules: [{{}}]}}"
+        ))
+    };
+    for root in super::MESH_ROOTS {
+        let mesh_wide = in_namespace(root);
+        assert!(mesh_wide.selects(&pod("shop", "db")), "{root}");
+        assert!(mesh_wide.selects(&pod(root, "db")), "{root}");
+        assert!(!mesh_wide.selects(&pod("shop", "web")), "{root}");
+    }
+    let local = in_namespace("ops");
+    assert!(local.selects(&pod("ops", "db")));
+    assert!(!local.selects(&pod("shop", "db")));
+
+    let mut snapshot = crate::state::Snapshot::default();
+    snapshot
+        .policies
+        .insert("istio-system".into(), vec![in_namespace("istio-system")]);
+    snapshot.policies.insert("shop".into(), vec![in_namespace("shop")]);
+    let names: Vec<String> = snapshot
+        .policies_for(&pod("shop", "db"))
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    assert_eq!(names, ["shop/deny-all-db", "istio-system/deny-all-db"]);
+}

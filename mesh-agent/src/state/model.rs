@@ -7,7 +7,7 @@ use super::keys::{
     WAYPOINT_POD_LABEL,
 };
 use crate::policy::{
-    Policy,
+    MESH_ROOTS, Policy,
     api::Mode,
     peer_auth::{self, ModeSource, PeerAuth},
 };
@@ -123,12 +123,14 @@ impl Snapshot {
             .filter(move |p| p.node == node && self.enrolled(p))
     }
 
-    /// The AuthorizationPolicies that select `pod`: only its namespace's are
-    /// looked at, so the cost is bounded by that namespace's policy count.
+    /// The AuthorizationPolicies that select `pod`: only its namespace's and
+    /// the root namespaces' (mesh-wide, as Istio's root namespace) are
+    /// looked at, so the cost is bounded by those namespaces' policy counts.
     pub fn policies_for(&self, pod: &PodInfo) -> Vec<&Policy> {
-        self.policies
-            .get(&pod.namespace)
-            .into_iter()
+        let roots = MESH_ROOTS.iter().filter(|root| **root != pod.namespace);
+        std::iter::once(pod.namespace.as_str())
+            .chain(roots.copied())
+            .filter_map(|namespace| self.policies.get(namespace))
             .flatten()
             .filter(|p| p.selects(pod))
             .collect()
