@@ -606,6 +606,7 @@ fn why_from_unenrolled() -> anyhow::Result<()> {
         ensure!(
             answer["decision"] == "unreachable"
                 && answer["captured"] == false
+                && answer["source"]["identity"].is_null()
                 && answer["service"] == "shop/payments"
                 && answer["reason"]
                     .as_str()

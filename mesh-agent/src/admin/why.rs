@@ -242,12 +242,16 @@ struct Judge<'a> {
 }
 
 impl Judge<'_> {
+    /// An end as `why` shows it; only an enrolled pod has an identity
+    /// (nobody issues the others a certificate).
     fn side(&self, pod: Option<&PodInfo>, ip: IpAddr) -> Side {
+        let enrolled = pod.is_some_and(|p| self.snapshot.enrolled(p));
         Side {
             pod: pod.map(PodInfo::key),
             ip: ip.to_canonical(),
-            enrolled: pod.is_some_and(|p| self.snapshot.enrolled(p)),
+            enrolled,
             identity: pod
+                .filter(|_| enrolled)
                 .zip(self.trust_domain)
                 .and_then(|(p, td)| p.identity(td).ok())
                 .map(|id| id.to_string()),

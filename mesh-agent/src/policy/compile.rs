@@ -545,7 +545,8 @@ impl Policy {
     /// the pods of every namespace, as in Istio.
     pub fn selects(&self, pod: &PodInfo) -> bool {
         self.targets.is_empty()
-            && (pod.namespace == self.namespace || super::MESH_ROOTS.contains(&self.namespace.as_str()))
+            && (pod.namespace == self.namespace
+                || super::MESH_ROOTS.contains(&self.namespace.as_str()))
             && self
                 .selector
                 .iter()

@@ -432,7 +432,9 @@ fn a_root_namespace_policy_applies_to_every_namespace() {
     snapshot
         .policies
         .insert("istio-system".into(), vec![in_namespace("istio-system")]);
-    snapshot.policies.insert("shop".into(), vec![in_namespace("shop")]);
+    snapshot
+        .policies
+        .insert("shop".into(), vec![in_namespace("shop")]);
     let names: Vec<String> = snapshot
         .policies_for(&pod("shop", "db"))
         .iter()
