@@ -464,6 +464,40 @@ fn metrics_match() -> anyhow::Result<()> {
             )? > 0.0)
     })?;
     ensure!(text.contains("nodemesh_build_info{version="), "{text}");
+
+    // Through the Service, the destination side names it too (the source
+    // tells it; the destination's own config confirms it), whichever
+    // endpoint each connection went to.
+    let b2 = cluster.pod("b2").clone();
+    let _server2 = serve(cluster, &b2, "0.0.0.0:8080", 4000, 1)?;
+    for seed in 0..4 {
+        connect(
+            cluster,
+            &a,
+            SocketAddr::new(IpAddr::from(VIP), 80),
+            100,
+            seed,
+        )?;
+    }
+    let by_service = [
+        ("reporter", "destination"),
+        ("destination_service", "shop/payments"),
+    ];
+    let nodes = [cluster.node("n1").clone(), n2];
+    eventually(
+        "the four Service connections named at their destinations",
+        || {
+            let mut total = 0.0;
+            for node in &nodes {
+                total += value(
+                    &scrape(node)?,
+                    "istio_tcp_connections_closed_total",
+                    &by_service,
+                )?;
+            }
+            Ok(total == 4.0)
+        },
+    )?;
     Ok(())
 }
 
@@ -519,6 +553,44 @@ fn stopped_agent() -> anyhow::Result<()> {
         .write(&cluster, &config_dir)?;
     let mut agent = Agent::start(&cluster, "n1", &config_dir)?;
     agent.meshctl(&["status"])?;
+
+    // `meshctl … | head`: a reader that has gone away ends meshctl quietly
+    // (SIGPIPE, as other tools), never with a panic about the failed print.
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let out = std::process::Command::new(nodemesh_tests::mesh::workspace_binary("meshctl")?)
+        .arg("--agent")
+        .arg(agent.admin_socket())
+        .arg("status")
+        .stdout(writer)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !stderr.contains("panicked") && stderr.trim().is_empty(),
+        "meshctl writing into a closed pipe: {:?} {stderr}",
+        out.status
+    );
+    // A user's error is its chain of causes, not a backtrace, even with
+    // RUST_BACKTRACE set.
+    let ca = cluster.scratch_dir("ca")?;
+    let init = || {
+        std::process::Command::new(nodemesh_tests::mesh::workspace_binary("mesh-agent")?)
+            .args(["ca", "init", "--dir"])
+            .arg(&ca)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .map_err(anyhow::Error::from)
+    };
+    ensure!(init()?.status.success(), "the first ca init");
+    let again = init()?;
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    ensure!(
+        !again.status.success()
+            && stderr.starts_with("error: ")
+            && !stderr.contains("backtrace")
+            && stderr.lines().count() == 1,
+        "a refused ca init under RUST_BACKTRACE=1 printed: {stderr}"
+    );
     agent.process.kill();
     let out = std::process::Command::new(nodemesh_tests::mesh::workspace_binary("meshctl")?)
         .arg("--agent")

@@ -180,7 +180,7 @@ async fn tunnel_works(range: &Range, cert: &WorkloadCert) -> bool {
     let Ok(conn) = range.dial(cert).await else {
         return false;
     };
-    let Ok(mut stream) = conn.connect(range.app).await else {
+    let Ok(mut stream) = conn.connect(range.app, None).await else {
         return false;
     };
     if stream.write_all(b"hello").await.is_err() || stream.shutdown().await.is_err() {
@@ -243,7 +243,7 @@ async fn anonymous_tls_refused(range: &Range) -> anyhow::Result<bool> {
     let tcp = tcp_from(range.prober(), range.hbone).await?;
     match Connection::handshake(tcp, range.hbone, Arc::new(config)).await {
         Err(_) => Ok(true),
-        Ok(conn) => Ok(conn.connect(range.app).await.is_err()),
+        Ok(conn) => Ok(conn.connect(range.app, None).await.is_err()),
     }
 }
 
@@ -419,7 +419,7 @@ fn malformed_requests_refused() -> anyhow::Result<()> {
         }
         ensure!(conn.is_open(), "refusals closed the shared connection");
         let mut ok = conn
-            .connect(range.app)
+            .connect(range.app, None)
             .await
             .context("a valid CONNECT afterwards")?;
         ok.write_all(b"still").await?;

@@ -346,6 +346,7 @@ impl Judge<'_> {
         let conn = PolicyConnection {
             source: source_id.as_ref(),
             source_ip,
+            destination_ip: hop.target.ip(),
             port: hop.target.port(),
             request: None,
         };
@@ -363,6 +364,7 @@ impl Judge<'_> {
         let arrival = Arrival {
             source: source_id,
             source_ip,
+            destination_ip: hop.target.ip(),
             port: hop.target.port(),
         };
         match admit(self.snapshot, &dest.key(), &arrival) {

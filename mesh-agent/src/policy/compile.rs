@@ -65,6 +65,8 @@ pub struct Source {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Operation {
     pub ports: Match<u16>,
+    /// Destination addresses (Istio's `when` key `destination.ip`).
+    pub ips: Match<IpNet>,
     /// Judged only at a waypoint.
     pub http: HttpOperation,
 }
@@ -191,6 +193,7 @@ impl std::fmt::Display for Operation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut parts = Vec::new();
         describe(&mut parts, "ports", &self.ports);
+        describe(&mut parts, "destination ips", &self.ips);
         describe(&mut parts, "methods", &self.http.methods);
         describe(&mut parts, "paths", &self.http.paths);
         describe(&mut parts, "hosts", &self.http.hosts);
@@ -437,6 +440,7 @@ impl Policy {
                         |f, p| port_of(f, *p),
                         &mut errors,
                     ),
+                    ips: Match::default(),
                     http: HttpOperation {
                         methods: both(&at, "methods", (&to.methods, none), method_of, &mut errors),
                         paths: both(&at, "paths", (&to.paths, none), path_of, &mut errors),
@@ -460,6 +464,7 @@ impl Policy {
                 };
                 let values = header_values(&at, &c.values, &c.not_values, &mut errors);
                 compiled.when.push(Condition::Operation(Operation {
+                    ips: Match::default(),
                     http: HttpOperation {
                         headers: vec![(name, values)],
                         ..HttpOperation::default()

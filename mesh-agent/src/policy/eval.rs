@@ -28,6 +28,8 @@ pub struct Connection<'a> {
     /// The verified peer identity; `None` for plaintext.
     pub source: Option<&'a SpiffeId>,
     pub source_ip: IpAddr,
+    /// The address connected to (a pod's, or a Service's at a waypoint).
+    pub destination_ip: IpAddr,
     pub port: u16,
     /// The HTTP request, when a waypoint judges one.
     pub request: Option<&'a Request<'a>>,
@@ -124,7 +126,12 @@ impl Source {
 
 impl Operation {
     fn matches(&self, conn: &Connection<'_>) -> bool {
-        self.ports.matches(Some(conn.port), |p, port| *p == port) && self.http.matches(conn.request)
+        let destination_ip = conn.destination_ip.to_canonical();
+        self.ports.matches(Some(conn.port), |p, port| *p == port)
+            && self
+                .ips
+                .matches(Some(&destination_ip), |block, ip| block.contains(ip))
+            && self.http.matches(conn.request)
     }
 }
 

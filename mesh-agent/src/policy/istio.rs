@@ -255,6 +255,8 @@ fn operation(
     }
     Operation {
         ports: both(at, "ports", (&o.ports, &o.not_ports), port_text, errors),
+        // Istio's operation has no addresses: `when destination.ip` only.
+        ips: Default::default(),
         http: HttpOperation {
             methods: both(
                 at,
@@ -304,15 +306,10 @@ fn condition(
             ports: both(at, "values", lists, port_text, errors),
             ..Operation::default()
         })),
-        "destination.ip" => {
-            errors.push((
-                format!("{at}.key"),
-                "destination.ip is not supported yet: choose the destination pods with \
-                 spec.selector instead"
-                    .into(),
-            ));
-            None
-        }
+        "destination.ip" => Some(Condition::Operation(Operation {
+            ips: both(at, "values", lists, ip_block_of, errors),
+            ..Operation::default()
+        })),
         key => match header_key(key) {
             Some(_) if l4_only => {
                 errors.push((format!("{at}.key"), NEEDS_L7.into()));

@@ -24,6 +24,7 @@ fn conn<'a>(source: Option<&'a SpiffeId>, ip: &str, port: u16) -> Connection<'a>
     Connection {
         source,
         source_ip: ip.parse().unwrap(),
+        destination_ip: "10.2.0.12".parse().unwrap(),
         port,
         request: None,
     }
@@ -269,7 +270,7 @@ fn what_cannot_be_honoured_is_refused_with_its_field() {
         (
             "spec:\n  rules:\n  - to: [{operation: {ports: [http, '0']}}]\n    from: [{source: \
              {principals: [cluster.local/ns/x], requestPrincipals: ['*']}}]\n    when:\n    - \
-             {key: destination.ip, values: [10.0.0.1]}\n    - {key: 'request.auth.claims[iss]', \
+             {key: destination.ip, values: [10.0.0.300]}\n    - {key: 'request.auth.claims[iss]', \
              values: [a]}\n    - {key: source.ip}\n",
             &[
                 "spec.rules[0].from[0].source.requestPrincipals: JWT request principals",
@@ -277,7 +278,7 @@ fn what_cannot_be_honoured_is_refused_with_its_field() {
                  not a nodemesh SPIFFE ID",
                 "spec.rules[0].to[0].operation.ports[0]: \"http\" is not a port number",
                 "spec.rules[0].to[0].operation.ports[1]: 0 is not a port (1-65535)",
-                "spec.rules[0].when[0].key: destination.ip is not supported yet",
+                "spec.rules[0].when[0].values[0]: \"10.0.0.300\" is not an address or CIDR block",
                 "spec.rules[0].when[1].key: \"request.auth.claims[iss]\" is not supported",
                 "spec.rules[0].when[2]: give values or notValues",
             ],
@@ -427,4 +428,24 @@ fn istio_objects_load_from_local_mode_with_field_paths() {
     let s = &loaded.snapshot;
     assert_eq!(s.policies["shop"][0].id(), "shop/ok");
     assert_eq!(s.peer_auth_mode(&pod("shop", "cart")).0, Mode::Strict);
+}
+
+#[test]
+fn destination_ip_conditions_match_the_address_connected_to() {
+    let p = compiled(&format!(
+        "{HEAD}spec:\n  action: DENY\n  rules:\n  - when:\n    - {{key: destination.ip, values: \
+         [10.2.0.0/24], notValues: [10.2.0.12]}}\n"
+    ));
+    let at = |ip: &str| {
+        let mut c = conn(None, "10.1.0.1", 8080);
+        c.destination_ip = ip.parse().unwrap();
+        p.rules[0].matches(&c)
+    };
+    assert!(at("10.2.0.11"), "inside the block");
+    assert!(!at("10.2.0.12"), "excluded by notValues");
+    assert!(!at("10.3.0.1"), "outside the block");
+    assert!(
+        at("::ffff:10.2.0.11"),
+        "an IPv4-mapped address is the IPv4 one"
+    );
 }

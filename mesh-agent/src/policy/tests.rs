@@ -56,6 +56,7 @@ fn decisions_follow_deny_then_allow_semantics() {
     let conn = |source, source_ip: &str, port| Connection {
         source,
         source_ip: ip(source_ip),
+        destination_ip: "10.2.0.12".parse().unwrap(),
         port,
         request: None,
     };
@@ -166,6 +167,7 @@ fn rules_and_empty_policies_behave_like_istio() {
     let c = Connection {
         source: None,
         source_ip: "10.1.0.11".parse().unwrap(),
+        destination_ip: "10.2.0.12".parse().unwrap(),
         port: 80,
         request: None,
     };
@@ -193,6 +195,7 @@ fn dry_run_policies_are_reported_not_enforced() {
     let c = Connection {
         source: Some(&legacy),
         source_ip: "10.3.0.1".parse().unwrap(),
+        destination_ip: "10.2.0.12".parse().unwrap(),
         port: 80,
         request: None,
     };
@@ -338,6 +341,7 @@ fn http_rules_match_requests_and_never_bare_connections() {
         let c = Connection {
             source: Some(&source),
             source_ip: "10.1.0.11".parse().unwrap(),
+            destination_ip: "10.2.0.12".parse().unwrap(),
             port: 80,
             request: Some(&request),
         };
@@ -358,6 +362,7 @@ fn http_rules_match_requests_and_never_bare_connections() {
     let bare = Connection {
         source: Some(&source),
         source_ip: "10.1.0.11".parse().unwrap(),
+        destination_ip: "10.2.0.12".parse().unwrap(),
         port: 80,
         request: None,
     };

@@ -24,6 +24,8 @@ pub struct Arrival {
     /// The verified identity (HBONE); `None` for plaintext.
     pub source: Option<SpiffeId>,
     pub source_ip: IpAddr,
+    /// The pod address connected to.
+    pub destination_ip: IpAddr,
     pub port: u16,
 }
 
@@ -69,6 +71,7 @@ pub fn admit(snapshot: &Snapshot, pod: &str, arrival: &Arrival) -> Result<Verdic
         &policy::Connection {
             source: arrival.source.as_ref(),
             source_ip: arrival.source_ip,
+            destination_ip: arrival.destination_ip,
             port: arrival.port,
             request: None,
         },
@@ -234,6 +237,7 @@ mod tests {
         Arrival {
             source: tunnelled.then(|| SpiffeId::new("cluster.local", "shop", "frontend").unwrap()),
             source_ip: "10.2.0.11".parse().unwrap(),
+            destination_ip: "10.1.0.12".parse().unwrap(),
             port,
         }
     }

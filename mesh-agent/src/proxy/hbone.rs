@@ -247,11 +247,19 @@ impl Site for PodHandler {
 }
 
 impl Handler for PodHandler {
-    async fn open(&self, peer: Peer, target: SocketAddr) -> Result<Session, Refusal> {
+    async fn open(
+        &self,
+        peer: Peer,
+        target: SocketAddr,
+        service: Option<String>,
+    ) -> Result<Session, Refusal> {
         let pod = &self.0;
         let loaded = pod.mesh.snapshot();
         let snapshot = &loaded.snapshot;
         let mut flow = self.flow(snapshot, &peer, target);
+        // The source's claim, kept only if this config agrees.
+        flow.record.service =
+            service.filter(|s| snapshot.service_selects(s, &pod.pod, target.port()));
         if !self.serves(target) {
             let why = format!(
                 "CONNECT target {target} is not a workload port of {} on this node (no open relay)",
@@ -264,6 +272,7 @@ impl Handler for PodHandler {
         let arrival = Arrival {
             source: Some(peer.identity.clone()),
             source_ip: peer.addr.ip().to_canonical(),
+            destination_ip: target.ip().to_canonical(),
             port: target.port(),
         };
         match admit_and_deliver(pod, snapshot, &mut flow, arrival, target).await {

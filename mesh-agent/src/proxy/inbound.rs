@@ -47,6 +47,7 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     let arrival = Arrival {
         source: None,
         source_ip: peer.ip().to_canonical(),
+        destination_ip: orig.ip().to_canonical(),
         port: orig.port(),
     };
     match admit_and_deliver(&pod, snapshot, &mut flow, arrival, orig).await {

@@ -223,25 +223,28 @@ async fn open_tunnel(
         .await
         .map_err(|e| (State::Error, format!("tunnel to {hbone}: {e}")))?;
     flow.tunnelled(path, &dest_identity.to_string(), conn.tls_version());
-    conn.connect(authority).await.map_err(|e| match &e {
-        TunnelError::Refused {
-            status: 401,
-            reported,
-            ..
-        } => match reported::decode(reported.as_deref(), &dest_identity) {
-            Some(verdict) => {
-                flow.set_verdict(&verdict);
-                (
+    let service = flow.record.service.clone();
+    conn.connect(authority, service.as_deref())
+        .await
+        .map_err(|e| match &e {
+            TunnelError::Refused {
+                status: 401,
+                reported,
+                ..
+            } => match reported::decode(reported.as_deref(), &dest_identity) {
+                Some(verdict) => {
+                    flow.set_verdict(&verdict);
+                    (
+                        State::Denied,
+                        format!("{verdict}, at the destination ({e})"),
+                    )
+                }
+                None => (
                     State::Denied,
-                    format!("{verdict}, at the destination ({e})"),
-                )
-            }
-            None => (
-                State::Denied,
-                format!("{e}: denied by the destination (rule not reported)"),
-            ),
-        },
-        TunnelError::Refused { status: 400, .. } => (State::Refused, e.to_string()),
-        _ => (State::Error, e.to_string()),
-    })
+                    format!("{e}: denied by the destination (rule not reported)"),
+                ),
+            },
+            TunnelError::Refused { status: 400, .. } => (State::Refused, e.to_string()),
+            _ => (State::Error, e.to_string()),
+        })
 }

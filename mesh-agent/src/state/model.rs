@@ -141,6 +141,20 @@ impl Snapshot {
         peer_auth::mode_for(&self.peer_auth, pod)
     }
 
+    /// Whether Service `service` (`namespace/name`) selects pod `pod`
+    /// (`namespace/name`) with a port whose target is `port`.
+    pub fn service_selects(&self, service: &str, pod: &str, port: u16) -> bool {
+        let Some((namespace, name)) = service.split_once('/') else {
+            return false;
+        };
+        self.services.iter().any(|svc| {
+            svc.namespace == namespace
+                && svc.name == name
+                && svc.ports.iter().any(|p| p.target_port == port)
+                && self.endpoints(svc).any(|p| p.key() == pod)
+        })
+    }
+
     /// The pod `namespace/name`.
     pub fn pod(&self, key: &str) -> Option<&PodInfo> {
         let (namespace, name) = key.split_once('/')?;
@@ -235,6 +249,41 @@ mod tests {
             netns: "/run/netns/p".into(),
             cgroup: "/sys/fs/cgroup/p".into(),
         }
+    }
+
+    #[test]
+    fn a_service_claim_holds_only_for_its_own_endpoints_and_ports() {
+        let mut snapshot = Snapshot::default();
+        snapshot.pods.push(pod("shop", labels(&[("app", "cart")])));
+        snapshot.services.push(ServiceInfo {
+            namespace: "shop".into(),
+            name: "cart".into(),
+            cluster_ips: vec!["10.96.0.20".parse().unwrap()],
+            ports: vec![ServicePort {
+                name: None,
+                port: 80,
+                target_port: 8080,
+            }],
+            selector: labels(&[("app", "cart")]),
+            labels: Labels::new(),
+        });
+        assert!(snapshot.service_selects("shop/cart", "shop/p", 8080));
+        assert!(
+            !snapshot.service_selects("shop/cart", "shop/p", 9090),
+            "not its port"
+        );
+        assert!(
+            !snapshot.service_selects("shop/cart", "shop/other", 8080),
+            "not its pod"
+        );
+        assert!(
+            !snapshot.service_selects("shop/made-up", "shop/p", 8080),
+            "no such Service"
+        );
+        assert!(
+            !snapshot.service_selects("cart", "shop/p", 8080),
+            "not namespace/name"
+        );
     }
 
     #[test]

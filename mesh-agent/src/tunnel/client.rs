@@ -107,11 +107,20 @@ impl Connection {
         Ok((status, Bytes::from(all)))
     }
 
-    /// Opens a stream to `target` through the peer agent.
-    pub async fn connect(&self, target: SocketAddr) -> Result<H2Stream, TunnelError> {
-        let request = Request::builder()
+    /// Opens a stream to `target` through the peer agent; `service` is the
+    /// Service it was resolved from, if any ([`super::SERVICE_HEADER`]).
+    pub async fn connect(
+        &self,
+        target: SocketAddr,
+        service: Option<&str>,
+    ) -> Result<H2Stream, TunnelError> {
+        let mut request = Request::builder()
             .method(Method::CONNECT)
-            .uri(target.to_string())
+            .uri(target.to_string());
+        if let Some(value) = service.and_then(|s| http::HeaderValue::from_str(s).ok()) {
+            request = request.header(super::SERVICE_HEADER, value);
+        }
+        let request = request
             .body(())
             .expect("a CONNECT to a socket address is a valid request");
         let (response, send) = self.open(request, false).await?;

@@ -35,6 +35,11 @@ pub const H2_MAX_HEADER_LIST: u32 = 64 << 10;
 /// decision (opaque here; the proxy writes and reads it). A source believes
 /// it only from the identity it dialled, see [`Reported`].
 pub const VERDICT_HEADER: &str = "x-nodemesh-verdict";
+/// On a CONNECT to a Service's endpoint, the Service (`namespace/name`) the
+/// source resolved: the destination's records and metrics name it. A claim
+/// for the records only: the destination keeps it only if its own config
+/// says the Service selects the pod (so labels stay bounded).
+pub const SERVICE_HEADER: &str = "x-nodemesh-service";
 
 /// What the server of a refused CONNECT said about why, and who said it:
 /// the server identity verified in the TLS handshake, so a caller can check

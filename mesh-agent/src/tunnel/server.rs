@@ -66,10 +66,12 @@ pub type Session =
 pub trait Handler: Send + Sync + 'static {
     /// Decides on a well-formed CONNECT to `target` and, if it is served,
     /// connects upstream and returns the session to run.
+    /// `service` is the client's [`super::SERVICE_HEADER`], unchecked.
     fn open(
         &self,
         peer: Peer,
         target: SocketAddr,
+        service: Option<String>,
     ) -> impl Future<Output = Result<Session, Refusal>> + Send;
 
     /// A request refused before reaching [`Handler::open`] (not CONNECT, a
@@ -166,7 +168,12 @@ async fn handle<H: Handler>(
             return answer(&mut respond, refusal.status, None);
         }
     };
-    match handler.open(peer, target).await {
+    let service = request
+        .headers()
+        .get(super::SERVICE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match handler.open(peer, target, service).await {
         Err(refusal) => answer(&mut respond, refusal.status, refusal.verdict.as_deref()),
         Ok(session) => {
             let tunnel = respond

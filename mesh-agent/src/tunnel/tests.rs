@@ -96,7 +96,12 @@ struct TestHandler {
 }
 
 impl Handler for TestHandler {
-    async fn open(&self, peer: Peer, target: SocketAddr) -> Result<Session, Refusal> {
+    async fn open(
+        &self,
+        peer: Peer,
+        target: SocketAddr,
+        _service: Option<String>,
+    ) -> Result<Session, Refusal> {
         if peer.identity.service_account() == "intruder" {
             return Err(Refusal::new(StatusCode::UNAUTHORIZED, "policy")
                 .with_verdict("no intruders".into()));
@@ -163,7 +168,7 @@ fn client(pki: &Pki, sa: &str, server: Option<&str>) -> Arc<rustls::ClientConfig
 }
 
 async fn round_trip(conn: &Connection, target: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let mut stream = conn.connect(target).await.unwrap();
+    let mut stream = conn.connect(target, None).await.unwrap();
     stream.write_all(payload).await.unwrap();
     stream.shutdown().await.unwrap();
     let mut back = Vec::new();
@@ -218,7 +223,7 @@ async fn refusals_answer_with_ztunnel_status_codes() {
     };
     let intruder = client(&pki, "intruder", None);
     let conn = Connection::dial(server.addr, intruder).await.unwrap();
-    match conn.connect(closed).await {
+    match conn.connect(closed, None).await {
         Err(TunnelError::Refused {
             status: 401,
             reported,
@@ -237,11 +242,11 @@ async fn refusals_answer_with_ztunnel_status_codes() {
     let frontend = client(&pki, "frontend", None);
     let conn = Connection::dial(server.addr, frontend).await.unwrap();
     assert_eq!(
-        status_of(conn.connect("127.0.0.1:9".parse().unwrap()).await),
+        status_of(conn.connect("127.0.0.1:9".parse().unwrap(), None).await),
         400,
         "no open relay"
     );
-    assert_eq!(status_of(conn.connect(closed).await), 503);
+    assert_eq!(status_of(conn.connect(closed, None).await), 503);
     assert!(
         conn.is_open(),
         "a refused stream does not close the connection"
@@ -259,7 +264,7 @@ async fn untrusted_clients_are_refused_and_the_server_keeps_serving() {
     let forged = client_config(&workload(&other.ca, "frontend"), &ours.bundle, None).unwrap();
     let refused = match Connection::dial(server.addr, forged).await {
         Err(_) => true,
-        Ok(conn) => conn.connect(echo).await.is_err(),
+        Ok(conn) => conn.connect(echo, None).await.is_err(),
     };
     assert!(refused, "a client with a foreign certificate got a tunnel");
 
@@ -315,7 +320,7 @@ async fn a_reset_crosses_the_tunnel_as_a_reset_not_an_end() {
     let conn = Connection::dial(server.addr, client(&pki, "frontend", None))
         .await
         .unwrap();
-    let mut stream = conn.connect(resetting).await.unwrap();
+    let mut stream = conn.connect(resetting, None).await.unwrap();
     stream.write_all(b"hello").await.unwrap();
     let mut rest = Vec::new();
     let read = stream.read_to_end(&mut rest).await;
@@ -345,7 +350,7 @@ async fn a_client_reset_reaches_the_workload_as_a_reset() {
     let conn = Connection::dial(server.addr, client(&pki, "frontend", None))
         .await
         .unwrap();
-    let mut stream = conn.connect(workload).await.unwrap();
+    let mut stream = conn.connect(workload, None).await.unwrap();
     stream.write_all(b"partial").await.unwrap();
     crate::proxy::relay::Stream::prepare_reset(&stream);
     drop(stream);
@@ -365,7 +370,7 @@ async fn a_retired_connection_is_not_offered_but_its_streams_finish() {
     let conn = Connection::dial(server.addr, client(&pki, "frontend", None))
         .await
         .unwrap();
-    let mut open_stream = conn.connect(echo).await.unwrap();
+    let mut open_stream = conn.connect(echo, None).await.unwrap();
     let retired = conn.retire_at(std::time::SystemTime::now());
     assert!(
         !retired.is_open(),

@@ -515,6 +515,7 @@ fn authorize(
         &Connection {
             source: Some(&down.peer.identity),
             source_ip: down.peer.addr.ip().to_canonical(),
+            destination_ip: down.target.ip(),
             port: down.target.port(),
             request: Some(&request),
         },

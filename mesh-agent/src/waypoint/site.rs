@@ -34,7 +34,13 @@ impl HboneSite for Site {
 }
 
 impl Handler for Site {
-    async fn open(&self, peer: Peer, target: SocketAddr) -> Result<Session, Refusal> {
+    /// The target is the Service address itself: no header needed.
+    async fn open(
+        &self,
+        peer: Peer,
+        target: SocketAddr,
+        _service: Option<String>,
+    ) -> Result<Session, Refusal> {
         let wp = Arc::clone(&self.0);
         let loaded = wp.mesh.snapshot();
         let snapshot = &loaded.snapshot;

@@ -54,6 +54,9 @@ pub struct Endpoint {
     pub pod: String,
     /// What its agent must prove on the HBONE connection.
     pub identity: SpiffeId,
+    /// The Service it is an endpoint of, `namespace/name` (for the
+    /// destination's records).
+    pub service: String,
 }
 
 /// Why a request got no response from a backend.
@@ -100,6 +103,7 @@ pub fn endpoints(
                 addr: SocketAddr::new(*ip, target),
                 pod: p.key(),
                 identity: p.identity(trust_domain).ok()?,
+                service: name.clone(),
             })
         })
         .collect();
@@ -374,7 +378,10 @@ impl Upstreams {
             })
             .await
             .map_err(tunnel_err)?;
-        connection.connect(endpoint.addr).await.map_err(tunnel_err)
+        connection
+            .connect(endpoint.addr, Some(&endpoint.service))
+            .await
+            .map_err(tunnel_err)
     }
 
     /// Pooled HBONE connections held.
