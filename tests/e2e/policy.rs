@@ -164,12 +164,7 @@ impl Shop {
             // decided may have seen an edit a moment before the other.
             let mut answer = serde_json::Value::Null;
             let agreed = eventually(&format!("meshctl why on {node} agrees"), || {
-                answer = serde_json::from_str(
-                    &self
-                        .meshed
-                        .agent(node)
-                        .meshctl(&["why", from, &target, "-o", "json"])?,
-                )?;
+                answer = self.why(node, from, &target)?;
                 Ok((answer["decision"] == "allow") == allowed)
             });
             ensure!(
@@ -181,6 +176,49 @@ impl Shop {
             );
         }
         Ok(())
+    }
+
+    /// Makes namespace `shop` STRICT and waits until plaintext is refused.
+    fn strict(&self) -> anyhow::Result<()> {
+        self.meshed.write_config(
+            "peer-auth.yaml",
+            "apiVersion: nodemesh.io/v1alpha1\nkind: PeerAuthentication\n\
+             metadata:\n  name: strict\n  namespace: shop\nspec:\n  mode: STRICT\n",
+        )?;
+        eventually("STRICT refuses plaintext", || Ok(!self.reaches("l", 8080)?))
+    }
+
+    /// `meshctl why FROM TO -o json` on `node`.
+    fn why(&self, node: &str, from: &str, to: &str) -> anyhow::Result<serde_json::Value> {
+        let out = self
+            .meshed
+            .agent(node)
+            .meshctl(&["why", from, to, "-o", "json"])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// The newest flow record on `node` of a connection from `from` to `to`
+    /// that `wanted` accepts (waiting for it).
+    fn last_flow(
+        &self,
+        node: &str,
+        from: &str,
+        to: &str,
+        wanted: impl Fn(&nodemesh_tests::mesh::FlowLog) -> bool,
+    ) -> anyhow::Result<nodemesh_tests::mesh::FlowLog> {
+        let src = self.pod(from).ipv4.to_string();
+        let mut found = None;
+        eventually(&format!("{node}'s flow record of {from} → {to}"), || {
+            found = self
+                .meshed
+                .agent(node)
+                .flows()
+                .into_iter()
+                .rev()
+                .find(|f| f.src.starts_with(&src) && f.orig_dst == to && wanted(f));
+            Ok(found.is_some())
+        })?;
+        found.context("found above")
     }
 }
 
@@ -483,51 +521,6 @@ fn istio_shaped() -> anyhow::Result<()> {
     })?;
     shop.why_agrees("l", 8080, true)?;
     Ok(())
-}
-
-impl Shop {
-    /// Makes namespace `shop` STRICT and waits until plaintext is refused.
-    fn strict(&self) -> anyhow::Result<()> {
-        self.meshed.write_config(
-            "peer-auth.yaml",
-            "apiVersion: nodemesh.io/v1alpha1\nkind: PeerAuthentication\n\
-             metadata:\n  name: strict\n  namespace: shop\nspec:\n  mode: STRICT\n",
-        )?;
-        eventually("STRICT refuses plaintext", || Ok(!self.reaches("l", 8080)?))
-    }
-
-    /// `meshctl why FROM TO -o json` on `node`.
-    fn why(&self, node: &str, from: &str, to: &str) -> anyhow::Result<serde_json::Value> {
-        let out = self
-            .meshed
-            .agent(node)
-            .meshctl(&["why", from, to, "-o", "json"])?;
-        Ok(serde_json::from_str(&out)?)
-    }
-
-    /// The newest flow record on `node` of a connection from `from` to `to`
-    /// that `wanted` accepts (waiting for it).
-    fn last_flow(
-        &self,
-        node: &str,
-        from: &str,
-        to: &str,
-        wanted: impl Fn(&nodemesh_tests::mesh::FlowLog) -> bool,
-    ) -> anyhow::Result<nodemesh_tests::mesh::FlowLog> {
-        let src = self.pod(from).ipv4.to_string();
-        let mut found = None;
-        eventually(&format!("{node}'s flow record of {from} → {to}"), || {
-            found = self
-                .meshed
-                .agent(node)
-                .flows()
-                .into_iter()
-                .rev()
-                .find(|f| f.src.starts_with(&src) && f.orig_dst == to && wanted(f));
-            Ok(found.is_some())
-        })?;
-        found.context("found above")
-    }
 }
 
 /// A Service address is judged where the data path sends it: `why` names

@@ -30,7 +30,8 @@ use serde::Deserialize;
 
 use super::{
     ISTIO_ROOT_NAMESPACE,
-    api::{Action, Mode, TargetRef},
+    // The selector and `when` entries have the same shape in both APIs.
+    api::{Action, ConditionSpec, Mode, Selector, TargetRef},
     compile::{
         Common, Condition, FieldError, HttpOperation, Operation, Policy, Rule, Source, both,
         header_key, header_values, host_of, ip_block_of, method_of, path_of, port_of, principal_of,
@@ -63,7 +64,7 @@ pub struct AuthorizationPolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
     #[serde(default)]
-    pub selector: Option<WorkloadSelector>,
+    pub selector: Option<Selector>,
     #[serde(default)]
     pub target_refs: Vec<TargetRef>,
     #[serde(default)]
@@ -74,13 +75,6 @@ pub struct AuthorizationPolicySpec {
     pub provider: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     pub rules: Vec<IstioRule>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct WorkloadSelector {
-    #[serde(default)]
-    pub match_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -104,7 +98,7 @@ pub struct IstioRule {
     #[serde(default)]
     pub to: Vec<To>,
     #[serde(default)]
-    pub when: Vec<IstioCondition>,
+    pub when: Vec<ConditionSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -167,16 +161,6 @@ pub struct IstioOperation {
     pub paths: Vec<String>,
     #[serde(default)]
     pub not_paths: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct IstioCondition {
-    pub key: String,
-    #[serde(default)]
-    pub values: Vec<String>,
-    #[serde(default)]
-    pub not_values: Vec<String>,
 }
 
 fn port_text(field: String, text: &String) -> Result<u16, FieldError> {
@@ -275,7 +259,7 @@ fn operation(
 /// One `when` entry as a source or operation constraint.
 fn condition(
     at: &str,
-    c: &IstioCondition,
+    c: &ConditionSpec,
     l4_only: bool,
     errors: &mut Vec<FieldError>,
 ) -> Option<Condition> {
@@ -419,7 +403,7 @@ pub struct PeerAuthentication {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeerAuthenticationSpec {
     #[serde(default)]
-    pub selector: Option<WorkloadSelector>,
+    pub selector: Option<Selector>,
     #[serde(default)]
     pub mtls: Option<MutualTls>,
     /// Read to be refused by name.

@@ -78,6 +78,18 @@ pub struct ServiceInfo {
     pub labels: Labels,
 }
 
+impl ServiceInfo {
+    /// Whether its selector picks `pod` (a selector-less Service picks none).
+    pub fn selects(&self, pod: &PodInfo) -> bool {
+        !self.selector.is_empty()
+            && pod.namespace == self.namespace
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| pod.labels.get(k) == Some(v))
+    }
+}
+
 /// A waypoint, named as the `nodemesh.io/use-waypoint` label names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WaypointRef {
@@ -147,11 +159,14 @@ impl Snapshot {
         let Some((namespace, name)) = service.split_once('/') else {
             return false;
         };
+        let Some(pod) = self.pod(pod) else {
+            return false;
+        };
         self.services.iter().any(|svc| {
             svc.namespace == namespace
                 && svc.name == name
                 && svc.ports.iter().any(|p| p.target_port == port)
-                && self.endpoints(svc).any(|p| p.key() == pod)
+                && svc.selects(pod)
         })
     }
 
@@ -170,11 +185,7 @@ impl Snapshot {
 
     /// The pods a service's selector picks (none for a selector-less one).
     pub fn endpoints<'a>(&'a self, svc: &'a ServiceInfo) -> impl Iterator<Item = &'a PodInfo> + 'a {
-        self.pods.iter().filter(move |p| {
-            !svc.selector.is_empty()
-                && p.namespace == svc.namespace
-                && svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
-        })
+        self.pods.iter().filter(move |p| svc.selects(p))
     }
 
     /// The waypoint `svc`'s traffic must go through: its own

@@ -312,7 +312,6 @@ impl Lab {
             .pod("c2", "n1")
             .pod("d", "n2")
             .build()?;
-        let config_dir = cluster.scratch_dir("config")?;
         let mut config = MeshConfig::new()
             .namespace("shop", true)
             .namespace("legacy", false);
@@ -326,13 +325,7 @@ impl Lab {
         ] {
             config = config.pod(cluster.pod(pod), ns);
         }
-        config.write(&cluster, &config_dir)?;
-        let mut pki = Pki::init(&cluster, &["n1", "n2"])?;
-        pki.serve(&cluster, &config_dir, 3600)?;
-        let agents = ["n1", "n2"]
-            .iter()
-            .map(|n| Agent::start_meshed(&cluster, n, &config_dir, &pki))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (_, pki, agents) = start_mesh(&cluster, &config, &["n1", "n2"])?;
         let traffic = workspace_binary("mesh-traffic")?;
         let mut servers = Vec::new();
         for pod in ["b", "d", "a2", "c2"] {
@@ -521,7 +514,6 @@ impl WaypointLab {
             .pod("proxy", "n1")
             .pod("d", "n2")
             .build()?;
-        let config_dir = cluster.scratch_dir("config")?;
         let mut config = MeshConfig::new()
             .namespace("shop", true)
             .namespace("legacy", false)
@@ -536,13 +528,7 @@ impl WaypointLab {
         for pod in ["c", "proxy", "d"] {
             config = config.pod(cluster.pod(pod), "legacy");
         }
-        config.write(&cluster, &config_dir)?;
-        let mut pki = Pki::init(&cluster, &["n1", "n2"])?;
-        pki.serve(&cluster, &config_dir, 3600)?;
-        let agents = ["n1", "n2"]
-            .iter()
-            .map(|n| Agent::start_meshed(&cluster, n, &config_dir, &pki))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (config_dir, pki, agents) = start_mesh(&cluster, &config, &["n1", "n2"])?;
         let waypoint = Agent::start_waypoint(&cluster, "n1", &config_dir, &pki, ("shop", "wp"))?;
         let http = workspace_binary("mesh-http")?;
         let mut backends = Vec::new();
@@ -802,15 +788,12 @@ fn footprint(load: &Load) -> anyhow::Result<Value> {
         spec = spec.pod(name, "n1");
     }
     let cluster = spec.build()?;
-    let config_dir = cluster.scratch_dir("config")?;
     let mut config = MeshConfig::new().namespace("shop", true);
     for name in &names {
         config = config.pod(cluster.pod(name), "shop");
     }
-    config.write(&cluster, &config_dir)?;
-    let mut pki = Pki::init(&cluster, &["n1"])?;
-    pki.serve(&cluster, &config_dir, 3600)?;
-    let agent = Agent::start_meshed(&cluster, "n1", &config_dir, &pki)?;
+    let (_, _pki, mut agents) = start_mesh(&cluster, &config, &["n1"])?;
+    let agent = agents.remove(0);
     std::thread::sleep(Duration::from_secs(2));
     let at_rest = memory(agent.process.pid())?;
     let traffic = workspace_binary("mesh-traffic")?;
@@ -845,6 +828,25 @@ fn footprint(load: &Load) -> anyhow::Result<Value> {
         },
         "ratio": Value::Null,
     }))
+}
+
+/// Writes `config`, starts the mesh CA and an agent with identities on each
+/// of `nodes`; the config directory, the CA (kept for its lifetime) and the
+/// agents.
+fn start_mesh(
+    cluster: &Cluster,
+    config: &MeshConfig,
+    nodes: &[&str],
+) -> anyhow::Result<(PathBuf, Pki, Vec<Agent>)> {
+    let config_dir = cluster.scratch_dir("config")?;
+    config.write(cluster, &config_dir)?;
+    let mut pki = Pki::init(cluster, nodes)?;
+    pki.serve(cluster, &config_dir, 3600)?;
+    let agents = nodes
+        .iter()
+        .map(|n| Agent::start_meshed(cluster, n, &config_dir, &pki))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((config_dir, pki, agents))
 }
 
 /// Per-figure median over repetitions.
