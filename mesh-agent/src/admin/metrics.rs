@@ -6,7 +6,11 @@
 //! As in Istio, `istio_tcp_received_bytes_total` counts bytes from the
 //! client to the server (the request side) and `istio_tcp_sent_bytes_total`
 //! bytes from the server back to the client.
-use std::sync::atomic::Ordering;
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::{Mutex, atomic::Ordering},
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -46,6 +50,65 @@ struct RequestLabels {
     response_code: u16,
     grpc_response_status: String,
 }
+
+/// A request's labels borrowed from its record: looking its metrics up by
+/// this allocates nothing (owned labels were 8 strings per request, the
+/// largest allocation source on the waypoint's path).
+#[derive(Hash, PartialEq)]
+struct RequestKey<'a> {
+    source_workload: &'a str,
+    source_workload_namespace: &'a str,
+    source_principal: &'a str,
+    destination_workload: &'a str,
+    destination_workload_namespace: &'a str,
+    destination_service: &'a str,
+    request_protocol: &'static str,
+    response_code: u16,
+    grpc_response_status: &'a str,
+}
+
+impl RequestKey<'_> {
+    fn owned(&self) -> RequestLabels {
+        RequestLabels {
+            reporter: "waypoint",
+            source_workload: self.source_workload.to_owned(),
+            source_workload_namespace: self.source_workload_namespace.to_owned(),
+            source_principal: self.source_principal.to_owned(),
+            destination_workload: self.destination_workload.to_owned(),
+            destination_workload_namespace: self.destination_workload_namespace.to_owned(),
+            destination_service: self.destination_service.to_owned(),
+            request_protocol: self.request_protocol,
+            response_code: self.response_code,
+            grpc_response_status: self.grpc_response_status.to_owned(),
+        }
+    }
+
+    fn hash64(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
+}
+
+impl RequestLabels {
+    fn key(&self) -> RequestKey<'_> {
+        RequestKey {
+            source_workload: &self.source_workload,
+            source_workload_namespace: &self.source_workload_namespace,
+            source_principal: &self.source_principal,
+            destination_workload: &self.destination_workload,
+            destination_workload_namespace: &self.destination_workload_namespace,
+            destination_service: &self.destination_service,
+            request_protocol: self.request_protocol,
+            response_code: self.response_code,
+            grpc_response_status: &self.grpc_response_status,
+        }
+    }
+}
+
+/// The request counter and histogram of each label set seen, by the hash
+/// of its [`RequestKey`] (collisions share a bucket).
+type RequestHandles = HashMap<u64, Vec<(RequestLabels, Counter, Histogram)>>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyLabels {
@@ -87,6 +150,7 @@ pub struct Metrics {
     received: Family<TcpLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RequestLabels, Histogram>,
+    request_handles: Mutex<RequestHandles>,
     denials: Family<PolicyLabels, Counter>,
     flows: Family<StateLabels, Counter>,
     handshakes: Family<RoleLabels, Counter>,
@@ -124,6 +188,7 @@ impl Metrics {
             request_duration: Family::new_with_constructor(|| {
                 Histogram::new(DURATION_BUCKETS_MS.iter().copied())
             }),
+            request_handles: Mutex::default(),
             denials: Family::default(),
             flows: Family::default(),
             handshakes: Family::default(),
@@ -254,11 +319,7 @@ impl FlowSubscriber for Metrics {
 
     fn ended(&self, r: &FlowRecord, was_open: bool) {
         if let Some(http) = &r.http {
-            let l = request_labels(r, http);
-            self.requests.get_or_create(&l).inc();
-            if let Some(ms) = r.duration_ms() {
-                self.request_duration.get_or_create(&l).observe(ms as f64);
-            }
+            self.request_ended(r, http);
             return;
         }
         if was_open {
@@ -283,6 +344,30 @@ impl FlowSubscriber for Metrics {
     }
 }
 
+impl Metrics {
+    fn request_ended(&self, r: &FlowRecord, http: &HttpRecord) {
+        let key = request_key(r, http);
+        let hash = key.hash64();
+        let mut handles = self.request_handles.lock().expect("request metrics");
+        let bucket = handles.entry(hash).or_default();
+        let at = match bucket.iter().position(|(l, ..)| l.key() == key) {
+            Some(at) => at,
+            None => {
+                let labels = key.owned();
+                let counter = self.requests.get_or_create(&labels).clone();
+                let histogram = self.request_duration.get_or_create(&labels).clone();
+                bucket.push((labels, counter, histogram));
+                bucket.len() - 1
+            }
+        };
+        let (_, counter, histogram) = &bucket[at];
+        counter.inc();
+        if let Some(ms) = r.duration_ms() {
+            histogram.observe(ms as f64);
+        }
+    }
+}
+
 /// Copies a total kept elsewhere into a counter.
 fn set(counter: &Counter, value: u64) {
     counter.inner().store(value, Ordering::Relaxed);
@@ -294,35 +379,34 @@ const DURATION_BUCKETS_MS: [f64; 14] = [
 ];
 
 /// (name, namespace) of an end's workload, `unknown` when it is none.
-fn workload(e: &Endpoint) -> (String, String) {
-    e.pod.as_deref().and_then(|p| p.split_once('/')).map_or(
-        ("unknown".to_owned(), "unknown".to_owned()),
-        |(ns, name)| (name.to_owned(), ns.to_owned()),
-    )
+fn workload(e: &Endpoint) -> (&str, &str) {
+    e.pod
+        .as_deref()
+        .and_then(|p| p.split_once('/'))
+        .map_or(("unknown", "unknown"), |(ns, name)| (name, ns))
 }
 
-fn principal(e: &Endpoint) -> String {
-    e.identity.clone().unwrap_or_else(|| "unknown".to_owned())
+fn principal(e: &Endpoint) -> &str {
+    e.identity.as_deref().unwrap_or("unknown")
 }
 
-fn request_labels(r: &FlowRecord, http: &HttpRecord) -> RequestLabels {
+fn request_key<'a>(r: &'a FlowRecord, http: &'a HttpRecord) -> RequestKey<'a> {
     let (source_workload, source_workload_namespace) = workload(&r.source);
     let (destination_workload, destination_workload_namespace) = workload(&r.destination);
-    RequestLabels {
-        reporter: "waypoint",
+    RequestKey {
         source_workload,
         source_workload_namespace,
         source_principal: principal(&r.source),
         destination_workload,
         destination_workload_namespace,
-        destination_service: r.service.clone().unwrap_or_else(|| "unknown".to_owned()),
+        destination_service: r.service.as_deref().unwrap_or("unknown"),
         request_protocol: if http.grpc_status.is_some() {
             "grpc"
         } else {
             "http"
         },
         response_code: http.status,
-        grpc_response_status: http.grpc_status.clone().unwrap_or_default(),
+        grpc_response_status: http.grpc_status.as_deref().unwrap_or_default(),
     }
 }
 
@@ -334,13 +418,13 @@ fn labels(r: &FlowRecord) -> TcpLabels {
             Direction::Outbound => "source",
             Direction::Inbound => "destination",
         },
-        source_workload,
-        source_workload_namespace,
-        source_principal: principal(&r.source),
-        destination_workload,
-        destination_workload_namespace,
-        destination_principal: principal(&r.destination),
-        destination_service: r.service.clone().unwrap_or_else(|| "unknown".to_owned()),
+        source_workload: source_workload.to_owned(),
+        source_workload_namespace: source_workload_namespace.to_owned(),
+        source_principal: principal(&r.source).to_owned(),
+        destination_workload: destination_workload.to_owned(),
+        destination_workload_namespace: destination_workload_namespace.to_owned(),
+        destination_principal: principal(&r.destination).to_owned(),
+        destination_service: r.service.as_deref().unwrap_or("unknown").to_owned(),
         connection_security_policy: match r.path {
             Path::Tunnel | Path::SameNode | Path::Waypoint => "mutual_tls",
             Path::Passthrough => "none",

@@ -103,6 +103,19 @@ impl Flow {
         }
     }
 
+    /// A new flow shaped as `template` (ends, path, TLS, parent), with its
+    /// own id and start: a waypoint's request records, which would
+    /// otherwise look up and format the same ends again per request.
+    pub fn like(template: &FlowRecord, store: &Arc<FlowStore>) -> Self {
+        let mut record = template.clone();
+        record.id = store.next_id();
+        record.start_unix_ms = unix_ms_now();
+        Self {
+            record,
+            store: Arc::clone(store),
+        }
+    }
+
     /// Marks the flow tunnelled (HBONE) along `path`.
     pub fn tunnelled(&mut self, path: Path, peer_identity: &str, version: &str) {
         self.record.path = path;

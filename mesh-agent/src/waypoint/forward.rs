@@ -29,9 +29,9 @@ const BUDGET_MIN_RETRIES: u64 = 10;
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
 /// What a forwarded request came back with.
-pub struct Forwarded {
+pub struct Forwarded<'a> {
     pub response: Response<Incoming>,
-    pub endpoint: Endpoint,
+    pub endpoint: &'a Endpoint,
     pub retries: u32,
 }
 
@@ -75,11 +75,16 @@ impl Budgets {
     fn with<T>(&self, backend: &str, f: impl FnOnce(&mut Window) -> T) -> T {
         let mut all = self.0.lock().expect("retry budgets");
         let now = Instant::now();
-        let w = all.entry(backend.to_owned()).or_insert(Window {
+        let fresh = Window {
             started: now,
             requests: 0,
             retries: 0,
-        });
+        };
+        // Looked up before inserting: the key is copied only the first time.
+        if !all.contains_key(backend) {
+            all.insert(backend.to_owned(), fresh);
+        }
+        let w = all.get_mut(backend).expect("inserted above");
         if now.duration_since(w.started) > BUDGET_WINDOW {
             *w = Window {
                 started: now,
@@ -94,16 +99,16 @@ impl Budgets {
 /// Sends the request (`parts` + `body`) to one of `endpoints`, retrying as
 /// `retry` allows when the request has no body (`replayable`).
 #[expect(clippy::too_many_arguments, reason = "one request's whole context")]
-pub async fn send(
+pub async fn send<'a>(
     wp: &Waypoint,
     backend: &str,
-    endpoints: &[Endpoint],
+    endpoints: &'a [Endpoint],
     parts: Parts,
     body: Body,
     replayable: bool,
     timeouts: &Timeouts,
     retry: Option<&Retry>,
-) -> Result<Forwarded, Local> {
+) -> Result<Forwarded<'a>, Local> {
     let started = Instant::now();
     let budgets = &wp.upstream.budgets;
     budgets.request(backend);
@@ -118,7 +123,6 @@ pub async fn send(
     let mut retries = 0;
     loop {
         let (endpoint, in_flight) = wp.upstream.choose(endpoints);
-        let endpoint = endpoint.clone();
         let attempt_body = body.take().unwrap_or_else(body::empty);
         // The last possible attempt takes the head; earlier ones send a copy.
         let head = match parts.take() {
@@ -138,7 +142,7 @@ pub async fn send(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let sent = wp.upstream.send(wp, &endpoint, request, http2);
+        let sent = wp.upstream.send(wp, endpoint, request, http2);
         let outcome = match limit {
             Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
             None => Some(sent.await),
@@ -148,7 +152,7 @@ pub async fn send(
         let failure = match outcome {
             Some(Ok(response)) => {
                 let status = response.status();
-                wp.upstream.outcome(&endpoint, status.is_server_error());
+                wp.upstream.outcome(endpoint, status.is_server_error());
                 let retryable = retry.is_some_and(|r| r.codes.contains(&status.as_u16()));
                 if !retryable {
                     return Ok(Forwarded {
@@ -160,7 +164,7 @@ pub async fn send(
                 Attempt::Status(response)
             }
             Some(Err(e)) => {
-                wp.upstream.outcome(&endpoint, true);
+                wp.upstream.outcome(endpoint, true);
                 Attempt::Failed(e)
             }
             None => Attempt::TimedOut,
@@ -188,13 +192,13 @@ pub async fn send(
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     reason: format!("no response from the backend: {e}"),
                     retries,
-                    endpoint: Some(Box::new(endpoint)),
+                    endpoint: Some(Box::new(endpoint.clone())),
                 }),
                 Attempt::TimedOut if request_timed_out => Err(Local {
                     status: StatusCode::GATEWAY_TIMEOUT,
                     reason: "request timeout (the route's timeouts.request) expired".into(),
                     retries,
-                    endpoint: Some(Box::new(endpoint)),
+                    endpoint: Some(Box::new(endpoint.clone())),
                 }),
                 Attempt::TimedOut => Err(Local {
                     status: StatusCode::GATEWAY_TIMEOUT,
@@ -202,7 +206,7 @@ pub async fn send(
                              expired"
                         .into(),
                     retries,
-                    endpoint: Some(Box::new(endpoint)),
+                    endpoint: Some(Box::new(endpoint.clone())),
                 }),
             };
         }

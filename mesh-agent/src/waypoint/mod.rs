@@ -220,12 +220,19 @@ pub struct Waypoint {
 #[derive(Default)]
 struct ConfigCache {
     config: Option<Arc<Loaded>>,
-    tables: HashMap<(String, u16), Arc<route::RouteTable>>,
-    endpoints: HashMap<EndpointsKey, Arc<[upstream::Endpoint]>>,
+    /// By `namespace/name`, then port. Nested so that a lookup borrows its
+    /// key instead of allocating one per request.
+    tables: HashMap<String, Vec<(u16, Arc<route::RouteTable>)>>,
+    /// By namespace, name, then (port, IPv4?).
+    endpoints: HashMap<String, HashMap<String, Vec<EndpointsEntry>>>,
 }
 
-/// (namespace, Service, port, IPv4?).
-type EndpointsKey = (String, String, u16, bool);
+type EndpointsEntry = ((u16, bool), Arc<[upstream::Endpoint]>);
+
+/// The value kept for `part` in a small list.
+fn part_of<'a, P: PartialEq, V>(list: Option<&'a Vec<(P, V)>>, part: &P) -> Option<&'a V> {
+    list?.iter().find(|(p, _)| p == part).map(|(_, v)| v)
+}
 
 impl ConfigCache {
     /// The cache for `config`, emptied if it was another config's.
@@ -295,8 +302,7 @@ impl Waypoint {
     pub fn routes(&self, config: &Arc<Loaded>, service: &str, port: u16) -> Arc<route::RouteTable> {
         let mut cache = self.cache.lock().expect("config cache");
         let cache = cache.of(config);
-        let key = (service.to_owned(), port);
-        if let Some(table) = cache.tables.get(&key) {
+        if let Some(table) = part_of(cache.tables.get(service), &port) {
             return Arc::clone(table);
         }
         let (table, problems) = self.build_routes(config, service, port);
@@ -307,7 +313,11 @@ impl Waypoint {
             );
         }
         let table = Arc::new(table);
-        cache.tables.insert(key, Arc::clone(&table));
+        cache
+            .tables
+            .entry(service.to_owned())
+            .or_default()
+            .push((port, Arc::clone(&table)));
         table
     }
 
@@ -321,16 +331,12 @@ impl Waypoint {
         port: u16,
         v4: bool,
     ) -> Result<Arc<[upstream::Endpoint]>, EndpointsError> {
-        let key = (namespace.to_owned(), name.to_owned(), port, v4);
-        if let Some(found) = self
-            .cache
-            .lock()
-            .expect("config cache")
-            .of(config)
-            .endpoints
-            .get(&key)
         {
-            return Ok(Arc::clone(found));
+            let mut cache = self.cache.lock().expect("config cache");
+            let named = cache.of(config).endpoints.get(namespace);
+            if let Some(found) = part_of(named.and_then(|n| n.get(name)), &(port, v4)) {
+                return Ok(Arc::clone(found));
+            }
         }
         let snapshot = &config.snapshot;
         let svc = snapshot
@@ -352,7 +358,11 @@ impl Waypoint {
             .expect("config cache")
             .of(config)
             .endpoints
-            .insert(key, Arc::clone(&found));
+            .entry(namespace.to_owned())
+            .or_default()
+            .entry(name.to_owned())
+            .or_default()
+            .push(((port, v4), Arc::clone(&found)));
         Ok(found)
     }
 

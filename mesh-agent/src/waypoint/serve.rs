@@ -5,6 +5,7 @@
 //! stream's L4 flow. Requests hyper cannot parse unambiguously (conflicting
 //! lengths, oversized heads) are answered 400/431 by hyper and recorded here.
 use std::{
+    borrow::Cow,
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
@@ -35,7 +36,7 @@ use super::{
 };
 use crate::{
     flows::{
-        Progress,
+        FlowRecord, Progress,
         record::{HttpRecord, State},
     },
     policy::{Connection, Decision, Policy, Request as PolicyRequest, compile::Target, evaluate},
@@ -43,7 +44,7 @@ use crate::{
         flow::Flow,
         relay::{End, Relayed},
     },
-    state::Loaded,
+    state::{Loaded, ServiceInfo},
     tunnel::server::{Peer, Tunnel},
 };
 
@@ -60,8 +61,50 @@ pub struct Downstream {
     pub target: SocketAddr,
     /// `namespace/name` of that Service.
     pub service: String,
-    /// The L4 flow of the stream.
-    pub flow_id: u64,
+    /// What each request's record starts as: the stream's ends, joined to
+    /// its L4 flow.
+    request: FlowRecord,
+    /// What a request takes when no route is attached: everything to the
+    /// Service itself, as if there were no waypoint (but with its records
+    /// and policy). Built once per stream, not per request.
+    fallback: Rule,
+}
+
+impl Downstream {
+    /// The stream `flow` (its L4 record, named the Service here) carries.
+    pub fn new(
+        peer: Peer,
+        target: SocketAddr,
+        service: &ServiceInfo,
+        flow: &mut FlowRecord,
+    ) -> Self {
+        let name = format!("{}/{}", service.namespace, service.name);
+        flow.service = Some(name.clone());
+        let mut request = flow.clone();
+        request.parent = Some(flow.id);
+        Self {
+            peer,
+            target,
+            service: name,
+            request,
+            fallback: Rule {
+                name: None,
+                filters: Vec::new(),
+                backends: vec![Backend {
+                    namespace: service.namespace.clone(),
+                    name: service.name.clone(),
+                    port: Some(target.port()),
+                    weight: 1,
+                    filters: Vec::new(),
+                }],
+                timeouts: Timeouts {
+                    request: None,
+                    backend_request: None,
+                },
+                retry: None,
+            },
+        }
+    }
 }
 
 /// Serves HTTP on `tunnel` until the client is done, then ends the L4 flow.
@@ -124,7 +167,7 @@ fn malformed(wp: &Waypoint, down: &Downstream, error: &(dyn std::error::Error + 
         waypoint = %wp.me, peer = %down.peer.identity,
         "malformed HTTP request refused with {status}: {e}"
     );
-    let mut flow = request_flow(wp, &wp.mesh.snapshot(), down, HttpRecord::default());
+    let mut flow = request_flow(wp, down, HttpRecord::default());
     if let Some(http) = flow.record.http.as_mut() {
         http.status = status.as_u16();
         http.reason = Some(format!("malformed request: {e}"));
@@ -133,10 +176,8 @@ fn malformed(wp: &Waypoint, down: &Downstream, error: &(dyn std::error::Error + 
 }
 
 /// The flow record of one request, joined to its stream's L4 flow.
-fn request_flow(wp: &Waypoint, loaded: &Loaded, down: &Downstream, http: HttpRecord) -> Flow {
-    let mut flow = wp.arrival(&loaded.snapshot, &down.peer, down.target);
-    flow.record.service = Some(down.service.clone());
-    flow.record.parent = Some(down.flow_id);
+fn request_flow(wp: &Waypoint, down: &Downstream, http: HttpRecord) -> Flow {
+    let mut flow = Flow::like(&down.request, &wp.mesh.flows);
     flow.record.http = Some(http);
     flow
 }
@@ -163,7 +204,7 @@ async fn handle(
             .map_or_else(|| "/".to_owned(), ToString::to_string),
         ..HttpRecord::default()
     };
-    let mut flow = request_flow(&wp, &loaded, &down, http);
+    let mut flow = request_flow(&wp, &down, http);
     // Boxed: its state is ~9 KB, and hyper moves this future into a task
     // per request (then moves it again as the task ends), which cost ~8% of
     // the waypoint's CPU in memmove.
@@ -261,37 +302,17 @@ fn authority<B>(req: &Request<B>) -> Option<String> {
         .or_else(|| Some(req.headers().get(HOST)?.to_str().ok()?.to_owned()))
 }
 
-/// The host part of an authority, lower-cased, without the port.
-fn host_of(authority: &str) -> String {
+/// The host part of an authority, lower-cased, without the port (copied
+/// only when it has capitals).
+fn host_of(authority: &str) -> Cow<'_, str> {
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(v6),
         None => authority.split(':').next().unwrap_or(authority),
     };
-    host.to_ascii_lowercase()
-}
-
-/// The rule used when no route is attached: everything to the Service
-/// itself, as if there were no waypoint (but with its records and policy).
-fn service_rule(down: &Downstream) -> Rule {
-    let (namespace, name) = down
-        .service
-        .split_once('/')
-        .unwrap_or(("default", &down.service));
-    Rule {
-        name: None,
-        filters: Vec::new(),
-        backends: vec![Backend {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            port: Some(down.target.port()),
-            weight: 1,
-            filters: Vec::new(),
-        }],
-        timeouts: Timeouts {
-            request: None,
-            backend_request: None,
-        },
-        retry: None,
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
     }
 }
 
@@ -306,17 +327,13 @@ async fn route_and_forward(
     let asked = authority(&req).unwrap_or_default();
     let host = host_of(&asked);
     let verdict = authorize(wp, loaded, down, &req, &host);
-    let denied = verdict.decision == Decision::Deny;
-    let why = verdict.to_string();
     flow.set_verdict(&verdict);
-    if denied {
-        return Err(local(StatusCode::FORBIDDEN, format!("RBAC: {why}")));
+    if verdict.decision == Decision::Deny {
+        return Err(local(StatusCode::FORBIDDEN, format!("RBAC: {verdict}")));
     }
     let table = wp.routes(loaded, &down.service, down.target.port());
-    let default_rule;
     let (rule, prefix) = if table.is_empty() {
-        default_rule = service_rule(down);
-        (&default_rule, None)
+        (&down.fallback, None)
     } else {
         let view = route::Request {
             method: req.method(),
@@ -412,14 +429,10 @@ async fn route_and_forward(
         port => format!("{h}:{port}"),
     });
     let path_and_query = match (rewrites.path, parts.uri.query()) {
-        (Some(path), Some(query)) => format!("{path}?{query}"),
-        (Some(path), None) => path,
-        (None, _) => parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), ToString::to_string),
+        (Some(path), Some(query)) => Some(format!("{path}?{query}")),
+        (path, _) => path,
     };
-    prepare_upstream(&mut parts, &authority, &path_and_query, upgrade)
+    prepare_upstream(&mut parts, &authority, path_and_query.as_deref(), upgrade)
         .map_err(|why| local(StatusCode::BAD_REQUEST, why))?;
     let request_body = body::counted(incoming, Arc::clone(progress));
 
@@ -455,7 +468,7 @@ async fn route_and_forward(
         rule.retry.as_ref(),
     )
     .await?;
-    chosen(flow, &forwarded.endpoint);
+    chosen(flow, forwarded.endpoint);
     if let Some(http) = flow.record.http.as_mut() {
         http.retries = forwarded.retries;
     }
@@ -634,11 +647,7 @@ fn mirror(
     let endpoint = endpoint.clone();
     let mut parts = forward::copy_head(req.method(), req.uri(), req.version(), req.headers());
     let authority = authority(req).unwrap_or_default();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), ToString::to_string);
-    if prepare_upstream(&mut parts, &authority, &path, false).is_err() {
+    if prepare_upstream(&mut parts, &authority, None, false).is_err() {
         return;
     }
     let wp = Arc::clone(wp);
@@ -654,29 +663,51 @@ fn mirror(
 
 /// Makes the client's request fit to go upstream: origin-form URI and Host
 /// for HTTP/1.1, absolute URI for HTTP/2, hop-by-hop headers removed (but
-/// an upgrade's own, and `te: trailers`, which gRPC needs).
+/// an upgrade's own, and `te: trailers`, which gRPC needs). `path_and_query`
+/// is a rewrite's; `None` keeps the request's own. What is already right is
+/// left as it is: rebuilding it cost allocations on every request.
 fn prepare_upstream(
     parts: &mut http::request::Parts,
     authority: &str,
-    path_and_query: &str,
+    path_and_query: Option<&str>,
     upgrade: bool,
 ) -> Result<(), String> {
-    let bad =
-        |e: &dyn std::fmt::Display| format!("cannot forward {authority}{path_and_query}: {e}");
+    let bad = |e: &dyn std::fmt::Display, uri: &Uri| {
+        format!(
+            "cannot forward {authority}{}: {e}",
+            path_and_query.unwrap_or(uri.path())
+        )
+    };
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    let own = || {
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))
+    };
     if parts.version == Version::HTTP_2 {
-        parts.uri = Uri::builder()
+        let built = match path_and_query {
+            Some(rewritten) => Uri::builder().path_and_query(rewritten),
+            None => Uri::builder().path_and_query(own()),
+        };
+        parts.uri = built
             .scheme("http")
             .authority(authority)
-            .path_and_query(path_and_query)
             .build()
-            .map_err(|e| bad(&e))?;
+            .map_err(|e| bad(&e, &parts.uri))?;
         parts.headers.remove(HOST);
     } else {
-        parts.uri = path_and_query.parse().map_err(|e| bad(&e))?;
-        parts
-            .headers
-            .insert(HOST, HeaderValue::from_str(authority).map_err(|e| bad(&e))?);
+        match path_and_query {
+            Some(rewritten) => parts.uri = rewritten.parse().map_err(|e| bad(&e, &parts.uri))?,
+            // Absolute-form from the client: origin-form upstream.
+            None if parts.uri.authority().is_some() => parts.uri = Uri::from(own()),
+            None => {}
+        }
+        if parts.headers.get(HOST).map(HeaderValue::as_bytes) != Some(authority.as_bytes()) {
+            let host = HeaderValue::from_str(authority).map_err(|e| bad(&e, &parts.uri))?;
+            parts.headers.insert(HOST, host);
+        }
     }
     Ok(())
 }

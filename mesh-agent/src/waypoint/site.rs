@@ -60,14 +60,7 @@ impl Handler for Site {
             flow.failed(State::Refused, why.clone());
             return Err(Refusal::new(StatusCode::BAD_REQUEST, why));
         };
-        let service = format!("{}/{}", svc.namespace, svc.name);
-        flow.record.service = Some(service.clone());
-        let downstream = serve::Downstream {
-            peer,
-            target,
-            service,
-            flow_id: flow.record.id,
-        };
+        let downstream = serve::Downstream::new(peer, target, svc, &mut flow.record);
         Ok(Box::new(move |tunnel| {
             Box::pin(async move {
                 match tunnel {

@@ -185,36 +185,40 @@ impl Upstreams {
     pub fn choose<'a>(&self, candidates: &'a [Endpoint]) -> (&'a Endpoint, InFlight) {
         let now = Instant::now();
         let mut health = self.health.lock().expect("endpoint health");
-        let healthy: Vec<&Endpoint> = candidates
-            .iter()
-            .filter(|e| {
-                health
-                    .get(&e.addr)
-                    .and_then(|h| h.ejected_until)
-                    .is_none_or(|until| until <= now)
-            })
-            .collect();
-        let pool: Vec<&Endpoint> = if healthy.is_empty() {
-            candidates.iter().collect()
-        } else {
-            healthy
-        };
-        let load = |e: &Endpoint, health: &mut HashMap<SocketAddr, Health>| {
+        let ejected = |e: &Endpoint, health: &HashMap<SocketAddr, Health>| {
             health
-                .entry(e.addr)
-                .or_default()
-                .in_flight
-                .load(Ordering::Relaxed)
+                .get(&e.addr)
+                .and_then(|h| h.ejected_until)
+                .is_some_and(|until| until > now)
         };
-        let chosen = if pool.len() == 1 {
-            pool[0]
+        // Counted and indexed rather than collected: no allocation per request.
+        let healthy = candidates.iter().filter(|e| !ejected(e, &health)).count();
+        let (size, any) = match healthy {
+            0 => (candidates.len(), true),
+            n => (n, false),
+        };
+        let nth = |i: usize, health: &HashMap<SocketAddr, Health>| -> &'a Endpoint {
+            candidates
+                .iter()
+                .filter(|e| any || !ejected(e, health))
+                .nth(i)
+                .expect("index below the pool's size")
+        };
+        let load = |e: &Endpoint, health: &HashMap<SocketAddr, Health>| {
+            health
+                .get(&e.addr)
+                .map_or(0, |h| h.in_flight.load(Ordering::Relaxed))
+        };
+        let chosen = if size == 1 {
+            nth(0, &health)
         } else {
-            let a = fastrand::usize(..pool.len());
-            let b = (a + 1 + fastrand::usize(..pool.len() - 1)) % pool.len();
-            if load(pool[b], &mut health) < load(pool[a], &mut health) {
-                pool[b]
+            let a = fastrand::usize(..size);
+            let b = (a + 1 + fastrand::usize(..size - 1)) % size;
+            let (a, b) = (nth(a, &health), nth(b, &health));
+            if load(b, &health) < load(a, &health) {
+                b
             } else {
-                pool[a]
+                a
             }
         };
         let counter = Arc::clone(&health.entry(chosen.addr).or_default().in_flight);
