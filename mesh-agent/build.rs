@@ -1,11 +1,15 @@
 //! Builds `mesh-ebpf` for the BPF target and leaves the object in `OUT_DIR`,
 //! where `capture::object` embeds it: one agent binary always carries the
 //! kernel programs it was built with.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 
 #[path = "ebpf_toolchain.rs"]
+#[allow(
+    dead_code,
+    reason = "shared with xtask, which uses the setup and lint parts"
+)]
 mod ebpf_toolchain;
 
 fn main() -> anyhow::Result<()> {
@@ -40,19 +44,45 @@ fn main() -> anyhow::Result<()> {
     if which("bpf-linker").is_none() {
         bail!("bpf-linker is not on PATH: run `cargo xtask setup`");
     }
-    if toolchain.needs_bootstrap {
-        // SAFETY: build scripts are single-threaded here; the variable is read
-        // by the nested `cargo build -Z build-std` that aya-build spawns.
-        unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
-    }
-    let ebpf_dir = root.join("mesh-ebpf");
-    let package = aya_build::Package {
-        name: "mesh-ebpf",
-        root_dir: ebpf_dir.to_str().context("non-UTF-8 workspace path")?,
-        ..Default::default()
-    };
-    aya_build::build_ebpf([package], aya_build::Toolchain::Custom(&toolchain.name))
+    build_programs(root, &toolchain)
         .with_context(|| format!("building mesh-ebpf with toolchain `{}`", toolchain.name))
+}
+
+/// Builds the programs into their own target directory under `OUT_DIR` (a
+/// nested cargo on the outer one's target directory would wait on its lock)
+/// and copies the object to `OUT_DIR/mesh-programs`.
+fn build_programs(root: &Path, toolchain: &ebpf_toolchain::EbpfToolchain) -> anyhow::Result<()> {
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").context("OUT_DIR")?);
+    let target_dir = out_dir.join("mesh-ebpf");
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH")?;
+    // aya-ebpf reads the architecture it runs on from this cfg; `--btf`
+    // makes bpf-linker emit the BTF the loader needs, from debug info.
+    let rustflags = [
+        format!("--cfg=bpf_target_arch=\"{arch}\""),
+        "-Cdebuginfo=2".to_owned(),
+        "-Clink-arg=--btf".to_owned(),
+    ]
+    .join("\x1f");
+    let mut cargo = toolchain.cargo("build");
+    cargo
+        .current_dir(root)
+        .args(["--bins", "--target-dir"])
+        .arg(&target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        // Its progress goes to our stderr: stdout is for cargo directives.
+        .stdout(std::io::stderr());
+    let status = cargo
+        .status()
+        .with_context(|| format!("running {cargo:?}"))?;
+    if !status.success() {
+        bail!("{cargo:?} failed: {status}");
+    }
+    let built = target_dir
+        .join(ebpf_toolchain::TARGET)
+        .join("release/mesh-programs");
+    std::fs::copy(&built, out_dir.join("mesh-programs"))
+        .with_context(|| format!("copying {}", built.display()))?;
+    Ok(())
 }
 
 fn which(program: &str) -> Option<std::path::PathBuf> {

@@ -5,6 +5,10 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 #[path = "../../mesh-agent/ebpf_toolchain.rs"]
+#[allow(
+    dead_code,
+    reason = "shared with the agent build script, which uses the build part"
+)]
 mod ebpf_toolchain;
 mod run;
 mod setup;

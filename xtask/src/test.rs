@@ -3,7 +3,7 @@
 //! Order is cheapest first, so a formatting slip fails in seconds rather than
 //! after the end-to-end suite; a quick benchmark run closes it, so the
 //! instrument never rots.
-use std::{process::Command, time::Instant};
+use std::time::Instant;
 
 use anyhow::bail;
 
@@ -75,22 +75,9 @@ fn lint_ebpf(root: &std::path::Path) -> anyhow::Result<()> {
     let Some(tc) = ebpf_toolchain::find() else {
         bail!("no eBPF toolchain found after setup; run `cargo xtask setup` and read its output");
     };
-    let mut cmd = Command::new("rustup");
+    let mut cmd = tc.clippy();
     cmd.current_dir(root)
-        .args(["run", &tc.name, "cargo", "clippy", "--package", "mesh-ebpf"])
-        .args([
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--release",
-        ])
-        .args(["--target-dir", "target/ebpf-lint", "--", "-D", "warnings"])
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER");
-    if tc.needs_bootstrap {
-        cmd.env("RUSTC_BOOTSTRAP", "1");
-    }
+        .args(["--target-dir", "target/ebpf-lint", "--", "-D", "warnings"]);
     run::status(&mut cmd)
 }
 
