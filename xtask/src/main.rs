@@ -12,6 +12,7 @@ mod demo;
 mod ebpf_toolchain;
 mod run;
 mod setup;
+mod stable_only;
 mod test;
 
 #[derive(Parser)]

@@ -35,6 +35,10 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         })?;
         stage("clippy (eBPF crate, BPF target)", || lint_ebpf(&root))?;
     }
+    stage(
+        "build with only rustup's stable toolchain (no nightly visible)",
+        || crate::stable_only::check(&root),
+    )?;
     stage("unit tests", || {
         run::status(
             cargo()

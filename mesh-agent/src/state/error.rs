@@ -1,10 +1,11 @@
-//! Configuration errors that say where (file, object, field), what was wrong
-//! and what to do.
-use std::{fmt, path::PathBuf};
+//! Configuration errors that say where (file or API server, object, field),
+//! what was wrong and what to do.
+use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    pub file: PathBuf,
+    /// Where the object was read: a file's name, or `api-server`.
+    pub origin: String,
     /// `Kind namespace/name`, or `document N` when the object has no name yet.
     pub object: Option<String>,
     /// Path of the field inside the object, e.g. `status.podIPs[0].ip`.
@@ -14,11 +15,7 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let file = self.file.file_name().map_or_else(
-            || self.file.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        write!(f, "{file}")?;
+        write!(f, "{}", self.origin)?;
         if let Some(object) = &self.object {
             write!(f, ": {object}")?;
         }

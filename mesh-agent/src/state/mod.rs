@@ -5,11 +5,14 @@
 //! - [`model`]: the compact [`Snapshot`] every stage queries, and enrolment;
 //! - [`parse`]: YAML → typed objects → snapshot, with precise errors;
 //! - [`watch`]: hot reload of the directory;
+//! - [`index`]: objects as a watching source (the API server) holds them,
+//!   made into the model by the same loader;
 //! - [`gateway`], [`traffic`]: Gateway API routes and nodemesh's
 //!   TrafficPolicies, kept as written;
 //! - [`keys`]: every label and annotation key nodemesh reads.
 mod error;
 pub mod gateway;
+pub mod index;
 pub mod keys;
 pub mod model;
 mod parse;

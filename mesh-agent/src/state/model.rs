@@ -111,6 +111,31 @@ pub struct ServicePort {
 }
 
 impl Snapshot {
+    /// Sorts every list by namespace and name: two sources holding the
+    /// same objects make equal snapshots, whatever order they read them in.
+    pub fn normalize(&mut self) {
+        fn by<T>(list: &mut [T], key: impl Fn(&T) -> (&str, &str)) {
+            list.sort_by(|a, b| key(a).cmp(&key(b)));
+        }
+        fn route(m: &super::gateway::RouteMeta) -> (&str, &str) {
+            (m.namespace.as_deref().unwrap_or(""), &m.name)
+        }
+        by(&mut self.pods, |p| (&p.namespace, &p.name));
+        by(&mut self.services, |s| (&s.namespace, &s.name));
+        for list in self.policies.values_mut() {
+            by(list, |p| (&p.namespace, &p.name));
+        }
+        by(&mut self.peer_auth, |p| (&p.namespace, &p.name));
+        by(&mut self.http_routes, |r| route(&r.metadata));
+        by(&mut self.grpc_routes, |r| route(&r.metadata));
+        by(&mut self.traffic_policies, |p| {
+            (
+                p.metadata.namespace.as_deref().unwrap_or(""),
+                &p.metadata.name,
+            )
+        });
+    }
+
     /// A pod is in the mesh when its namespace is labelled
     /// `nodemesh.io/dataplane=enabled` and the pod itself does not opt out
     /// with `nodemesh.io/dataplane=disabled`. Undeclared namespace: not.

@@ -73,6 +73,12 @@ pub struct Loaded {
 /// Reads every `*.yaml`/`*.yml` file in `dir` (not recursive), in name order.
 pub fn load_dir(dir: &Path) -> Loaded {
     let mut loader = Loader::default();
+    let origin = |path: &Path| {
+        path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    };
     let mut files = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -80,7 +86,7 @@ pub fn load_dir(dir: &Path) -> Loaded {
             .collect::<Vec<_>>(),
         Err(e) => {
             loader.error(
-                dir,
+                &dir.display().to_string(),
                 None,
                 None,
                 format!("cannot read the config directory: {e}"),
@@ -91,41 +97,56 @@ pub fn load_dir(dir: &Path) -> Loaded {
     files.sort();
     for file in files {
         match std::fs::read_to_string(&file) {
-            Ok(text) => loader.file(&file, &text),
-            Err(e) => loader.error(&file, None, None, format!("cannot read: {e}")),
+            Ok(text) => loader.file(&origin(&file), &text),
+            Err(e) => loader.error(&origin(&file), None, None, format!("cannot read: {e}")),
         }
     }
-    Loaded {
-        snapshot: loader.snapshot,
-        errors: loader.errors,
-    }
+    loader.finish()
 }
 
+/// Builds the model from objects, whichever source read them: every check
+/// and conversion lives here once.
 #[derive(Default)]
-struct Loader {
+pub(super) struct Loader {
     snapshot: Snapshot,
     errors: Vec<ConfigError>,
-    /// `Kind ns/name` → file that declared it first.
-    seen: BTreeMap<String, PathBuf>,
+    /// `Kind ns/name` → where it was declared first.
+    seen: BTreeMap<String, String>,
 }
 
 /// Identity of one document, for messages.
 struct Doc<'a> {
-    file: &'a Path,
+    origin: &'a str,
     object: String,
 }
 
 impl Loader {
-    fn error(&mut self, file: &Path, object: Option<String>, field: Option<&str>, message: String) {
+    fn error(
+        &mut self,
+        origin: &str,
+        object: Option<String>,
+        field: Option<&str>,
+        message: String,
+    ) {
         self.errors.push(ConfigError {
-            file: file.to_owned(),
+            origin: origin.to_owned(),
             object,
             field: field.map(str::to_owned),
             message,
         });
     }
 
-    fn file(&mut self, file: &Path, text: &str) {
+    /// The model, in an order that does not depend on the order objects
+    /// arrived in (files sorted by name, or watch events).
+    pub(super) fn finish(mut self) -> Loaded {
+        self.snapshot.normalize();
+        Loaded {
+            snapshot: self.snapshot,
+            errors: self.errors,
+        }
+    }
+
+    fn file(&mut self, origin: &str, text: &str) {
         for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
             let value = match Value::deserialize(document) {
                 Ok(Value::Null) => continue,
@@ -136,7 +157,7 @@ impl Loader {
                         .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
                         .unwrap_or_default();
                     self.error(
-                        file,
+                        origin,
                         None,
                         None,
                         format!("invalid YAML{at}: {e}; the rest of this file was skipped"),
@@ -144,11 +165,12 @@ impl Loader {
                     return;
                 }
             };
-            self.document(file, index + 1, value);
+            self.document(origin, index + 1, value);
         }
     }
 
-    fn document(&mut self, file: &Path, index: usize, value: Value) {
+    /// One object (document `index` of `origin`), checked and added.
+    pub(super) fn document(&mut self, origin: &str, index: usize, value: Value) {
         let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
         let kind = text(&value, "kind");
         let api_version = text(&value, "apiVersion");
@@ -161,7 +183,7 @@ impl Loader {
             (Some(k), None) => format!("{k} (document {index})"),
             _ => format!("document {index}"),
         };
-        let doc = Doc { file, object };
+        let doc = Doc { origin, object };
         let Some(kind) = kind else {
             return self.fail(
                 &doc,
@@ -238,20 +260,17 @@ impl Loader {
     }
 
     fn fail(&mut self, doc: &Doc<'_>, field: Option<&str>, message: String) {
-        self.error(doc.file, Some(doc.object.clone()), field, message);
+        self.error(doc.origin, Some(doc.object.clone()), field, message);
     }
 
     /// False (and an error) when the same object was declared before.
     fn first_sighting(&mut self, doc: &Doc<'_>) -> bool {
         if let Some(first) = self.seen.get(&doc.object) {
-            let message = format!(
-                "declared again (first in {}); this copy is ignored",
-                first.file_name().unwrap_or_default().to_string_lossy()
-            );
+            let message = format!("declared again (first in {first}); this copy is ignored");
             self.fail(doc, None, message);
             return false;
         }
-        self.seen.insert(doc.object.clone(), doc.file.to_owned());
+        self.seen.insert(doc.object.clone(), doc.origin.to_owned());
         true
     }
 

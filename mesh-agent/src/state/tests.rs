@@ -355,3 +355,149 @@ async fn watcher_publishes_changes_and_only_changes() {
     assert_eq!(rx.borrow_and_update().snapshot.pods.len(), 1);
     task.abort();
 }
+
+/// One of each kind, with one bad object: what both sources must agree on.
+const EVERY_KIND: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: cart, namespace: shop, labels: {nodemesh.io/use-waypoint: wp}}
+spec: {clusterIP: 10.96.0.20, selector: {app: a}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: nodemesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-legacy, namespace: shop}
+spec:
+  action: DENY
+  rules: [{from: {namespaces: [legacy]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-a, namespace: shop}
+spec:
+  selector: {matchLabels: {app: a}}
+  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/b-sa]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: shop}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: cart-split, namespace: shop}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: cart}]
+  rules: [{backendRefs: [{name: cart, port: 80}]}]
+---
+apiVersion: nodemesh.io/v1alpha1
+kind: TrafficPolicy
+metadata: {name: limits, namespace: shop}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: cart-split}
+  rateLimit: {route: {requestsPerUnit: 100, unit: Second}}
+---
+apiVersion: nodemesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: broken, namespace: shop}
+spec: {action: MAYBE}
+";
+
+/// Each object of `text` as a watch would report it: (resource, object).
+fn watched(text: &str, netns: &str) -> Vec<(String, serde_yaml_ng::Value)> {
+    use serde::Deserialize as _;
+    serde_yaml_ng::Deserializer::from_str(&text.replace("NETNS", netns))
+        .map(|doc| {
+            let value = serde_yaml_ng::Value::deserialize(doc).unwrap();
+            let field = |k: &str| value.get(k).and_then(|v| v.as_str()).unwrap().to_owned();
+            (format!("{}.{}", field("kind"), field("apiVersion")), value)
+        })
+        .collect()
+}
+
+/// The model without where each error was read (a file, or the API server).
+fn meaning(loaded: &Loaded) -> (Snapshot, Vec<String>) {
+    let errors = loaded
+        .errors
+        .iter()
+        .map(|e| format!("{:?} {:?} {}", e.object, e.field, e.message))
+        .collect();
+    (loaded.snapshot.clone(), errors)
+}
+
+#[test]
+fn watched_objects_make_the_model_local_yaml_makes() {
+    use index::{Change, Index};
+    let d = Dir::new();
+    let pods = format!(
+        "{}{}",
+        pod("a", "  podIP: 10.1.0.11\n"),
+        pod("b", "  podIP: 10.1.0.12\n")
+    );
+    let all = format!("{NAMESPACES}---\n{EVERY_KIND}{pods}");
+    d.write("all.yaml", &all);
+    let local = d.load();
+    assert_eq!(local.errors.len(), 1, "{:#?}", local.errors);
+    assert_eq!(local.snapshot.pods.len(), 2);
+
+    // The first list, objects in reverse order and across resources.
+    let objects = watched(&all, &d.netns);
+    let resources: std::collections::BTreeSet<&String> = objects.iter().map(|(r, _)| r).collect();
+    let mut index = Index::default();
+    for resource in &resources {
+        index.expect(resource);
+        index.change(resource, Change::Init);
+    }
+    assert!(!index.ready());
+    for (resource, object) in objects.iter().rev() {
+        index.change(resource, Change::InitApply(object.clone()));
+    }
+    for resource in &resources {
+        index.change(resource, Change::InitDone);
+    }
+    assert!(index.ready(), "unsynced: {:?}", index.unsynced());
+    let listed = index.load();
+    assert_eq!(meaning(&listed), meaning(&local));
+    assert!(
+        listed.errors[0]
+            .to_string()
+            .starts_with("api-server: AuthorizationPolicy shop/broken: field spec.action:")
+    );
+
+    // Watch events: pod b deleted, the Service relabelled.
+    let (pods_resource, pod_b) = objects
+        .iter()
+        .find(|(_, o)| o["metadata"]["name"] == "b")
+        .unwrap();
+    index.change(pods_resource, Change::Delete(pod_b.clone()));
+    let edited = all.replace("nodemesh.io/use-waypoint: wp", "tier: web");
+    let (svc_resource, svc) = watched(&edited, &d.netns)
+        .into_iter()
+        .find(|(r, _)| r.starts_with("Service."))
+        .unwrap();
+    index.change(&svc_resource, Change::Apply(svc));
+    let without_b = edited.replacen(&pod("b", "  podIP: 10.1.0.12\n"), "", 1);
+    d.write("all.yaml", &without_b);
+    assert_eq!(meaning(&index.load()), meaning(&d.load()));
+
+    // Reconnected: a relist that no longer has the DENY policy. Until it
+    // completes the last good objects serve; then the policy is pruned.
+    let policies = "AuthorizationPolicy.nodemesh.io/v1alpha1";
+    index.change(policies, Change::Init);
+    let before = index.load();
+    assert_eq!(before.snapshot.policies["shop"].len(), 2);
+    for (resource, object) in watched(&without_b, &d.netns) {
+        if resource == policies && object["metadata"]["name"] != "deny-legacy" {
+            index.change(&resource, Change::InitApply(object));
+        }
+    }
+    assert_eq!(index.load(), before, "a relist under way changes nothing");
+    index.change(policies, Change::InitDone);
+    let pruned = index.load();
+    let names: Vec<&str> = pruned.snapshot.policies["shop"]
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["allow-a"]);
+    // `broken` is still reported: it was relisted, and is still invalid.
+    assert_eq!(pruned.errors.len(), 1);
+}

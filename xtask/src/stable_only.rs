@@ -1,0 +1,74 @@
+//! Proves the build needs nothing from rustup but its stable toolchain:
+//! builds the agent (and so the eBPF programs) under a rustup home that
+//! shows only the stable toolchain and the eBPF compiler, linked to the real
+//! ones. A nightly that happens to be installed cannot be borrowed there, as
+//! the build once did without anyone noticing.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{ebpf_toolchain, run};
+
+pub fn check(root: &Path) -> anyhow::Result<()> {
+    let Some(ebpf) = ebpf_toolchain::find() else {
+        bail!("no eBPF toolchain found after setup; run `cargo xtask setup` and read its output");
+    };
+    let stable = sysroot_of("stable")?;
+    let stable_name = stable
+        .file_name()
+        .context("the stable toolchain's sysroot has no name")?
+        .to_string_lossy()
+        .into_owned();
+    let home = root.join("target/stable-only/rustup");
+    let toolchains = home.join("toolchains");
+    if home.exists() {
+        std::fs::remove_dir_all(&home).with_context(|| format!("clearing {}", home.display()))?;
+    }
+    std::fs::create_dir_all(&toolchains)?;
+    let link = |name: &str, to: &Path| {
+        std::os::unix::fs::symlink(to, toolchains.join(name))
+            .with_context(|| format!("linking toolchain {name} to {}", to.display()))
+    };
+    link(&stable_name, &stable)?;
+    if ebpf.name != "stable" {
+        link(&ebpf.name, &ebpf.sysroot)?;
+    }
+    std::fs::write(
+        home.join("settings.toml"),
+        format!("version = \"12\"\ndefault_toolchain = \"{stable_name}\"\n"),
+    )?;
+    println!(
+        "stable-only: rustup home {} with toolchains {stable_name} and {}",
+        home.display(),
+        ebpf.name
+    );
+    // `cargo` from PATH: rustup's proxy, which resolves it in that home.
+    run::status(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["build", "--package", "mesh-agent", "--bins"])
+            .args(["--target-dir", "target/stable-only/build"])
+            .env("RUSTUP_HOME", &home)
+            .env("RUSTUP_TOOLCHAIN", &stable_name)
+            .env_remove("CARGO")
+            .env_remove("RUSTC")
+            .env_remove(ebpf_toolchain::TOOLCHAIN_ENV),
+    )
+}
+
+fn sysroot_of(toolchain: &str) -> anyhow::Result<PathBuf> {
+    let out = Command::new("rustup")
+        .args(["run", toolchain, "rustc", "--print", "sysroot"])
+        .output()
+        .with_context(|| format!("asking rustup for the {toolchain} toolchain"))?;
+    if !out.status.success() {
+        bail!(
+            "rustup has no {toolchain} toolchain: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
