@@ -7,7 +7,9 @@ use anyhow::{Context as _, ensure};
 use libtest_mimic::Trial;
 use nodemesh_tests::{ClusterSpec, Host, mesh::MeshConfig};
 
-use crate::support::{MIB, Meshed, connect, connect_paused, eventually, finished, serve, trial};
+use crate::support::{
+    MIB, Meshed, Source, connect, connect_paused, eventually, finished, serve, trial,
+};
 
 pub fn trials() -> Vec<Trial> {
     vec![
@@ -18,6 +20,10 @@ pub fn trials() -> Vec<Trial> {
         trial(
             "policy::allow_and_deny_by_identity_namespace_ip_block_and_port",
             allow_and_deny,
+        ),
+        trial(
+            "policy::on_the_api_server_the_same_verdicts_and_the_last_good_model_outlives_it",
+            on_the_api_server,
         ),
         trial(
             "policy::a_policy_change_cuts_established_connections_it_denies",
@@ -63,6 +69,11 @@ struct Shop {
 
 impl Shop {
     fn start() -> anyhow::Result<Self> {
+        Self::start_on(Source::Dir)
+    }
+
+    /// The shop, its agents and CA reading the model from `source`.
+    fn start_on(source: Source) -> anyhow::Result<Self> {
         let cluster = ClusterSpec::cross_node_pair()
             .pod("c", "n1")
             .pod("l", "n1")
@@ -86,7 +97,7 @@ impl Shop {
                 (80, 8080),
                 "payments",
             );
-        let meshed = Meshed::start(cluster, config, 3600)?;
+        let meshed = Meshed::start_on(source, cluster, config, 3600)?;
         let b = meshed.cluster.pod("b").clone();
         let servers = ["0.0.0.0:8080", "0.0.0.0:9090"]
             .iter()
@@ -258,7 +269,68 @@ fn strict_and_permissive() -> anyhow::Result<()> {
 }
 
 fn allow_and_deny() -> anyhow::Result<()> {
-    let shop = Shop::start()?;
+    allow_and_deny_in(&Shop::start()?)
+}
+
+/// Kubernetes mode: the same verdicts with every agent and the CA watching
+/// an API server that serves the same objects (each policy edit reaches
+/// them as a watch event); then the API server goes away, and the agents
+/// say so but keep enforcing the last policies with every pod enrolled.
+fn on_the_api_server() -> anyhow::Result<()> {
+    let mut shop = Shop::start_on(Source::ApiServer)?;
+    let n2 = shop.meshed.agent("n2");
+    let status = n2.meshctl(&["status"])?;
+    ensure!(
+        status.contains("model: Kubernetes API server, every watch synced"),
+        "{status}"
+    );
+    allow_and_deny_in(&shop)?;
+
+    let enrolled = |agent: &nodemesh_tests::mesh::Agent| -> anyhow::Result<usize> {
+        Ok(agent.status()?["pods"].as_array().map_or(0, Vec::len))
+    };
+    let before = [
+        enrolled(shop.meshed.agent("n1"))?,
+        enrolled(shop.meshed.agent("n2"))?,
+    ];
+    shop.meshed
+        .api_server
+        .as_mut()
+        .context("started on the API server")?
+        .stop();
+    for node in ["n1", "n2"] {
+        shop.meshed
+            .agent(node)
+            .wait_status("the lost API server", |s| {
+                s["api_server"]["connected"] == false
+                    && s["api_server"]["serving_last_good"] == true
+            })?;
+    }
+    let status = shop.meshed.agent("n2").meshctl(&["status"])?;
+    ensure!(
+        status.contains("model: Kubernetes API server DISCONNECTED, serving the last good model"),
+        "{status}"
+    );
+    let after = [
+        enrolled(shop.meshed.agent("n1"))?,
+        enrolled(shop.meshed.agent("n2"))?,
+    ];
+    ensure!(
+        before == after,
+        "pods enrolled before {before:?}, after {after:?}"
+    );
+    // The last policies allow_and_deny_in left in force still decide.
+    shop.expect(
+        "a",
+        9090,
+        false,
+        "denied by shop/not-a-on-9090 rule 0 (DENY)",
+    )?;
+    shop.expect("a", 8080, true, "allowed by shop/anyone rule 0")?;
+    Ok(())
+}
+
+fn allow_and_deny_in(shop: &Shop) -> anyhow::Result<()> {
     let a_ip = shop.pod("a").ipv4;
 
     // By exact identity: only frontend may call payments.

@@ -5,7 +5,7 @@ use anyhow::{Context as _, bail};
 use libtest_mimic::Trial;
 use nodemesh_tests::{
     Cluster, Host, PodChild,
-    mesh::{Agent, MeshConfig, Pki, write_atomically},
+    mesh::{Agent, ApiServer, MeshConfig, Pki, write_atomically},
     traffic::{Event, Exchange},
 };
 
@@ -119,16 +119,41 @@ pub fn assert_intact(client: &Exchange, server: &Exchange) -> anyhow::Result<()>
 pub struct Meshed {
     pub agents: Vec<Agent>,
     pub pki: Pki,
+    /// Set when the agents and the CA read the model from the API server.
+    pub api_server: Option<ApiServer>,
     pub config_dir: PathBuf,
     pub cluster: Cluster,
+}
+
+/// Where the agents and the CA of a [`Meshed`] read the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The config directory itself (local mode).
+    Dir,
+    /// `nodemesh-apiserver` serving that directory (Kubernetes mode).
+    ApiServer,
 }
 
 impl Meshed {
     /// Writes `config`, starts the CA (certificates valid `lifetime_secs`)
     /// and the agents, and waits until every enrolled pod has a certificate.
     pub fn start(cluster: Cluster, config: MeshConfig, lifetime_secs: u64) -> anyhow::Result<Self> {
+        Self::start_on(Source::Dir, cluster, config, lifetime_secs)
+    }
+
+    /// [`Meshed::start`], reading the model from `source`.
+    pub fn start_on(
+        source: Source,
+        cluster: Cluster,
+        config: MeshConfig,
+        lifetime_secs: u64,
+    ) -> anyhow::Result<Self> {
         let config_dir = cluster.scratch_dir("config")?;
         config.write(&cluster, &config_dir)?;
+        let api_server = match source {
+            Source::Dir => None,
+            Source::ApiServer => Some(ApiServer::start(&cluster, &config_dir)?),
+        };
         let nodes: Vec<String> = cluster.nodes().iter().map(|n| n.name.clone()).collect();
         let node_refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
         let mut pki = Pki::init(&cluster, &node_refs)?;
@@ -140,6 +165,7 @@ impl Meshed {
         Ok(Self {
             agents,
             pki,
+            api_server,
             config_dir,
             cluster,
         })

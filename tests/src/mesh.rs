@@ -282,8 +282,7 @@ impl Pki {
         cmd.args(["ca", "serve", "--dir", &self.path("ca")])
             .args(["--listen", &self.ca_addr])
             .args(["--lifetime-secs", &lifetime_secs.to_string()])
-            .arg("--config-dir")
-            .arg(config_dir);
+            .args(model_args(config_dir));
         let server = cluster.spawn(cluster.node("n1"), cmd)?;
         server.wait_stderr_line(Duration::from_secs(10), "the CA serving", |l| {
             l.contains("CA serving")
@@ -305,6 +304,64 @@ impl Pki {
     /// The CA process, once serving.
     pub fn server(&self) -> Option<&PodChild> {
         self.server.as_ref()
+    }
+}
+
+/// Where a process started on `config_dir` reads the model: the directory
+/// itself, or, when [`ApiServer::start`] serves it (its kubeconfig sits
+/// beside it), the API server.
+pub fn model_args(config_dir: &Path) -> Vec<std::ffi::OsString> {
+    let kubeconfig = ApiServer::kubeconfig_of(config_dir);
+    if kubeconfig.is_file() {
+        vec![
+            "--kubernetes".into(),
+            "--kubeconfig".into(),
+            kubeconfig.into(),
+        ]
+    } else {
+        vec!["--config-dir".into(), config_dir.into()]
+    }
+}
+
+/// `nodemesh-apiserver` serving a config directory's objects through the
+/// list/watch protocol on node `n1`; processes started on that directory
+/// afterwards read the API server instead (see [`model_args`]).
+pub struct ApiServer {
+    pub process: PodChild,
+    pub addr: String,
+}
+
+impl ApiServer {
+    pub fn start(cluster: &Cluster, config_dir: &Path) -> anyhow::Result<Self> {
+        let addr = format!("{}:6443", cluster.node("n1").ipv4);
+        let mut cmd = Command::new(workspace_binary("nodemesh-apiserver")?);
+        cmd.arg("--config-dir")
+            .arg(config_dir)
+            .args(["--listen", &addr]);
+        let mut process = cluster.spawn(cluster.node("n1"), cmd)?;
+        let line = process.next_line(Duration::from_secs(10))?;
+        anyhow::ensure!(line.contains("listening"), "nodemesh-apiserver: {line}");
+        let kubeconfig = Self::kubeconfig_of(config_dir);
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+                 clusters: [{{name: test, cluster: {{server: \"http://{addr}\"}}}}]\n\
+                 users: [{{name: test, user: {{}}}}]\n\
+                 contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n"
+            ),
+        )?;
+        Ok(Self { process, addr })
+    }
+
+    fn kubeconfig_of(config_dir: &Path) -> PathBuf {
+        config_dir.with_extension("kubeconfig")
+    }
+
+    /// Stops serving (the processes reading it lose their watches); the
+    /// kubeconfig stays, so they keep trying.
+    pub fn stop(&mut self) {
+        self.process.kill();
     }
 }
 
@@ -387,8 +444,7 @@ impl Agent {
         let bpffs_dir = cluster.bpffs_dir(&format!("agent-{node}"));
         let mut cmd = Command::new(workspace_binary("mesh-agent")?);
         cmd.args(["run", "--log-format", "json", "--node", node])
-            .arg("--config-dir")
-            .arg(config_dir)
+            .args(model_args(config_dir))
             .arg("--pods-cgroup")
             .arg(cluster.pods_cgroup())
             .arg("--bpffs-dir")
@@ -430,8 +486,7 @@ impl Agent {
         let mut cmd = Command::new(workspace_binary("mesh-agent")?);
         cmd.args(["waypoint", "--log-format", "json", "--node", node])
             .args(["--namespace", namespace, "--name", name])
-            .arg("--config-dir")
-            .arg(config_dir)
+            .args(model_args(config_dir))
             .arg("--run-dir")
             .arg(&run_dir)
             .args(["--reload-interval-ms", "100"])

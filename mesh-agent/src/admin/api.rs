@@ -40,7 +40,7 @@ use crate::{
     flows::Filter,
     policy::api::{Action, Mode},
     proxy::mesh::Mesh,
-    state::Snapshot,
+    state::{Snapshot, cluster::SourceStatus},
 };
 
 /// The socket's file name in the agent's run directory.
@@ -53,6 +53,8 @@ pub struct Admin {
     /// The newest status document.
     pub status: Mutex<Option<Status>>,
     pub ready: AtomicBool,
+    /// The API server watches' state, in Kubernetes mode.
+    source: Option<Arc<Mutex<SourceStatus>>>,
 }
 
 type Body = Either<Full<Bytes>, Channel<Bytes>>;
@@ -102,13 +104,25 @@ pub struct ConfigDump {
 }
 
 impl Admin {
-    pub fn new(mesh: Arc<Mesh>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        mesh: Arc<Mesh>,
+        metrics: Arc<Metrics>,
+        source: Option<Arc<Mutex<SourceStatus>>>,
+    ) -> Self {
         Self {
             mesh,
             metrics,
             status: Mutex::new(None),
             ready: AtomicBool::new(false),
+            source,
         }
+    }
+
+    /// The API server watches' state now (`None` in local mode).
+    pub fn source_status(&self) -> Option<SourceStatus> {
+        self.source
+            .as_ref()
+            .map(|s| s.lock().expect("source status").clone())
     }
 
     fn trust_domain(&self) -> Option<&str> {

@@ -9,6 +9,7 @@ use crate::{
     capture::{CaptureCounters, proof::PodCaptureStatus},
     identity::store::CertStatus,
     proxy::mesh::TunnelStatus,
+    state::cluster::SourceStatus,
 };
 
 pub const FILE_NAME: &str = "status.json";
@@ -25,6 +26,9 @@ pub struct Status {
     pub certs: Vec<CertStatus>,
     #[serde(default)]
     pub tunnel: TunnelStatus,
+    /// Kubernetes mode: the API server watches (`None` in local mode).
+    #[serde(default)]
+    pub api_server: Option<SourceStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

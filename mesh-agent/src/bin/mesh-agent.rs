@@ -116,9 +116,9 @@ enum CaCommand {
     Serve {
         #[arg(long, default_value_os_t = identity::ca::default_dir())]
         dir: PathBuf,
-        /// Local-mode cluster YAML: the CA's view of which pod runs where.
-        #[arg(long)]
-        config_dir: PathBuf,
+        /// The CA's view of which pod runs where.
+        #[command(flatten)]
+        source: SourceArgs,
         #[arg(long, default_value = "127.0.0.1:15012")]
         listen: std::net::SocketAddr,
         /// Lifetime of issued workload certificates, in seconds.
@@ -131,17 +131,11 @@ enum CaCommand {
 /// node, identities, flow records and the admin API.
 #[derive(clap::Args)]
 struct MeshArgs {
-    /// Directory of Kubernetes-style YAML (Namespace, Pod, Service,
-    /// policies, HTTPRoute); each Pod names its network namespace and cgroup
-    /// in the annotations `nodemesh.io/netns` and `nodemesh.io/cgroup`.
-    #[arg(long)]
-    config_dir: PathBuf,
+    #[command(flatten)]
+    source: SourceArgs,
     /// This node's name; only pods whose spec.nodeName matches are served.
     #[arg(long)]
     node: String,
-    /// How often the config directory is checked for changes, in milliseconds.
-    #[arg(long, default_value_t = 250)]
-    reload_interval_ms: u64,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -160,6 +154,50 @@ struct MeshArgs {
     /// it has no authentication). It is always on `<run-dir>/admin.sock`.
     #[arg(long)]
     admin_listen: Option<std::net::SocketAddr>,
+}
+
+/// Where the model (namespaces, pods, services, policies, routes) comes
+/// from: exactly one of --config-dir and --kubernetes.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("model").required(true).args(["config_dir", "kubernetes"])))]
+struct SourceArgs {
+    /// Local mode: a directory of Kubernetes-style YAML (Namespace, Pod,
+    /// Service, policies, HTTPRoute), re-read when it changes; each Pod names
+    /// its network namespace and cgroup in the annotations
+    /// `nodemesh.io/netns` and `nodemesh.io/cgroup`.
+    #[arg(
+        long,
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    config_dir: Option<PathBuf>,
+    /// How often --config-dir is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    reload_interval_ms: u64,
+    /// Kubernetes mode: watch the API server (the pod's service account when
+    /// run in the cluster, else --kubeconfig, $KUBECONFIG or
+    /// ~/.kube/config). The agent starts serving once everything is listed,
+    /// and keeps its last good model while the API server is unreachable.
+    #[arg(long)]
+    kubernetes: bool,
+    /// The kubeconfig for --kubernetes outside the cluster.
+    #[arg(long, requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    async fn open(&self) -> anyhow::Result<state::source::Opened> {
+        let source = match &self.config_dir {
+            Some(path) => state::source::Source::Dir {
+                path: path.clone(),
+                interval: Duration::from_millis(self.reload_interval_ms),
+            },
+            None => state::source::Source::Cluster {
+                kubeconfig: self.kubeconfig.clone(),
+            },
+        };
+        Ok(state::source::open(source).await?)
+    }
 }
 
 #[derive(clap::Args)]
@@ -219,6 +257,10 @@ enum LogFormat {
 /// `RUST_BACKTRACE` would add to a returned `anyhow::Error`): they are
 /// messages for the operator, not crash reports.
 fn main() -> std::process::ExitCode {
+    // The Kubernetes client builds its TLS from rustls' process-wide
+    // provider: make it ring, the mesh's own, so that a dependency enabling
+    // a second provider cannot make that choice ambiguous (a panic).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match run_command(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -270,12 +312,12 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
         }) => runtime()?.block_on(request_pod_certificate(ca, &credentials, &pod, &out)),
         Command::Ca(CaCommand::Serve {
             dir,
-            config_dir,
+            source,
             listen,
             lifetime_secs,
         }) => runtime()?.block_on(serve_ca(
             dir,
-            config_dir,
+            &source,
             listen,
             Duration::from_secs(lifetime_secs),
         )),
@@ -393,15 +435,16 @@ async fn serve(
     metrics_listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<Served> {
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let (config, watcher) = state::watch(
-        args.config_dir.clone(),
-        Duration::from_millis(args.reload_interval_ms),
-    );
+    let state::source::Opened {
+        config,
+        task: watcher,
+        cluster,
+    } = args.source.open().await?;
     let metrics = Arc::new(Metrics::new());
     let flows = FlowStore::new(&args.node, args.flow_capacity)
         .with_subscriber(Arc::clone(&metrics) as Arc<dyn FlowSubscriber>);
     let mesh = Arc::new(Mesh::new(config.clone(), mesh_identity(args)?, flows));
-    let admin = Arc::new(Admin::new(Arc::clone(&mesh), metrics));
+    let admin = Arc::new(Admin::new(Arc::clone(&mesh), metrics, cluster));
     let socket = run_dir.join(api::SOCKET_NAME);
     api::serve_unix(Arc::clone(&admin), &socket)
         .with_context(|| format!("serving the admin API on {}", socket.display()))?;
@@ -477,6 +520,7 @@ async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
                     config_errors: config_errors.clone(),
                     certs: mesh.identity.as_ref().map(|i| i.certs.status()).unwrap_or_default(),
                     tunnel: mesh.tunnel_status(),
+                    api_server: admin.source_status(),
                 };
                 status.write(&run_dir)?;
                 refresh_metrics(&admin, &status, wp.upstream.pooled_tunnels());
@@ -566,7 +610,7 @@ async fn request_pod_certificate(
 
 async fn serve_ca(
     dir: PathBuf,
-    config_dir: PathBuf,
+    source: &SourceArgs,
     listen: std::net::SocketAddr,
     lifetime: Duration,
 ) -> anyhow::Result<()> {
@@ -585,7 +629,11 @@ async fn serve_ca(
         key: rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
     };
     let tls = mesh_agent::tunnel::tls::server_config(&cert, &bundle)?;
-    let (config, _watcher) = state::watch(config_dir, Duration::from_secs(1));
+    let state::source::Opened {
+        config,
+        task: _watcher,
+        ..
+    } = source.open().await?;
     let signer = Arc::new(server::Signer {
         lookup: server::lookup_from(config, ca.trust_domain().to_owned()),
         ca,
@@ -678,6 +726,7 @@ fn write_status(
             .map(|i| i.certs.status())
             .unwrap_or_default(),
         tunnel: mesh.tunnel_status(),
+        api_server: admin.source_status(),
     };
     status.write(&args.run_dir)?;
     refresh_metrics(admin, &status, enrolment.pooled_tunnels());

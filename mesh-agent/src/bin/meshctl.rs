@@ -601,6 +601,35 @@ fn print_status(status: &Status, colour: bool) {
         status.pods.len(),
         status.certs.len()
     );
+    match &status.api_server {
+        None => println!("model: local config directory"),
+        Some(s) if s.connected => println!("model: Kubernetes API server, every watch synced"),
+        Some(s) => {
+            let mut why = Vec::new();
+            if !s.unsynced.is_empty() {
+                why.push(format!("not listed yet: {}", s.unsynced.join(", ")));
+            }
+            if !s.failing.is_empty() {
+                let failing: Vec<&str> = s.failing.iter().map(String::as_str).collect();
+                why.push(format!("watches failing: {}", failing.join(", ")));
+            }
+            if let Some(e) = &s.last_error {
+                why.push(format!("last error: {e}"));
+            }
+            let serving = if s.serving_last_good {
+                "serving the last good model"
+            } else {
+                "no model yet"
+            };
+            println!(
+                "{}",
+                red(&format!(
+                    "model: Kubernetes API server DISCONNECTED, {serving} ({})",
+                    why.join("; ")
+                ))
+            );
+        }
+    }
     let t = &status.tunnel;
     println!(
         "tunnel: handshakes dialled {} accepted {} rejected {}; open HBONE connections {}; \

@@ -96,7 +96,7 @@ impl Index {
 
     /// The model of every object held.
     pub fn load(&self) -> Loaded {
-        let mut loader = Loader::default();
+        let mut loader = Loader::cluster();
         for (i, object) in self
             .resources
             .values()

@@ -112,6 +112,10 @@ pub(super) struct Loader {
     errors: Vec<ConfigError>,
     /// `Kind ns/name` → where it was declared first.
     seen: BTreeMap<String, String>,
+    /// Objects come from the API server: pods do not declare their network
+    /// namespace and cgroup (the node finds those), and a pod elsewhere has
+    /// none here.
+    cluster: bool,
 }
 
 /// Identity of one document, for messages.
@@ -121,6 +125,14 @@ struct Doc<'a> {
 }
 
 impl Loader {
+    /// A loader for the API server's objects.
+    pub(super) fn cluster() -> Self {
+        Self {
+            cluster: true,
+            ..Self::default()
+        }
+    }
+
     fn error(
         &mut self,
         origin: &str,
@@ -283,7 +295,7 @@ impl Loader {
     }
 
     fn pod(&mut self, doc: &Doc<'_>, pod: Pod) {
-        match pod_info(pod) {
+        match pod_info(pod, self.cluster) {
             Ok(info) => self.snapshot.pods.push(info),
             Err(errors) => {
                 for (field, message) in errors {
@@ -371,14 +383,20 @@ fn ip(field: String, text: &str) -> Result<IpAddr, FieldError> {
         })
 }
 
-/// Builds a pod, reporting every bad field at once.
-fn pod_info(pod: Pod) -> Result<PodInfo, Vec<FieldError>> {
+/// Builds a pod, reporting every bad field at once. Local YAML must say
+/// where each pod's network namespace and cgroup are; the API server's pods
+/// (`cluster`) may, and are not checked against this machine.
+fn pod_info(pod: Pod, cluster: bool) -> Result<PodInfo, Vec<FieldError>> {
     let mut errors = Vec::new();
     let meta = pod.metadata;
     let annotations = meta.annotations.unwrap_or_default();
     let mut path_annotation = |key: &str, must_exist: bool| -> PathBuf {
         let field = format!("metadata.annotations.{key}");
-        let Some(path) = annotations.get(key).map(PathBuf::from) else {
+        let declared = annotations.get(key).map(PathBuf::from);
+        if cluster {
+            return declared.unwrap_or_default();
+        }
+        let Some(path) = declared else {
             errors.push((
                 field,
                 "missing: local mode needs it to find the pod (its network namespace file / \

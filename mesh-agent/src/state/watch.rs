@@ -61,7 +61,7 @@ pub fn watch(dir: PathBuf, interval: Duration) -> (watch::Receiver<Arc<Loaded>>,
     (rx, task)
 }
 
-fn report(loaded: &Loaded) {
+pub(super) fn report(loaded: &Loaded) {
     for error in &loaded.errors {
         tracing::warn!("config: {error}");
     }
