@@ -23,6 +23,9 @@ fn main() -> anyhow::Result<()> {
         "mesh-ebpf/src",
         "mesh-ebpf/Cargo.toml",
         "mesh-agent/ebpf_toolchain.rs",
+        // Versions and profiles of what the programs are built with.
+        "Cargo.toml",
+        "Cargo.lock",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }

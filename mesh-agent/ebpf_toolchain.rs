@@ -61,6 +61,7 @@ impl EbpfToolchain {
             .args(["-Z", "build-std=core"])
             .env("RUSTC", self.sysroot.join("bin/rustc"))
             .env("RUSTC_BOOTSTRAP", "1")
+            .env_remove("RUSTC_WRAPPER")
             .env_remove("RUSTC_WORKSPACE_WRAPPER");
     }
 }

@@ -33,17 +33,30 @@ pub fn check(root: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("linking toolchain {name} to {}", to.display()))
     };
     link(&stable_name, &stable)?;
-    if ebpf.name != "stable" {
-        link(&ebpf.name, &ebpf.sysroot)?;
+    // Under the name rustup keeps it by: a channel (`nightly`) resolves to
+    // its directory (`nightly-<host>`), a linked toolchain keeps its own
+    // name (`bpf-deb`, whose sysroot is /usr); the build is told that name.
+    let dir = ebpf
+        .sysroot
+        .file_name()
+        .context("the eBPF toolchain's sysroot has no name")?
+        .to_string_lossy()
+        .into_owned();
+    let ebpf_name = if dir.starts_with(&format!("{}-", ebpf.name)) {
+        dir
+    } else {
+        ebpf.name.clone()
+    };
+    if ebpf_name != stable_name {
+        link(&ebpf_name, &ebpf.sysroot)?;
     }
     std::fs::write(
         home.join("settings.toml"),
         format!("version = \"12\"\ndefault_toolchain = \"{stable_name}\"\n"),
     )?;
     println!(
-        "stable-only: rustup home {} with toolchains {stable_name} and {}",
+        "stable-only: rustup home {} with toolchains {stable_name} and {ebpf_name}",
         home.display(),
-        ebpf.name
     );
     // `cargo` from PATH: rustup's proxy, which resolves it in that home.
     run::status(
@@ -55,7 +68,7 @@ pub fn check(root: &Path) -> anyhow::Result<()> {
             .env("RUSTUP_TOOLCHAIN", &stable_name)
             .env_remove("CARGO")
             .env_remove("RUSTC")
-            .env_remove(ebpf_toolchain::TOOLCHAIN_ENV),
+            .env(ebpf_toolchain::TOOLCHAIN_ENV, &ebpf_name),
     )
 }
 

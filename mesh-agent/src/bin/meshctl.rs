@@ -603,7 +603,16 @@ fn print_status(status: &Status, colour: bool) {
     );
     match &status.api_server {
         None => println!("model: local config directory"),
-        Some(s) if s.connected => println!("model: Kubernetes API server, every watch synced"),
+        Some(s) if s.connected => {
+            println!("model: Kubernetes API server, every watch synced");
+            if !s.not_served.is_empty() {
+                let missing: Vec<&str> = s.not_served.iter().map(String::as_str).collect();
+                println!(
+                    "  not served by this API server (CRD not installed), read as empty: {}",
+                    missing.join(", ")
+                );
+            }
+        }
         Some(s) => {
             let mut why = Vec::new();
             if !s.unsynced.is_empty() {

@@ -8,9 +8,9 @@
 //! losing the API server never unenrols a pod or drops a policy. What the
 //! source is doing is in [`SourceStatus`].
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::{StreamExt as _, stream::select_all};
@@ -28,8 +28,16 @@ use super::{
     index::{Change, Index},
 };
 
-/// Events arriving closer together than this are applied as one change.
+/// Events arriving closer together than this are applied as one change…
 const SETTLE: Duration = Duration::from_millis(50);
+/// …but a model goes out at least this often under steady churn.
+const MAX_BATCH: Duration = Duration::from_millis(500);
+/// A watch that has not failed for this long counts as recovered: kube's
+/// watcher resumes a broken watch silently (no event says so), retrying at
+/// most every 30 s (its default backoff's ceiling) while it keeps failing.
+const FAILING_FOR: Duration = Duration::from_secs(40);
+/// How often the status is refreshed when nothing happens.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// One resource the model reads.
 #[derive(Debug, Clone)]
@@ -102,8 +110,12 @@ pub struct SourceStatus {
     pub connected: bool,
     /// Resources not listed yet (at start, or since a relist began).
     pub unsynced: Vec<String>,
-    /// Resources whose watch failed and has not delivered since.
+    /// Resources whose watch failed within the last 40 s and has not
+    /// delivered since.
     pub failing: BTreeSet<String>,
+    /// Resources this API server does not serve (404: their CRD is not
+    /// installed), read as empty until they appear.
+    pub not_served: BTreeSet<String>,
     /// The latest watch error, kept until the watches recover.
     pub last_error: Option<String>,
     /// The serving model was built from objects as the API server last
@@ -135,17 +147,32 @@ pub async fn watch(
     let (tx, rx) = watch::channel(Arc::new(Loaded::default()));
     let mut published = false;
     let task = async move {
+        let mut health = Health::default();
+        let mut tick = tokio::time::interval(STATUS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let Some(first) = events.next().await else {
-                return;
+            let first = tokio::select! {
+                event = events.next() => match event {
+                    Some(event) => event,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    health.report(&index, &status, published);
+                    continue;
+                }
             };
-            apply(&mut index, &status, first);
+            health.apply(&mut index, first);
             // Let a burst (a relist, a kubectl apply of many objects)
-            // settle into one model.
-            while let Ok(Some(more)) = tokio::time::timeout(SETTLE, events.next()).await {
-                apply(&mut index, &status, more);
+            // settle into one model, within a bound.
+            let deadline = Instant::now() + MAX_BATCH;
+            loop {
+                let wait = SETTLE.min(deadline.saturating_duration_since(Instant::now()));
+                match tokio::time::timeout(wait, events.next()).await {
+                    Ok(Some(more)) => health.apply(&mut index, more),
+                    Ok(None) | Err(_) => break,
+                }
             }
-            report(&index, &status, published);
+            health.report(&index, &status, published);
             if !index.ready() {
                 continue;
             }
@@ -154,7 +181,7 @@ pub async fn watch(
                 super::watch::report(&loaded);
                 if !published {
                     published = true;
-                    report(&index, &status, published);
+                    health.report(&index, &status, published);
                 }
                 if tx.send(Arc::new(loaded)).is_err() {
                     return;
@@ -175,47 +202,79 @@ type Event = (
     Result<watcher::Event<DynamicObject>, watcher::Error>,
 );
 
-fn apply(index: &mut Index, status: &Mutex<SourceStatus>, (name, resource, event): Event) {
-    let change = match event {
-        Ok(watcher::Event::Apply(o)) => Change::Apply(object(&resource, o)),
-        Ok(watcher::Event::Delete(o)) => Change::Delete(object(&resource, o)),
-        Ok(watcher::Event::Init) => Change::Init,
-        Ok(watcher::Event::InitApply(o)) => Change::InitApply(object(&resource, o)),
-        Ok(watcher::Event::InitDone) => {
-            tracing::debug!(resource = %name, "listed");
-            Change::InitDone
-        }
-        Err(e) => {
-            tracing::warn!(
-                resource = %name,
-                "watch failed: {e}; serving the last good model, retrying with backoff"
-            );
-            let mut s = status.lock().expect("source status");
-            s.last_error = Some(format!("{name}: {e}"));
-            s.failing.insert(name);
-            return;
-        }
-    };
-    // A watch that delivers again has recovered (bookmarks are not seen
-    // here, so a quiet resource recovers at its next change or relist).
-    if matches!(
-        change,
-        Change::Apply(_) | Change::Delete(_) | Change::InitDone
-    ) {
-        status.lock().expect("source status").failing.remove(&name);
-    }
-    index.change(&name, change);
+/// What the watches have said about themselves.
+#[derive(Default)]
+struct Health {
+    /// When each failing resource last failed.
+    failing: BTreeMap<String, Instant>,
+    last_error: Option<String>,
+    not_served: BTreeSet<String>,
 }
 
-fn report(index: &Index, status: &Mutex<SourceStatus>, published: bool) {
-    let unsynced: Vec<String> = index.unsynced().into_iter().map(str::to_owned).collect();
-    let mut s = status.lock().expect("source status");
-    s.connected = unsynced.is_empty() && s.failing.is_empty();
-    if s.connected {
-        s.last_error = None;
+impl Health {
+    fn apply(&mut self, index: &mut Index, (name, resource, event): Event) {
+        let change = match event {
+            Ok(watcher::Event::Apply(o)) => Change::Apply(object(&resource, o)),
+            Ok(watcher::Event::Delete(o)) => Change::Delete(object(&resource, o)),
+            Ok(watcher::Event::Init) => Change::Init,
+            Ok(watcher::Event::InitApply(o)) => Change::InitApply(object(&resource, o)),
+            Ok(watcher::Event::InitDone) => {
+                tracing::debug!(resource = %name, "listed");
+                self.not_served.remove(&name);
+                Change::InitDone
+            }
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+                // Not an outage: this cluster has no such resource (e.g.
+                // Istio's CRDs are not installed). Read it as empty, so the
+                // rest of the model serves; the watcher keeps retrying and
+                // lists it once it appears.
+                if self.not_served.insert(name.clone()) {
+                    tracing::warn!(
+                        resource = %name,
+                        "not served by the API server (is its CRD installed?); read as empty \
+                         until it is"
+                    );
+                }
+                index.change(&name, Change::Init);
+                index.change(&name, Change::InitDone);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    resource = %name,
+                    "watch failed: {e}; serving the last good model, retrying with backoff"
+                );
+                self.last_error = Some(format!("{name}: {e}"));
+                self.failing.insert(name, Instant::now());
+                return;
+            }
+        };
+        // A watch that delivers again has recovered.
+        if matches!(
+            change,
+            Change::Apply(_) | Change::Delete(_) | Change::InitDone
+        ) {
+            self.failing.remove(&name);
+        }
+        index.change(&name, change);
     }
-    s.serving_last_good = published && !s.connected;
-    s.unsynced = unsynced;
+
+    fn report(&mut self, index: &Index, status: &Mutex<SourceStatus>, published: bool) {
+        self.failing.retain(|_, at| at.elapsed() < FAILING_FOR);
+        let unsynced: Vec<String> = index.unsynced().into_iter().map(str::to_owned).collect();
+        let connected = unsynced.is_empty() && self.failing.is_empty();
+        if connected {
+            self.last_error = None;
+        }
+        *status.lock().expect("source status") = SourceStatus {
+            connected,
+            unsynced,
+            failing: self.failing.keys().cloned().collect(),
+            not_served: self.not_served.clone(),
+            last_error: self.last_error.clone(),
+            serving_last_good: published && !connected,
+        };
+    }
 }
 
 /// An object as the loader reads it: list items carry no `apiVersion` and

@@ -239,7 +239,7 @@ impl Loader {
                 "missing: every object needs a name".into(),
             );
         }
-        if !self.first_sighting(&doc) {
+        if !self.first_sighting(&doc, &api_version) {
             return;
         }
         let result = match (kind.as_str(), is_istio) {
@@ -275,14 +275,19 @@ impl Loader {
         self.error(doc.origin, Some(doc.object.clone()), field, message);
     }
 
-    /// False (and an error) when the same object was declared before.
-    fn first_sighting(&mut self, doc: &Doc<'_>) -> bool {
-        if let Some(first) = self.seen.get(&doc.object) {
+    /// False (and an error) when the same object was declared before. The
+    /// API group is part of what an object is: nodemesh's and Istio's
+    /// AuthorizationPolicy `shop/x` are two objects (versions of one group
+    /// are one).
+    fn first_sighting(&mut self, doc: &Doc<'_>, api_version: &str) -> bool {
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let key = format!("{group} {}", doc.object);
+        if let Some(first) = self.seen.get(&key) {
             let message = format!("declared again (first in {first}); this copy is ignored");
             self.fail(doc, None, message);
             return false;
         }
-        self.seen.insert(doc.object.clone(), doc.origin.to_owned());
+        self.seen.insert(key, doc.origin.to_owned());
         true
     }
 
@@ -295,6 +300,9 @@ impl Loader {
     }
 
     fn pod(&mut self, doc: &Doc<'_>, pod: Pod) {
+        if self.cluster && !in_the_mesh_yet(&pod) {
+            return;
+        }
         match pod_info(pod, self.cluster) {
             Ok(info) => self.snapshot.pods.push(info),
             Err(errors) => {
@@ -338,6 +346,23 @@ impl Loader {
             Err((field, message)) => self.fail(doc, Some(&field), message),
         }
     }
+}
+
+/// Whether an API server's pod is one the mesh can serve: not ended (its
+/// address may already be another pod's), not on the node's own network
+/// (its address is the node's), and given an address. Such pods are
+/// normal in a cluster, not configuration errors, so they are skipped
+/// quietly; local YAML declares only pods it means.
+fn in_the_mesh_yet(pod: &Pod) -> bool {
+    let spec = pod.spec.as_ref();
+    let status = pod.status.as_ref();
+    let ended = status
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed");
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    let addressed = status
+        .is_some_and(|s| s.pod_ip.is_some() || s.pod_ips.as_ref().is_some_and(|l| !l.is_empty()));
+    !ended && !host_network && addressed
 }
 
 /// Controllers write `status`; a copied object may carry one. It is not

@@ -501,3 +501,42 @@ fn watched_objects_make_the_model_local_yaml_makes() {
     // `broken` is still reported: it was relisted, and is still invalid.
     assert_eq!(pruned.errors.len(), 1);
 }
+
+#[test]
+fn the_api_servers_ended_host_network_and_unaddressed_pods_are_skipped_quietly() {
+    use index::{Change, Index};
+    let pods = format!(
+        "{}{}{}{}",
+        pod("running", "  podIP: 10.1.0.11\n"),
+        pod("done", "  phase: Succeeded\n  podIP: 10.1.0.11\n"),
+        pod("pending", "  phase: Pending\n"),
+        pod("on-host", "  podIP: 192.168.0.1\n")
+            .replace("  nodeName: n1\n", "  nodeName: n1\n  hostNetwork: true\n"),
+    );
+    // Two AuthorizationPolicies of one name in two API groups are two objects.
+    let policies = "\
+apiVersion: nodemesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: same, namespace: shop}
+spec: {action: DENY, rules: [{from: {namespaces: [legacy]}}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: same, namespace: shop}
+spec: {action: DENY, rules: [{from: [{source: {namespaces: [legacy]}}]}]}
+";
+    let mut index = Index::default();
+    for (resource, object) in watched(&format!("{pods}---\n{policies}"), "/nonexistent") {
+        index.change(&resource, Change::Apply(object));
+    }
+    let loaded = index.load();
+    assert!(loaded.errors.is_empty(), "{:#?}", loaded.errors);
+    let names: Vec<&str> = loaded
+        .snapshot
+        .pods
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["running"]);
+    assert_eq!(loaded.snapshot.policies["shop"].len(), 2);
+}

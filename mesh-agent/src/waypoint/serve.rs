@@ -704,7 +704,12 @@ fn prepare_upstream(
             None if parts.uri.authority().is_some() => parts.uri = Uri::from(own()),
             None => {}
         }
-        if parts.headers.get(HOST).map(HeaderValue::as_bytes) != Some(authority.as_bytes()) {
+        // Exactly one Host, the one routes and policy judged: a second one
+        // could make the backend see another host.
+        let mut hosts = parts.headers.get_all(HOST).iter();
+        let right = hosts.next().map(HeaderValue::as_bytes) == Some(authority.as_bytes())
+            && hosts.next().is_none();
+        if !right {
             let host = HeaderValue::from_str(authority).map_err(|e| bad(&e, &parts.uri))?;
             parts.headers.insert(HOST, host);
         }

@@ -131,6 +131,16 @@ fn api_server() -> (Client, Server) {
                     "",
                     &[policy("deny-legacy")],
                 )),
+                // This cluster has no GRPCRoute CRD.
+                ("/apis/gateway.networking.k8s.io/v1/grpcroutes", _) => {
+                    let mut response = Response::new(full(&json!({
+                        "apiVersion": "v1", "kind": "Status", "metadata": {},
+                        "status": "Failure", "reason": "NotFound", "code": 404,
+                        "message": "the server could not find the requested resource"})));
+                    *response.status_mut() = http::StatusCode::NOT_FOUND;
+                    send.send_response(response);
+                    continue;
+                }
                 (_, false) => full(&list("Any", "1", "", &[])),
                 (_, true) => open_watch(&keep),
             };
@@ -161,6 +171,12 @@ async fn lists_pages_watches_and_relists_after_410_without_dropping_what_serves(
     .expect("the first model, once every resource is listed");
 
     let first = model.borrow_and_update().clone();
+    let not_served = status.lock().unwrap().not_served.clone();
+    assert_eq!(
+        not_served.iter().collect::<Vec<_>>(),
+        ["grpcroutes.gateway.networking.k8s.io"],
+        "a resource the API server does not serve is read as empty, not waited for"
+    );
     let namespaces: Vec<&String> = first.snapshot.namespaces.keys().collect();
     assert_eq!(
         namespaces,
