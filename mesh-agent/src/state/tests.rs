@@ -45,6 +45,16 @@ metadata:
   name: legacy
 ";
 
+/// Also the Kubernetes source's tests' view of a model's pods.
+pub(super) fn pod_names(loaded: &Loaded) -> Vec<&str> {
+    loaded
+        .snapshot
+        .pods
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect()
+}
+
 fn pod(name: &str, extra_status: &str) -> String {
     format!(
         "---
@@ -179,13 +189,11 @@ fn each_bad_object_is_reported_precisely_and_the_good_ones_still_load() {
         got[10]
     );
     assert_eq!(got.len(), 11, "{got:#?}");
-    let names: Vec<&str> = loaded
-        .snapshot
-        .pods
-        .iter()
-        .map(|p| p.name.as_str())
-        .collect();
-    assert_eq!(names, ["good"], "only the valid pod loads, once");
+    assert_eq!(
+        pod_names(&loaded),
+        ["good"],
+        "only the valid pod loads, once"
+    );
     assert_eq!(
         loaded.snapshot.pods[0].ips,
         vec!["10.1.0.11".parse::<IpAddr>().unwrap()]
@@ -531,12 +539,6 @@ spec: {action: DENY, rules: [{from: [{source: {namespaces: [legacy]}}]}]}
     }
     let loaded = index.load();
     assert!(loaded.errors.is_empty(), "{:#?}", loaded.errors);
-    let names: Vec<&str> = loaded
-        .snapshot
-        .pods
-        .iter()
-        .map(|p| p.name.as_str())
-        .collect();
-    assert_eq!(names, ["running"]);
+    assert_eq!(pod_names(&loaded), ["running"]);
     assert_eq!(loaded.snapshot.policies["shop"].len(), 2);
 }

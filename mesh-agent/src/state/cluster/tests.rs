@@ -10,6 +10,7 @@ use serde_json::{Value as Json, json};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{SourceStatus, watch};
+use crate::state::tests::pod_names;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type MockBody = BoxBody<Bytes, BoxError>;
@@ -148,15 +149,6 @@ fn api_server() -> (Client, Server) {
         }
     });
     (Client::new(service, "default"), server)
-}
-
-fn pod_names(loaded: &super::Loaded) -> Vec<&str> {
-    loaded
-        .snapshot
-        .pods
-        .iter()
-        .map(|p| p.name.as_str())
-        .collect()
 }
 
 #[tokio::test]
