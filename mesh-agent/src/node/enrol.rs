@@ -103,7 +103,7 @@ impl Enrolment {
             .map(|(k, _)| k.clone())
             .collect();
         for pod in stale {
-            if let Err(e) = self.unenrol(&pod) {
+            if let Err(e) = self.unenrol(&pod).await {
                 errors.push(e);
             }
         }
@@ -238,7 +238,7 @@ impl Enrolment {
         })
     }
 
-    fn unenrol(&mut self, pod: &str) -> Result<(), EnrolError> {
+    async fn unenrol(&mut self, pod: &str) -> Result<(), EnrolError> {
         let Some(enrolled) = self.pods.remove(pod) else {
             return Ok(());
         };
@@ -257,8 +257,14 @@ impl Enrolment {
             capture.untrack_pod(cookie).map_err(cap_err)?;
         }
         // Closing the listeners; accepted connections live on in their tasks.
-        for task in enrolled.tasks {
+        // Waited for: an aborted task drops its listener only when the
+        // runtime next polls it, and a pod re-enrolled at once (its cgroup
+        // or addresses changed) binds the same ports in the same netns.
+        for task in &enrolled.tasks {
             task.abort();
+        }
+        for task in enrolled.tasks {
+            let _ = task.await;
         }
         tracing::info!(pod, "unenrolled");
         Ok(())
