@@ -72,21 +72,25 @@ fn outer_cargo() -> PathBuf {
     std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from)
 }
 
-/// The sysroot of rustup toolchain `name` when it exists and has its
-/// library sources.
-fn sysroot_with_sources(name: &str) -> Option<PathBuf> {
+/// The sysroot of rustup toolchain `name`, when rustup has it.
+pub fn sysroot(name: &str) -> Option<PathBuf> {
     let out = Command::new("rustup")
         .args(["run", name, "rustc", "--print", "sysroot"])
         .output()
         .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    sysroot
-        .join("lib/rustlib/src/rust/library/core/Cargo.toml")
-        .is_file()
-        .then_some(sysroot)
+    out.status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// The sysroot of rustup toolchain `name` when it exists and has its
+/// library sources.
+fn sysroot_with_sources(name: &str) -> Option<PathBuf> {
+    sysroot(name).filter(|sysroot| {
+        sysroot
+            .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+            .is_file()
+    })
 }
 
 /// True when `rustup run NAME` works and that rustc has its library sources.

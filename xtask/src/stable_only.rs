@@ -3,10 +3,7 @@
 //! shows only the stable toolchain and the eBPF compiler, linked to the real
 //! ones. A nightly that happens to be installed cannot be borrowed there, as
 //! the build once did without anyone noticing.
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
@@ -16,7 +13,8 @@ pub fn check(root: &Path) -> anyhow::Result<()> {
     let Some(ebpf) = ebpf_toolchain::find() else {
         bail!("no eBPF toolchain found after setup; run `cargo xtask setup` and read its output");
     };
-    let stable = sysroot_of("stable")?;
+    let stable = ebpf_toolchain::sysroot("stable")
+        .context("rustup has no `stable` toolchain (rustup toolchain install stable)")?;
     let stable_name = stable
         .file_name()
         .context("the stable toolchain's sysroot has no name")?
@@ -70,18 +68,4 @@ pub fn check(root: &Path) -> anyhow::Result<()> {
             .env_remove("RUSTC")
             .env(ebpf_toolchain::TOOLCHAIN_ENV, &ebpf_name),
     )
-}
-
-fn sysroot_of(toolchain: &str) -> anyhow::Result<PathBuf> {
-    let out = Command::new("rustup")
-        .args(["run", toolchain, "rustc", "--print", "sysroot"])
-        .output()
-        .with_context(|| format!("asking rustup for the {toolchain} toolchain"))?;
-    if !out.status.success() {
-        bail!(
-            "rustup has no {toolchain} toolchain: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }

@@ -170,9 +170,7 @@ fn read_dir(dir: &Path) -> Objects {
             let Ok(object) = Value::deserialize(doc) else {
                 break;
             };
-            let (Some(api_version), Some(kind)) =
-                (object["apiVersion"].as_str(), object["kind"].as_str())
-            else {
+            let Some(path) = resource_path(&object) else {
                 continue;
             };
             let meta = &object["metadata"];
@@ -181,27 +179,28 @@ fn read_dir(dir: &Path) -> Objects {
                 meta["namespace"].as_str().unwrap_or_default(),
                 meta["name"].as_str().unwrap_or_default()
             );
-            objects
-                .entry(resource_path(api_version, kind))
-                .or_default()
-                .insert(key, object);
+            objects.entry(path).or_default().insert(key, object);
         }
     }
     objects
 }
 
-/// `/api/v1/pods`, `/apis/nodemesh.io/v1alpha1/authorizationpolicies`.
-fn resource_path(api_version: &str, kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    let plural = match lower.strip_suffix('y') {
-        Some(stem) => format!("{stem}ies"),
-        None => format!("{lower}s"),
-    };
-    if api_version.contains('/') {
-        format!("/apis/{api_version}/{plural}")
+/// Where the object is served: the path of the resource the agent watches
+/// for its group and kind (`/api/v1/pods`,
+/// `/apis/security.istio.io/v1/authorizationpolicies`), in any version of
+/// that group, as an API server serves every version of a resource.
+fn resource_path(object: &Value) -> Option<String> {
+    let (api_version, kind) = (object["apiVersion"].as_str()?, object["kind"].as_str()?);
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let r = mesh_agent::state::cluster::resources()
+        .into_iter()
+        .map(|w| w.resource)
+        .find(|r| r.group == group && r.kind == kind)?;
+    Some(if r.group.is_empty() {
+        format!("/api/{}/{}", r.version, r.plural)
     } else {
-        format!("/api/{api_version}/{plural}")
-    }
+        format!("/apis/{}/{}/{}", r.group, r.version, r.plural)
+    })
 }
 
 fn answer(
@@ -210,7 +209,10 @@ fn answer(
     req: &Request<Incoming>,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    let query: BTreeMap<String, String> = form_urlencoded(req.uri().query().unwrap_or_default());
+    let query: BTreeMap<String, String> =
+        form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
     if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
         let from = query
             .get("resourceVersion")
@@ -291,12 +293,4 @@ fn watch_response(
 
 fn full(text: String) -> Body {
     Full::new(Bytes::from(text)).boxed()
-}
-
-fn form_urlencoded(query: &str) -> BTreeMap<String, String> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
 }
