@@ -15,6 +15,7 @@ mod flows;
 mod harness;
 mod hostile;
 mod identity;
+mod kubernetes;
 mod network;
 mod policy;
 mod support;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         tunnel::trials(),
         hostile::trials(),
         policy::trials(),
+        kubernetes::trials(),
         flows::trials(),
         waypoint::trials(),
         demo::trials(),

@@ -36,6 +36,7 @@ pub fn set_suite_prefix(name: &str) -> anyhow::Result<()> {
 pub struct ClusterSpec {
     nodes: Vec<String>,
     pods: Vec<(String, String)>,
+    sandboxes: Vec<(String, String)>,
 }
 
 impl ClusterSpec {
@@ -65,6 +66,14 @@ impl ClusterSpec {
         self
     }
 
+    /// Adds a pod sandbox on `node` as a container runtime makes it before
+    /// running the CNI plugins: a network namespace and a cgroup, with no
+    /// interface and no address (its `ipv4`/`ipv6` stay unspecified).
+    pub fn sandbox(mut self, name: &str, node: &str) -> Self {
+        self.sandboxes.push((name.to_owned(), node.to_owned()));
+        self
+    }
+
     /// Creates everything. On error, whatever was created is removed again.
     pub fn build(self) -> anyhow::Result<Cluster> {
         crate::require_root()?;
@@ -79,6 +88,9 @@ impl ClusterSpec {
         cluster.route_between_nodes()?;
         for (pod, node) in &self.pods {
             cluster.make_pod(pod, node)?;
+        }
+        for (pod, node) in &self.sandboxes {
+            cluster.make_sandbox(pod, node)?;
         }
         Ok(cluster)
     }
@@ -338,6 +350,26 @@ impl Cluster {
             ipv6,
             cgroup,
             node: i,
+        });
+        Ok(())
+    }
+
+    fn make_sandbox(&mut self, name: &str, node_name: &str) -> anyhow::Result<()> {
+        let Some(node) = self.nodes.iter().find(|n| n.name == node_name).cloned() else {
+            bail!(
+                "sandbox {name:?} is placed on node {node_name:?}, which the spec does not declare"
+            );
+        };
+        let netns = self.add_netns(&format!("pod-{name}"))?;
+        let cgroup = self.pods_cgroup().join(name);
+        std::fs::create_dir(&cgroup).with_context(|| format!("creating {}", cgroup.display()))?;
+        self.pods.push(Host {
+            name: name.to_owned(),
+            netns,
+            ipv4: Ipv4Addr::UNSPECIFIED,
+            ipv6: Ipv6Addr::UNSPECIFIED,
+            cgroup,
+            node: node.node,
         });
         Ok(())
     }

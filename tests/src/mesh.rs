@@ -19,6 +19,12 @@ use crate::{Cluster, Host, PodChild};
 pub struct MeshConfig {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pods: Vec<(Host, String, BTreeMap<String, String>)>,
+    /// Pods written as the API server has them: no `nodemesh.io/netns` and
+    /// `nodemesh.io/cgroup` annotations (the node agent finds those).
+    unannotated: Vec<String>,
+    /// Pods scheduled but without an address yet (their sandbox's CNI
+    /// plugins have not run): `(namespace, name, node)`.
+    pending: Vec<(String, String, String)>,
     service_accounts: BTreeMap<String, String>,
     /// (namespace, name, cluster IP, port, target port, selector app label)
     services: Vec<(String, String, std::net::IpAddr, u16, u16, String)>,
@@ -49,6 +55,22 @@ impl MeshConfig {
     pub fn pod(mut self, host: &Host, namespace: &str) -> Self {
         self.pods
             .push((host.clone(), namespace.to_owned(), BTreeMap::new()));
+        self
+    }
+
+    /// Leaves out an already declared pod's netns and cgroup annotations,
+    /// as on Kubernetes, where the node agent finds the pod itself.
+    pub fn unannotated(mut self, pod: &str) -> Self {
+        self.unannotated.push(pod.to_owned());
+        self
+    }
+
+    /// Declares pod `name` in `namespace`, scheduled on `node` but not
+    /// started: no address, no annotations (what the API server holds
+    /// while the runtime sets up the sandbox).
+    pub fn pending_pod(mut self, name: &str, namespace: &str, node: &str) -> Self {
+        self.pending
+            .push((namespace.to_owned(), name.to_owned(), node.to_owned()));
         self
     }
 
@@ -140,16 +162,29 @@ impl MeshConfig {
                 .service_accounts
                 .get(&host.name)
                 .map_or("default", String::as_str);
+            if !self.unannotated.contains(&host.name) {
+                writeln!(
+                    pods,
+                    "  annotations:\n    nodemesh.io/netns: {netns}\n    nodemesh.io/cgroup: {cgroup}",
+                    netns = host.netns_path().display(),
+                    cgroup = host.cgroup.display(),
+                )?;
+            }
             writeln!(
                 pods,
-                "  annotations:\n    nodemesh.io/netns: {netns}\n    nodemesh.io/cgroup: {cgroup}\n\
-                 spec:\n  nodeName: {node}\n  serviceAccountName: {account}\n  containers:\n  - name: app\n    image: app\n\
+                "spec:\n  nodeName: {node}\n  serviceAccountName: {account}\n  containers:\n  - name: app\n    image: app\n\
                  status:\n  podIP: {v4}\n  podIPs:\n  - ip: {v4}\n  - ip: {v6}",
-                netns = host.netns_path().display(),
-                cgroup = host.cgroup.display(),
                 node = node.name,
                 v4 = host.ipv4,
                 v6 = host.ipv6,
+            )?;
+        }
+        for (namespace, name, node) in &self.pending {
+            writeln!(
+                pods,
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+                 spec:\n  nodeName: {node}\n  containers:\n  - name: app\n    image: app\n\
+                 status:\n  phase: Pending"
             )?;
         }
         let mut services = String::new();

@@ -75,7 +75,16 @@ fn cannot_provision() -> Option<String> {
 
 fn needs() -> Vec<Need> {
     let nightly = ebpf_toolchain::has_library_sources("nightly");
-    let mut packages = vec!["iproute2", "tcpdump", "curl", "nginx", "llvm-22-dev"];
+    // containernetworking-plugins: the real bridge and host-local plugins the
+    // CNI end-to-end test chains nodemesh-cni after.
+    let mut packages = vec![
+        "iproute2",
+        "tcpdump",
+        "curl",
+        "nginx",
+        "llvm-22-dev",
+        "containernetworking-plugins",
+    ];
     if !nightly {
         packages.extend(["rustc-web", "rust-web-src", "rust-web-clippy"]);
     }

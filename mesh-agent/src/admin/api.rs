@@ -4,7 +4,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `GET /healthz` | `ok` while the agent runs |
-//! | `GET /readyz` | `ok` once the first config was applied, else 503 |
+//! | `GET /readyz`, `/healthz/ready` | `ok` once the first config was applied (node agent: capture attached, CNI socket up, the node's pods enrolled), else 503 |
 //! | `GET /status` | the status document (capture proof, counters, certs, tunnel) |
 //! | `GET /flows?<filter>` | open and recent closed [`FlowRecord`]s, oldest first |
 //! | `GET /flows/follow?<filter>` | closed flows as they end, one JSON object per line |
@@ -209,8 +209,10 @@ impl Admin {
         let snapshot = &loaded.snapshot;
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
-            "/readyz" if self.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ok\n"),
-            "/readyz" => text(
+            "/readyz" | "/healthz/ready" if self.ready.load(Ordering::Relaxed) => {
+                text(StatusCode::OK, "ok\n")
+            }
+            "/readyz" | "/healthz/ready" => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: config not applied yet\n",
             ),
@@ -370,12 +372,32 @@ pub fn serve_unix(admin: Arc<Admin>, path: &std::path::Path) -> std::io::Result<
     Ok(())
 }
 
-/// Serves `route` on a TCP address: the admin API on localhost, or only
-/// `/metrics` on the metrics port.
+/// What a TCP listener of the admin API answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// Everything (keep it on localhost: no authentication).
+    Admin,
+    /// Only `/metrics`, for Prometheus.
+    Metrics,
+    /// Only `/healthz/ready`, for the kubelet's probes.
+    Readiness,
+}
+
+impl Exposure {
+    fn serves(self, path: &str) -> bool {
+        match self {
+            Self::Admin => true,
+            Self::Metrics => path == "/metrics",
+            Self::Readiness => path == "/healthz/ready",
+        }
+    }
+}
+
+/// Serves `route` on a TCP address, limited to what `exposure` allows.
 pub async fn serve_tcp(
     admin: Arc<Admin>,
     addr: SocketAddr,
-    metrics_only: bool,
+    exposure: Exposure,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tokio::spawn(async move {
@@ -386,8 +408,8 @@ pub async fn serve_tcp(
                     tokio::spawn(connection(stream, move |req| {
                         let admin = Arc::clone(&admin);
                         async move {
-                            if metrics_only && req.uri().path() != "/metrics" {
-                                text(StatusCode::NOT_FOUND, "only /metrics is served here\n")
+                            if !exposure.serves(req.uri().path()) {
+                                text(StatusCode::NOT_FOUND, "not served on this port\n")
                             } else {
                                 admin.route(req).await
                             }

@@ -19,6 +19,11 @@ pub struct Status {
     pub node: String,
     pub version: String,
     pub pods: Vec<PodCaptureStatus>,
+    /// Pods of enrolled namespaces on this node whose network namespace is
+    /// not known yet (Kubernetes: neither the CNI plugin nor the /proc scan
+    /// has found them): their traffic is not captured.
+    #[serde(default)]
+    pub unlocated: Vec<String>,
     pub counters: Vec<CounterValue>,
     pub config_errors: Vec<String>,
     /// Pod certificates (empty when the agent runs without a CA).

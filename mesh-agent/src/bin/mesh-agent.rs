@@ -22,9 +22,13 @@ use mesh_agent::{
         self,
         store::{CertSource, CertStore},
     },
-    node::enrol::{Enrolment, PodPlacement},
+    node::{
+        cni,
+        enrol::Enrolment,
+        pods::{NodePods, ProcScan},
+    },
     proxy::mesh::{Mesh, MeshIdentity},
-    state::{self, Snapshot, WaypointRef},
+    state::{self, WaypointRef},
 };
 
 const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/nodemesh";
@@ -67,11 +71,60 @@ enum Command {
     /// The mesh CA: create its root (the key never leaves --dir).
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Put the nodemesh-cni plugin on this node (Kubernetes), or take it off.
+    #[command(subcommand)]
+    Cni(CniCommand),
     /// Remove the mesh from this node: detach every capture program and
     /// delete the pinned maps. Enrolled pods go back to direct connections.
     Uninstall {
         #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
         bpffs_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CniCommand {
+    /// Copy the nodemesh-cni binary into --cni-bin-dir and add its entry at
+    /// the end of the node's primary network configuration (the first
+    /// *.conflist or *.conf in --cni-conf-dir). Idempotent. From then on the
+    /// runtime holds each new pod of an enrolled namespace until the agent
+    /// has enrolled it, and fails the sandbox (it is retried) while no agent
+    /// answers.
+    #[command(after_help = "Example (the DaemonSet's installer container):\n  \
+      mesh-agent cni install --cni-bin-dir /host/opt/cni/bin \\\n      \
+          --cni-conf-dir /host/etc/cni/net.d --exclude-namespace kube-system --watch")]
+    Install {
+        /// Where the runtime finds CNI plugins (the host's /opt/cni/bin).
+        #[arg(long)]
+        cni_bin_dir: PathBuf,
+        /// The runtime's network configurations (the host's /etc/cni/net.d).
+        #[arg(long)]
+        cni_conf_dir: PathBuf,
+        /// The agent's CNI socket, as the plugin (run on the host) sees it.
+        #[arg(long, default_value = cni::plugin::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Pods of this namespace are never held back (repeatable): the
+        /// cluster's own system pods must start even while no agent runs.
+        #[arg(long = "exclude-namespace", value_name = "NAMESPACE")]
+        exclude_namespaces: Vec<String>,
+        /// The plugin binary to install [default: nodemesh-cni beside this
+        /// executable].
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        /// Keep running and put the entry back whenever the node's network
+        /// plugin rewrites its configuration. The plugin stays installed
+        /// when this stops, so across an upgrade new pods wait for the new
+        /// agent instead of starting uncaptured.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Remove the plugin's entry and binary: new pods start without waiting
+    /// for the agent (and, with no agent, uncaptured).
+    Uninstall {
+        #[arg(long)]
+        cni_bin_dir: PathBuf,
+        #[arg(long)]
+        cni_conf_dir: PathBuf,
     },
 }
 
@@ -218,6 +271,16 @@ struct RunArgs {
     /// Where Prometheus scrapes `/metrics`.
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics_listen: std::net::SocketAddr,
+    /// Readiness for the kubelet: `GET /healthz/ready` answers 200 once the
+    /// capture programs are attached, the CNI socket (`<run-dir>/cni.sock`)
+    /// is up and the pods already on the node are enrolled; 503 before.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    ready_listen: std::net::SocketAddr,
+    /// The host's /proc: pods that were running before the agent (or before
+    /// the CNI plugin) are found there by their addresses. In a container,
+    /// mount the host's /proc read-only (e.g. at /host/proc); no hostPID needed.
+    #[arg(long, default_value = "/proc")]
+    host_proc: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -321,6 +384,7 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             listen,
             Duration::from_secs(lifetime_secs),
         )),
+        Command::Cni(command) => cni_command(command),
         Command::Uninstall { bpffs_dir } => {
             object::uninstall(&bpffs_dir)?;
             println!("removed {}: capture programs detached", bpffs_dir.display());
@@ -395,20 +459,63 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         admin,
         socket,
     } = serve(&args.mesh, &args.run_dir, Some(args.metrics_listen)).await?;
-    let mut enrolment = Enrolment::new(Arc::clone(&capture), Arc::clone(&mesh), &args.pods_cgroup);
-    let mut config_errors = reconcile(&args, &mut enrolment, &admin, &capture, &mut config).await?;
+    let enrolment = Enrolment::new(Arc::clone(&capture), Arc::clone(&mesh), &args.pods_cgroup);
+    let mut pods = NodePods::new(
+        &args.mesh.node,
+        enrolment,
+        ProcScan {
+            proc_root: args.host_proc.clone(),
+            cgroup_mount: cgroup::cgroup2_mount()?,
+            pods_cgroup: args.pods_cgroup.clone(),
+        },
+    );
+    let (cni_events, mut cni_requests) = tokio::sync::mpsc::channel(64);
+    let cni_socket = args.run_dir.join(cni::protocol::SOCKET_NAME);
+    let _cni = cni::server::serve(
+        &cni_socket,
+        args.mesh.node.clone(),
+        config.clone(),
+        cni_events,
+    )
+    .with_context(|| format!("serving the CNI socket {}", cni_socket.display()))?;
+    api::serve_tcp(
+        Arc::clone(&admin),
+        args.ready_listen,
+        api::Exposure::Readiness,
+    )
+    .await
+    .with_context(|| format!("--ready-listen {}", args.ready_listen))?;
+    let mut config_errors = reconcile(&args, &mut pods, &admin, &capture, &mut config).await?;
     admin
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(node = %args.mesh.node, admin = %socket.display(), "ready");
+    tracing::info!(node = %args.mesh.node, admin = %socket.display(), cni = %cni_socket.display(), "ready");
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             changed = config.changed() => {
                 changed.context("the config watcher stopped")?;
-                config_errors = reconcile(&args, &mut enrolment, &admin, &capture, &mut config).await?;
+                config_errors = reconcile(&args, &mut pods, &admin, &capture, &mut config).await?;
             }
-            _ = status_tick.tick() => write_status(&args, &enrolment, &admin, &capture, &config_errors)?,
+            Some(event) = cni_requests.recv() => {
+                let loaded = Arc::clone(&config.borrow());
+                for error in pods.handle(event, &loaded.snapshot).await {
+                    tracing::error!("{error}");
+                }
+                after_enrolment(&admin.mesh, &pods, &loaded);
+                // The plugin's caller may look at once.
+                write_status(&args, &pods, &admin, &capture, &config_errors)?;
+            }
+            _ = status_tick.tick() => {
+                // A pod still unlocated may show up in /proc at any time.
+                if !pods.unlocated().is_empty() {
+                    let loaded = Arc::clone(&config.borrow());
+                    for error in pods.reconcile(&loaded.snapshot).await {
+                        tracing::error!("{error}");
+                    }
+                }
+                write_status(&args, &pods, &admin, &capture, &config_errors)?;
+            }
             _ = shutdown_signal() => {
                 tracing::info!(
                     "stopping; capture stays pinned, so enrolled pods' new connections are \
@@ -449,12 +556,12 @@ async fn serve(
     api::serve_unix(Arc::clone(&admin), &socket)
         .with_context(|| format!("serving the admin API on {}", socket.display()))?;
     if let Some(addr) = args.admin_listen {
-        api::serve_tcp(Arc::clone(&admin), addr, false)
+        api::serve_tcp(Arc::clone(&admin), addr, api::Exposure::Admin)
             .await
             .with_context(|| format!("--admin-listen {addr}"))?;
     }
     if let Some(addr) = metrics_listen {
-        api::serve_tcp(Arc::clone(&admin), addr, true)
+        api::serve_tcp(Arc::clone(&admin), addr, api::Exposure::Metrics)
             .await
             .with_context(|| format!("--metrics-listen {addr}"))?;
     }
@@ -516,6 +623,7 @@ async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
                     node: args.mesh.node.clone(),
                     version: env!("CARGO_PKG_VERSION").to_owned(),
                     pods: Vec::new(),
+                    unlocated: Vec::new(),
                     counters: Vec::new(),
                     config_errors: config_errors.clone(),
                     certs: mesh.identity.as_ref().map(|i| i.certs.status()).unwrap_or_default(),
@@ -538,25 +646,28 @@ async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
 /// connections it no longer admits; returns the config's errors.
 async fn reconcile(
     args: &RunArgs,
-    enrolment: &mut Enrolment,
+    pods: &mut NodePods,
     admin: &Admin,
     capture: &Mutex<Capture>,
     config: &mut tokio::sync::watch::Receiver<Arc<state::Loaded>>,
 ) -> anyhow::Result<Vec<String>> {
     let loaded = Arc::clone(&config.borrow_and_update());
-    let wanted = placements(&loaded.snapshot, &args.mesh.node);
-    for error in enrolment.reconcile(&wanted).await {
+    for error in pods.reconcile(&loaded.snapshot).await {
         tracing::error!("{error}");
     }
-    let mesh = &admin.mesh;
+    after_enrolment(&admin.mesh, pods, &loaded);
+    let config_errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    write_status(args, pods, admin, capture, &config_errors)?;
+    Ok(config_errors)
+}
+
+/// Certificates for the pods now enrolled, and established connections
+/// the model no longer admits cut.
+fn after_enrolment(mesh: &Mesh, pods: &NodePods, loaded: &state::Loaded) {
     if let Some(identity) = &mesh.identity {
-        let pods: Vec<String> = wanted.iter().map(|p| p.pod.clone()).collect();
-        identity.certs.reconcile(&pods);
+        identity.certs.reconcile(&pods.enrolment().pods());
     }
     mesh.live.revoke_refused(&loaded.snapshot);
-    let config_errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
-    write_status(args, enrolment, admin, capture, &config_errors)?;
-    Ok(config_errors)
 }
 
 /// Pod certificates from the CA and the trust bundle, when the agent was
@@ -690,24 +801,11 @@ fn check_pods_cgroup(pods_cgroup: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pods of this node that should be captured.
-fn placements(snapshot: &Snapshot, node: &str) -> Vec<PodPlacement> {
-    snapshot
-        .enrolled_pods_on(node)
-        .map(|pod| PodPlacement {
-            pod: pod.key(),
-            netns: pod.netns.clone(),
-            cgroup: pod.cgroup.clone(),
-            ips: pod.ips.clone(),
-        })
-        .collect()
-}
-
 /// Writes the status document (file and admin API) and refreshes the
 /// metrics that are copied from elsewhere.
 fn write_status(
     args: &RunArgs,
-    enrolment: &Enrolment,
+    pods: &NodePods,
     admin: &Admin,
     capture: &Mutex<Capture>,
     config_errors: &[String],
@@ -717,7 +815,8 @@ fn write_status(
     let status = Status {
         node: args.mesh.node.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        pods: enrolment.status(),
+        pods: pods.enrolment().status(),
+        unlocated: pods.unlocated().to_vec(),
         counters: Status::counters_from(&counters),
         config_errors: config_errors.to_vec(),
         certs: mesh
@@ -729,7 +828,7 @@ fn write_status(
         api_server: admin.source_status(),
     };
     status.write(&args.run_dir)?;
-    refresh_metrics(admin, &status, enrolment.pooled_tunnels());
+    refresh_metrics(admin, &status, pods.enrolment().pooled_tunnels());
     *admin.status.lock().expect("status") = Some(status);
     Ok(())
 }
@@ -756,5 +855,65 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn cni_command(command: CniCommand) -> anyhow::Result<()> {
+    use cni::install;
+    match command {
+        CniCommand::Install {
+            cni_bin_dir,
+            cni_conf_dir,
+            socket,
+            exclude_namespaces,
+            plugin,
+            watch,
+        } => {
+            let plugin = match plugin {
+                Some(path) => path,
+                None => std::env::current_exe()
+                    .context("finding this executable (pass --plugin)")?
+                    .with_file_name(cni::plugin::PLUGIN_TYPE),
+            };
+            let entry = install::Entry {
+                socket,
+                exclude_namespaces,
+            };
+            loop {
+                if install::install_binary(&plugin, &cni_bin_dir)
+                    .with_context(|| format!("--cni-bin-dir {}", cni_bin_dir.display()))?
+                {
+                    println!(
+                        "installed {}",
+                        cni_bin_dir.join(cni::plugin::PLUGIN_TYPE).display()
+                    );
+                }
+                match install::install_entry(&cni_conf_dir, &entry) {
+                    Ok(Some(file)) => println!("added nodemesh-cni to {}", file.display()),
+                    Ok(None) => {}
+                    // The node's network plugin may not have written its
+                    // configuration yet: wait for it rather than fail.
+                    Err(e @ install::InstallError::NoConfig(_)) if watch => {
+                        tracing::warn!("{e}; checking again in 5 s");
+                    }
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("--cni-conf-dir {}", cni_conf_dir.display()));
+                    }
+                }
+                if !watch {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        }
+        CniCommand::Uninstall {
+            cni_bin_dir,
+            cni_conf_dir,
+        } => {
+            install::uninstall(&cni_conf_dir, &cni_bin_dir)?;
+            println!("removed nodemesh-cni from {}", cni_conf_dir.display());
+            Ok(())
+        }
     }
 }

@@ -674,6 +674,18 @@ fn print_status(status: &Status, colour: bool) {
             hook(&pod.inbound)
         );
     }
+    for pod in &status.unlocated {
+        println!(
+            "{:<28} {:>10} {:>10}  {}",
+            pod,
+            "-",
+            "-",
+            red(
+                "NOT CAPTURED: its network namespace is not known yet (waiting for the CNI \
+                 plugin or the /proc scan)"
+            )
+        );
+    }
     println!();
     println!("{:<10} {:<20} {:>10}", "HOOK", "COUNTER", "VALUE");
     for c in status.counters.iter().filter(|c| c.value > 0) {

@@ -32,7 +32,9 @@ pub struct PodPlacement {
     /// `namespace/name`.
     pub pod: String,
     pub netns: PathBuf,
-    pub cgroup: PathBuf,
+    /// Unknown for a pod the CNI plugin reported before any process ran in
+    /// it; on Kubernetes every pod is under the kubelet's pods cgroup anyway.
+    pub cgroup: Option<PathBuf>,
     pub ips: Vec<IpAddr>,
 }
 
@@ -66,6 +68,19 @@ pub enum EnrolError {
         #[source]
         source: rustls::Error,
     },
+}
+
+impl EnrolError {
+    /// The pod (`namespace/name`) the error is about.
+    pub fn pod(&self) -> &str {
+        match self {
+            Self::Netns { pod, .. }
+            | Self::Io { pod, .. }
+            | Self::Capture { pod, .. }
+            | Self::NoListener { pod, .. }
+            | Self::Tls { pod, .. } => pod,
+        }
+    }
 }
 
 struct Enrolled {
@@ -298,6 +313,15 @@ impl Enrolment {
         Ok(())
     }
 
+    /// The enrolled pods, as `namespace/name`.
+    pub fn pods(&self) -> Vec<String> {
+        self.pods.keys().cloned().collect()
+    }
+
+    pub fn is_enrolled(&self, pod: &str) -> bool {
+        self.pods.contains_key(pod)
+    }
+
     /// Pooled outbound tunnels held by every enrolled pod.
     pub fn pooled_tunnels(&self) -> usize {
         self.pods.values().map(|e| e.context.tunnels.len()).sum()
@@ -318,14 +342,19 @@ impl Enrolment {
                 let (ci, li) = hook(Hook::SkLookup);
                 let mut problems = Vec::new();
                 let cgroup_attached = capture.has_link(&format!("cgroup-{}", programs::CONNECT4));
-                let under = e.placement.cgroup.starts_with(&self.pods_cgroup);
+                let outside = e
+                    .placement
+                    .cgroup
+                    .as_ref()
+                    .filter(|c| !c.starts_with(&self.pods_cgroup));
+                let under = outside.is_none();
                 if !cgroup_attached {
                     problems.push("outbound programs are not attached to the pods' cgroup".into());
-                } else if !under {
+                } else if let Some(cgroup) = outside {
                     problems.push(format!(
                         "the pod's cgroup {} is outside the capture cgroup {}: its outbound \
                          connections bypass the mesh",
-                        e.placement.cgroup.display(),
+                        cgroup.display(),
                         self.pods_cgroup.display()
                     ));
                 }

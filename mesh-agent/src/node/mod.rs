@@ -1,6 +1,14 @@
 //! The node agent role: per-pod enrolment, composing the stages below it
 //! (capture programs, in-pod listeners, proxy tasks, certificates).
 //!
+//! - [`pods`]: this node's pods — the model joined with where the node
+//!   found them ([`whereabouts`]: annotations, the CNI plugin, a `/proc`
+//!   scan by [`discover`]) — driving [`enrol`].
 //! - [`enrol`]: turning "these pods should be meshed" into kernel state,
 //!   in-pod listeners and proxy tasks, and back out.
+//! - [`cni`]: the chained CNI plugin, its socket on the agent, its installer.
+pub mod cni;
+pub mod discover;
 pub mod enrol;
+pub mod pods;
+pub mod whereabouts;

@@ -145,12 +145,15 @@ impl Snapshot {
         if pod.labels.contains_key(WAYPOINT_POD_LABEL) {
             return false;
         }
-        let namespace_on = self
-            .namespaces
-            .get(&pod.namespace)
-            .is_some_and(|ns| ns.labels.get(DATAPLANE_LABEL).map(String::as_str) == Some(ENABLED));
         let pod_off = pod.labels.get(DATAPLANE_LABEL).map(String::as_str) == Some(DISABLED);
-        namespace_on && !pod_off
+        self.namespace_enrolled(&pod.namespace) && !pod_off
+    }
+
+    /// Whether namespace `name` is labelled `nodemesh.io/dataplane=enabled`.
+    pub fn namespace_enrolled(&self, name: &str) -> bool {
+        self.namespaces
+            .get(name)
+            .is_some_and(|ns| ns.labels.get(DATAPLANE_LABEL).map(String::as_str) == Some(ENABLED))
     }
 
     /// Enrolled pods scheduled on `node`.

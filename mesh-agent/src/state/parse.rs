@@ -349,20 +349,25 @@ impl Loader {
 }
 
 /// Whether an API server's pod is one the mesh can serve: not ended (its
-/// address may already be another pod's), not on the node's own network
-/// (its address is the node's), and given an address. Such pods are
-/// normal in a cluster, not configuration errors, so they are skipped
-/// quietly; local YAML declares only pods it means.
+/// address may already be another pod's) and not on the node's own network
+/// (its address is the node's). Such pods are normal in a cluster, not
+/// configuration errors, so they are skipped quietly; local YAML declares
+/// only pods it means. A pod without an address yet is kept: its sandbox is
+/// being set up, and the CNI plugin asks the agent to enrol it before it
+/// starts (its addresses come from the CNI result until the kubelet writes
+/// them).
 fn in_the_mesh_yet(pod: &Pod) -> bool {
-    let spec = pod.spec.as_ref();
-    let status = pod.status.as_ref();
-    let ended = status
+    let ended = pod
+        .status
+        .as_ref()
         .and_then(|s| s.phase.as_deref())
         .is_some_and(|p| p == "Succeeded" || p == "Failed");
-    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
-    let addressed = status
-        .is_some_and(|s| s.pod_ip.is_some() || s.pod_ips.as_ref().is_some_and(|l| !l.is_empty()));
-    !ended && !host_network && addressed
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    !ended && !host_network
 }
 
 /// Controllers write `status`; a copied object may carry one. It is not
@@ -462,7 +467,7 @@ fn pod_info(pod: Pod, cluster: bool) -> Result<PodInfo, Vec<FieldError>> {
         }
     } else if let Some(single) = status.pod_ip {
         keep(ip("status.podIP".into(), &single));
-    } else {
+    } else if !cluster {
         errors.push((
             "status.podIP".into(),
             "missing: a pod needs an address to be meshed".into(),

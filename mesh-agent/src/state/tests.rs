@@ -511,7 +511,7 @@ fn watched_objects_make_the_model_local_yaml_makes() {
 }
 
 #[test]
-fn the_api_servers_ended_host_network_and_unaddressed_pods_are_skipped_quietly() {
+fn the_api_servers_ended_and_host_network_pods_are_skipped_quietly_pending_ones_kept() {
     use index::{Change, Index};
     let pods = format!(
         "{}{}{}{}",
@@ -539,6 +539,10 @@ spec: {action: DENY, rules: [{from: [{source: {namespaces: [legacy]}}]}]}
     }
     let loaded = index.load();
     assert!(loaded.errors.is_empty(), "{:#?}", loaded.errors);
-    assert_eq!(pod_names(&loaded), ["running"]);
+    // A pending pod has no address yet, but the CNI plugin will ask to
+    // enrol it: it must be known by then.
+    assert_eq!(pod_names(&loaded), ["pending", "running"]);
+    let pending = loaded.snapshot.pods.iter().find(|p| p.name == "pending");
+    assert!(pending.is_some_and(|p| p.ips.is_empty()), "{pending:?}");
     assert_eq!(loaded.snapshot.policies["shop"].len(), 2);
 }

@@ -1,0 +1,260 @@
+//! The agent's side of the CNI socket: decides whether a new sandbox's pod
+//! belongs in the mesh and, if it does, answers only once the pod is
+//! enrolled (listeners open, capture in place), so it never starts
+//! uncaptured.
+use std::{path::Path, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot, watch},
+};
+
+use super::protocol::{Command, Reply, Request};
+use crate::{
+    node::whereabouts::{Finder, Located},
+    state::Loaded,
+};
+
+/// How long an ADD waits for the API server's view of its pod to reach the
+/// agent (the pod object is created before its sandbox, but the watch may
+/// lag). The plugin waits a little longer than this for the answer.
+pub const POD_WAIT: Duration = Duration::from_secs(20);
+
+/// A request the node's enrolment loop must act on; it answers on `reply`.
+#[derive(Debug)]
+pub enum Event {
+    /// Enrol `pod` at `located`; `Err` says why it could not be.
+    Located {
+        pod: String,
+        located: Located,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// The sandbox `sandbox` of `pod` is gone; unenrol it.
+    Gone {
+        pod: String,
+        sandbox: String,
+        reply: oneshot::Sender<()>,
+    },
+    /// Whether `pod` is enrolled.
+    Enrolled {
+        pod: String,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// Serves the CNI socket at `path` (mode 0600: only root, as the runtime
+/// that runs the plugin, may ask).
+pub fn serve(
+    path: &Path,
+    node: String,
+    config: watch::Receiver<Arc<Loaded>>,
+    events: mpsc::Sender<Event>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let node: Arc<str> = node.into();
+    Ok(tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let (node, config, events) =
+                        (Arc::clone(&node), config.clone(), events.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = answer(stream, &node, config, &events).await {
+                            tracing::warn!("CNI socket: {e}");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("CNI socket accept: {e}"),
+            }
+        }
+    }))
+}
+
+async fn answer(
+    stream: UnixStream,
+    node: &str,
+    config: watch::Receiver<Arc<Loaded>>,
+    events: &mpsc::Sender<Event>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => {
+            let reply = handle(&request, node, config, events).await;
+            let pod = request.pod();
+            if reply.ok {
+                tracing::info!(%pod, command = ?request.command, "CNI: {}", reply.message);
+            } else {
+                tracing::warn!(%pod, command = ?request.command, "CNI refused: {}", reply.message);
+            }
+            reply
+        }
+        Err(e) => refuse(format!("unreadable request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&reply).expect("a reply always serializes");
+    out.push(b'\n');
+    write.write_all(&out).await
+}
+
+fn accept(message: impl Into<String>) -> Reply {
+    Reply {
+        ok: true,
+        message: message.into(),
+    }
+}
+
+fn refuse(message: impl Into<String>) -> Reply {
+    Reply {
+        ok: false,
+        message: message.into(),
+    }
+}
+
+const LOOP_GONE: &str = "the agent is shutting down";
+
+async fn handle(
+    request: &Request,
+    node: &str,
+    config: watch::Receiver<Arc<Loaded>>,
+    events: &mpsc::Sender<Event>,
+) -> Reply {
+    let pod = request.pod();
+    match request.command {
+        Command::Add => {
+            match meshed(&request.namespace, &request.name, node, config, POD_WAIT).await {
+                Membership::Outside(why) => accept(format!("not in the mesh: {why}")),
+                Membership::Unknown(why) => refuse(why),
+                Membership::Meshed => {
+                    let located = Located {
+                        netns: request.netns.clone(),
+                        cgroup: None,
+                        ips: request.ips.clone(),
+                        sandbox: Some(request.sandbox.clone()),
+                        by: Finder::Cni,
+                    };
+                    let (reply, answer) = oneshot::channel();
+                    let event = Event::Located {
+                        pod: pod.clone(),
+                        located,
+                        reply,
+                    };
+                    if events.send(event).await.is_err() {
+                        return refuse(LOOP_GONE);
+                    }
+                    match answer.await {
+                        Ok(Ok(())) => accept("enrolled: listeners open and capture in place"),
+                        Ok(Err(why)) => refuse(format!("enrolling {pod} failed: {why}")),
+                        Err(_) => refuse(LOOP_GONE),
+                    }
+                }
+            }
+        }
+        Command::Del => {
+            let (reply, done) = oneshot::channel();
+            let event = Event::Gone {
+                pod,
+                sandbox: request.sandbox.clone(),
+                reply,
+            };
+            // A DEL must succeed even when nothing is left to undo.
+            if events.send(event).await.is_ok() {
+                let _ = done.await;
+            }
+            accept("unenrolled (if it was)")
+        }
+        Command::Check => {
+            match meshed(
+                &request.namespace,
+                &request.name,
+                node,
+                config,
+                Duration::ZERO,
+            )
+            .await
+            {
+                Membership::Meshed => {
+                    let (reply, answer) = oneshot::channel();
+                    let event = Event::Enrolled {
+                        pod: pod.clone(),
+                        reply,
+                    };
+                    if events.send(event).await.is_err() {
+                        return refuse(LOOP_GONE);
+                    }
+                    match answer.await {
+                        Ok(true) => accept("enrolled"),
+                        Ok(false) => {
+                            refuse(format!("{pod} belongs in the mesh but is not enrolled"))
+                        }
+                        Err(_) => refuse(LOOP_GONE),
+                    }
+                }
+                Membership::Outside(why) => accept(format!("not in the mesh: {why}")),
+                Membership::Unknown(why) => refuse(why),
+            }
+        }
+    }
+}
+
+/// Whether a pod belongs in this node's mesh, by the model.
+#[derive(Debug, PartialEq, Eq)]
+enum Membership {
+    Meshed,
+    Outside(String),
+    /// The model cannot tell yet (or says something impossible).
+    Unknown(String),
+}
+
+/// Decides from the model, waiting up to `wait` for it to learn the pod.
+async fn meshed(
+    namespace: &str,
+    name: &str,
+    node: &str,
+    mut config: watch::Receiver<Arc<Loaded>>,
+    wait: Duration,
+) -> Membership {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let answer = decide(&config.borrow_and_update(), namespace, name, node);
+        if let Some(answer) = answer {
+            return answer;
+        }
+        let changed = tokio::time::timeout_at(deadline, config.changed()).await;
+        if !matches!(changed, Ok(Ok(()))) {
+            return Membership::Unknown(format!(
+                "the agent does not know pod {namespace}/{name} (waited {wait:?} for the API \
+                 server's view of it; is the agent's watch connected? `meshctl status`)"
+            ));
+        }
+    }
+}
+
+/// `None` while the model does not know the namespace or the pod.
+fn decide(loaded: &Loaded, namespace: &str, name: &str, node: &str) -> Option<Membership> {
+    let snapshot = &loaded.snapshot;
+    let ns = snapshot.namespaces.get(namespace)?;
+    if !snapshot.namespace_enrolled(&ns.name) {
+        return Some(Membership::Outside(format!(
+            "namespace {namespace} is not labelled nodemesh.io/dataplane=enabled"
+        )));
+    }
+    let pod = snapshot.pod(&format!("{namespace}/{name}"))?;
+    Some(if pod.node != node {
+        Membership::Unknown(format!(
+            "the API server places pod {namespace}/{name} on node {:?}, but this agent serves \
+             node {node:?} (is the agent's --node right?)",
+            pod.node
+        ))
+    } else if snapshot.enrolled(pod) {
+        Membership::Meshed
+    } else {
+        Membership::Outside(
+            "the pod opts out (nodemesh.io/dataplane=disabled) or is a waypoint".into(),
+        )
+    })
+}

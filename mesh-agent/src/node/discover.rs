@@ -1,0 +1,174 @@
+//! Finding pods that were running before the agent (or before the CNI
+//! plugin was installed): a scan of the host's `/proc`.
+//!
+//! Each process names its network namespace (`/proc/<pid>/ns/net`) and its
+//! cgroup. A namespace whose interfaces carry the address of an unlocated pod
+//! of this node is that pod's. Only processes under the pods cgroup count, so
+//! a host process, or another cluster's namespace that happens to reuse an
+//! address, is never taken for a pod. Where the cgroup path cannot be placed
+//! (an agent in its own cgroup namespace sees paths above its root as
+//! `/..`), the address alone decides: addresses are unique on one node.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use super::whereabouts::{Finder, Located};
+use crate::capture::netns::{NetnsError, in_netns};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("reading {path}: {source} (is the host's /proc mounted there? see --host-proc)")]
+    Proc {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where to look and what for.
+pub struct Scan<'a> {
+    /// The host's `/proc` (`/host/proc` in the DaemonSet).
+    pub proc_root: &'a Path,
+    /// The cgroup v2 mount and the pods cgroup below it.
+    pub cgroup_mount: &'a Path,
+    pub pods_cgroup: &'a Path,
+    /// Addresses of the pods being looked for → `namespace/name`.
+    pub wanted: &'a BTreeMap<IpAddr, String>,
+}
+
+impl Scan<'_> {
+    /// The wanted pods found, by `namespace/name`. Processes that end during
+    /// the scan are skipped; only an unreadable `/proc` is an error.
+    pub fn run(&self) -> Result<BTreeMap<String, Located>, DiscoverError> {
+        let mut found = BTreeMap::new();
+        if self.wanted.is_empty() {
+            return Ok(found);
+        }
+        let entries = std::fs::read_dir(self.proc_root).map_err(|source| DiscoverError::Proc {
+            path: self.proc_root.to_owned(),
+            source,
+        })?;
+        // Our own namespace is the node's: never a pod's.
+        let mut seen: BTreeSet<(u64, u64)> = netns_id(Path::new("/proc/thread-self/ns/net"))
+            .into_iter()
+            .collect();
+        for entry in entries.flatten() {
+            let pid = entry.file_name();
+            if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let dir = entry.path();
+            let Some(cgroup) = self.pod_cgroup(&dir) else {
+                continue;
+            };
+            let netns = dir.join("ns/net");
+            let Some(id) = netns_id(&netns) else {
+                continue;
+            };
+            if !seen.insert(id) {
+                continue;
+            }
+            let addresses = match in_netns(&netns, local_addresses) {
+                Ok(Ok(addresses)) => addresses,
+                // The process ended, or the namespace has no readable
+                // interfaces: not a pod we can enrol.
+                Ok(Err(_)) | Err(NetnsError::Open { .. }) => continue,
+                Err(e) => {
+                    tracing::debug!(netns = %netns.display(), "skipped in the /proc scan: {e}");
+                    continue;
+                }
+            };
+            let ips: Vec<IpAddr> = addresses
+                .into_iter()
+                .filter(|ip| self.wanted.contains_key(ip))
+                .collect();
+            let Some(pod) = ips.first().map(|ip| self.wanted[ip].clone()) else {
+                continue;
+            };
+            found.insert(
+                pod,
+                Located {
+                    netns,
+                    cgroup,
+                    ips,
+                    sandbox: None,
+                    by: Finder::ProcScan,
+                },
+            );
+        }
+        Ok(found)
+    }
+
+    /// The process's cgroup if it may be a pod's: `Some(None)` when its path
+    /// cannot be placed, `None` when it is outside the pods cgroup.
+    #[expect(
+        clippy::option_option,
+        reason = "three answers: outside, inside at a known path, cannot tell"
+    )]
+    fn pod_cgroup(&self, dir: &Path) -> Option<Option<PathBuf>> {
+        let text = std::fs::read_to_string(dir.join("cgroup")).ok()?;
+        // cgroup v2: the one line `0::<path>`.
+        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        if path.split('/').any(|c| c == "..") {
+            return Some(None);
+        }
+        let full = self.cgroup_mount.join(path.trim_start_matches('/'));
+        full.starts_with(self.pods_cgroup).then_some(Some(full))
+    }
+}
+
+/// (device, inode) of a namespace file: the namespace's identity.
+fn netns_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The addresses on the current thread's network namespace's interfaces.
+fn local_addresses() -> nix::Result<Vec<IpAddr>> {
+    Ok(nix::ifaddrs::getifaddrs()?
+        .filter_map(|ifa| {
+            let address = ifa.address?;
+            address
+                .as_sockaddr_in()
+                .map(|a| IpAddr::V4(a.ip()))
+                .or_else(|| address.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
+        })
+        .map(|ip| ip.to_canonical())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_paths_outside_the_pods_cgroup_are_not_pods() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |pid: &str, line: &str| {
+            let d = dir.path().join(pid);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("cgroup"), line).unwrap();
+            d
+        };
+        let wanted = BTreeMap::new();
+        let scan = Scan {
+            proc_root: dir.path(),
+            cgroup_mount: Path::new("/sys/fs/cgroup"),
+            pods_cgroup: Path::new("/sys/fs/cgroup/kubepods.slice"),
+            wanted: &wanted,
+        };
+        let pod = write("1", "0::/kubepods.slice/pod1/cri-1.scope\n");
+        let host = write("2", "0::/system.slice/sshd.service\n");
+        let private = write("3", "0::/../../kubepods-besteffort.slice/pod3\n");
+        assert_eq!(
+            scan.pod_cgroup(&pod),
+            Some(Some(PathBuf::from(
+                "/sys/fs/cgroup/kubepods.slice/pod1/cri-1.scope"
+            )))
+        );
+        assert_eq!(scan.pod_cgroup(&host), None);
+        assert_eq!(scan.pod_cgroup(&private), Some(None));
+    }
+}

@@ -1,0 +1,347 @@
+//! Kubernetes mode on the node: the agent fed by the API server (here
+//! `nodemesh-apiserver`) finds its pods without the local-mode annotations —
+//! new ones through the real CNI chain (Debian's bridge + host-local, then
+//! `nodemesh-cni`), running ones by a `/proc` scan — and holds new pods
+//! until they are enrolled.
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail, ensure};
+use libtest_mimic::Trial;
+use nodemesh_tests::{
+    Cluster, ClusterSpec, Host,
+    mesh::{Agent, MeshConfig, workspace_binary},
+};
+use serde_json::Value;
+
+use crate::support::{Meshed, Source, connect, eventually, serve, trial};
+
+pub fn trials() -> Vec<Trial> {
+    vec![
+        trial(
+            "kubernetes::cni_holds_a_new_pod_until_enrolled_and_del_unenrols",
+            cni_gates_new_pods,
+        ),
+        trial(
+            "kubernetes::pods_running_before_the_agent_are_found_in_proc",
+            proc_scan_finds_running_pods,
+        ),
+    ]
+}
+
+/// Where Debian's containernetworking-plugins puts the plugins.
+const CNI_PLUGINS: &str = "/usr/lib/cni";
+
+/// The runtime's side of CNI for one sandbox: runs a plugin list (ADD in
+/// order, DEL in reverse), passing each plugin the previous one's result,
+/// as containerd's libcni does.
+struct Runtime<'a> {
+    cluster: &'a Cluster,
+    node: &'a Host,
+    sandbox: &'a Host,
+    plugins: Vec<Value>,
+    dir: PathBuf,
+}
+
+impl<'a> Runtime<'a> {
+    fn new(meshed: &'a Meshed, sandbox: &'a Host, socket: &Path) -> anyhow::Result<Self> {
+        for plugin in ["bridge", "host-local"] {
+            let path = Path::new(CNI_PLUGINS).join(plugin);
+            ensure!(
+                path.is_file(),
+                "{} is missing: `cargo xtask setup` installs Debian's containernetworking-plugins",
+                path.display()
+            );
+        }
+        let cluster = &meshed.cluster;
+        let node = cluster.node_of(sandbox);
+        let dir = cluster.scratch_dir("cni")?;
+        let i = node.node;
+        // The node's own bridge and subnet (the harness's pods use .11 and
+        // up), so the new pod is routed like every other.
+        let bridge = serde_json::json!({
+            "type": "bridge", "bridge": "br0", "isGateway": false, "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{
+                    "subnet": format!("10.{i}.0.0/24"),
+                    "rangeStart": format!("10.{i}.0.200"),
+                    "rangeEnd": format!("10.{i}.0.220"),
+                    "gateway": format!("10.{i}.0.1"),
+                }]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": dir.join("ipam"),
+            },
+        });
+        let ours =
+            serde_json::json!({"type": "nodemesh-cni", "socket": socket, "timeoutSeconds": 30});
+        Ok(Self {
+            cluster,
+            node,
+            sandbox,
+            plugins: vec![bridge, ours],
+            dir,
+        })
+    }
+
+    /// ADD through the whole list: the final result, or the failing
+    /// plugin's error object.
+    fn add(&self) -> anyhow::Result<Result<Value, Value>> {
+        let mut prev: Option<Value> = None;
+        for plugin in &self.plugins {
+            match self.invoke("ADD", plugin, prev.as_ref())? {
+                Ok(result) => prev = Some(result),
+                Err(error) => return Ok(Err(error)),
+            }
+        }
+        prev.context("an empty plugin list").map(Ok)
+    }
+
+    /// DEL through the list in reverse; every plugin must succeed.
+    fn del(&self) -> anyhow::Result<()> {
+        for plugin in self.plugins.iter().rev() {
+            if let Err(error) = self.invoke("DEL", plugin, None)? {
+                bail!("DEL failed in {}: {error}", plugin["type"]);
+            }
+        }
+        Ok(())
+    }
+
+    fn invoke(
+        &self,
+        command: &str,
+        plugin: &Value,
+        prev: Option<&Value>,
+    ) -> anyhow::Result<Result<Value, Value>> {
+        let kind = plugin["type"].as_str().context("plugin without type")?;
+        let mut conf = plugin.clone();
+        conf["cniVersion"] = "1.0.0".into();
+        conf["name"] = "nmt".into();
+        if let Some(prev) = prev {
+            conf["prevResult"] = prev.clone();
+        }
+        let stdin = self.dir.join(format!("{command}-{kind}.json"));
+        std::fs::write(&stdin, conf.to_string())?;
+        let binary = if kind == "nodemesh-cni" {
+            workspace_binary("nodemesh-cni")?
+        } else {
+            Path::new(CNI_PLUGINS).join(kind)
+        };
+        // The runtime runs plugins in the node's network namespace.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", r#"exec "$0" < "$1"; "#])
+            .arg(&binary)
+            .arg(&stdin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("sandbox-{}", self.sandbox.name))
+            .env("CNI_NETNS", self.sandbox.netns_path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", CNI_PLUGINS)
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={}",
+                    self.sandbox.name
+                ),
+            );
+        let mut process = self.cluster.spawn(self.node, cmd)?;
+        let (status, out) = process.wait_output(Duration::from_secs(60))?;
+        let body: Value = if out.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&out)
+                .with_context(|| format!("{kind} {command} printed {out:?}"))?
+        };
+        Ok(if status.success() {
+            Ok(body)
+        } else {
+            Err(body)
+        })
+    }
+}
+
+fn result_ip(result: &Value) -> anyhow::Result<IpAddr> {
+    let cidr = result["ips"][0]["address"]
+        .as_str()
+        .with_context(|| format!("no address in the CNI result {result}"))?;
+    Ok(cidr.split('/').next().unwrap_or_default().parse()?)
+}
+
+/// Node agent readiness as the kubelet probes it.
+fn ready(cluster: &Cluster, node: &Host) -> anyhow::Result<bool> {
+    let mut curl = Command::new("curl");
+    curl.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "2",
+    ])
+    .arg(format!("http://{}:15021/healthz/ready", node.ipv4));
+    let code = cluster
+        .spawn(node, curl)?
+        .wait_output(Duration::from_secs(10))?
+        .1;
+    Ok(code.trim() == "200")
+}
+
+fn cni_gates_new_pods() -> anyhow::Result<()> {
+    let cluster = ClusterSpec::cross_node_pair()
+        .sandbox("fresh", "n1")
+        .build()?;
+    let config = MeshConfig::new()
+        .namespace("shop", true)
+        .pod(cluster.pod("a"), "shop")
+        .pod(cluster.pod("b"), "shop")
+        .pending_pod("fresh", "shop", "n1");
+    let mut meshed = Meshed::start_on(Source::ApiServer, cluster, config, 3600)?;
+    let n1 = meshed.cluster.node("n1").clone();
+    ensure!(ready(&meshed.cluster, &n1)?, "agent n1 not ready on :15021");
+    let fresh = meshed.cluster.pod("fresh").clone();
+    let socket = meshed.agent("n1").run_dir.join("cni.sock");
+    let b = meshed.cluster.pod("b").clone();
+    let _server = serve(&meshed.cluster, &b, "0.0.0.0:8080", 4096, 7)?;
+
+    // The agent is down: the sandbox must not start. The runtime then
+    // cleans up with DEL, which succeeds without the agent.
+    let index = meshed
+        .agents
+        .iter()
+        .position(|a| a.node == "n1")
+        .context("agent n1")?;
+    drop(meshed.agents.remove(index));
+    {
+        let runtime = Runtime::new(&meshed, &fresh, &socket)?;
+        let refused = runtime.add()?;
+        let Err(error) = refused else {
+            bail!("ADD succeeded with no agent on the node: {refused:?}");
+        };
+        ensure!(error["code"] == 11, "not 'try again later': {error}");
+        let details = error["details"].as_str().unwrap_or_default();
+        ensure!(
+            details.contains("shop/fresh") && details.contains("not answering"),
+            "{error}"
+        );
+        runtime.del()?;
+    }
+
+    let agent = Agent::start_meshed(&meshed.cluster, "n1", &meshed.config_dir, &meshed.pki)?;
+    meshed.agents.push(agent);
+    let agent = meshed.agent("n1");
+    ensure!(
+        !agent.enrolled_pods()?.contains(&"shop/fresh".to_owned()),
+        "enrolled before its sandbox was set up"
+    );
+    let status = agent.status()?;
+    ensure!(
+        status["unlocated"] == serde_json::json!(["shop/fresh"]),
+        "the pending pod should be reported as not located: {status}"
+    );
+
+    let runtime = Runtime::new(&meshed, &fresh, &socket)?;
+    let result = runtime
+        .add()?
+        .map_err(|e| anyhow::anyhow!("ADD refused with the agent up: {e}"))?;
+    // Enrolled before ADD returned: no waiting for the status file here.
+    let pods = agent.meshctl(&["status", "-o", "json"])?;
+    let pods: Value = serde_json::from_str(&pods)?;
+    let entry = pods["pods"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["pod"] == "shop/fresh").cloned())
+        .with_context(|| format!("shop/fresh not enrolled when ADD returned: {pods}"))?;
+    ensure!(entry["inbound"]["attached"] == true, "{entry}");
+    ensure!(
+        entry["problems"].as_array().is_some_and(Vec::is_empty),
+        "{entry}"
+    );
+    let ip = result_ip(&result)?;
+    agent.wait_status("a certificate for shop/fresh", |s| {
+        s["certs"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["pod"] == "shop/fresh"))
+    })?;
+
+    // Its first connection is captured and crosses the mesh with its identity.
+    let to = SocketAddr::new(IpAddr::from(b.ipv4), 8080);
+    let client = connect(&meshed.cluster, &fresh, to, 64 * 1024, 3)?;
+    ensure!(client.received == 4096, "{client:?}");
+    let flow = agent.wait_flow("from shop/fresh", |f| {
+        f.pod == "shop/fresh" && f.direction == "outbound" && f.state == "closed"
+    })?;
+    ensure!(flow.path == "tunnel", "{flow:?}");
+    ensure!(
+        flow.src.starts_with(&ip.to_string()),
+        "source {} is not the CNI address {ip}",
+        flow.src
+    );
+    ensure!(
+        flow.source_identity.as_deref() == Some("spiffe://cluster.local/ns/shop/sa/default"),
+        "{flow:?}"
+    );
+    let inbound = meshed.agent("n2").wait_flow("into b from fresh", |f| {
+        f.direction == "inbound" && f.src.starts_with(&ip.to_string())
+    })?;
+    ensure!(
+        inbound.peer_identity.as_deref() == Some("spiffe://cluster.local/ns/shop/sa/default"),
+        "{inbound:?}"
+    );
+
+    // DEL unenrols.
+    runtime.del()?;
+    eventually("shop/fresh unenrolled after DEL", || {
+        Ok(!agent.enrolled_pods()?.contains(&"shop/fresh".to_owned()))
+    })?;
+    Ok(())
+}
+
+fn proc_scan_finds_running_pods() -> anyhow::Result<()> {
+    let cluster = ClusterSpec::cross_node_pair().build()?;
+    // a has been running since before the agent: a process (its "pause")
+    // holds its namespace, and the API server knows its address, but no
+    // annotation says where it is.
+    let pause = {
+        let mut sleep = Command::new("sleep");
+        sleep.arg("600");
+        cluster.spawn(cluster.pod("a"), sleep)?
+    };
+    let config = MeshConfig::new()
+        .namespace("shop", true)
+        .pod(cluster.pod("a"), "shop")
+        .pod(cluster.pod("b"), "shop")
+        .unannotated("a")
+        .unannotated("b");
+    let b = cluster.pod("b").clone();
+    // b's server is the process that holds its namespace.
+    let server = serve(&cluster, &b, "0.0.0.0:8080", 1000, 2)?;
+    let meshed = Meshed::start_on(Source::ApiServer, cluster, config, 3600)?;
+    for (node, pod) in [("n1", "shop/a"), ("n2", "shop/b")] {
+        let agent = meshed.agent(node);
+        ensure!(
+            agent.enrolled_pods()? == [pod],
+            "{node}: {:?}; log: {}",
+            agent.enrolled_pods()?,
+            agent.process.stderr()
+        );
+        let log = agent.process.stderr();
+        ensure!(log.contains("found by the /proc scan"), "{node}: {log}");
+    }
+    let a = meshed.cluster.pod("a").clone();
+    let to = SocketAddr::new(IpAddr::from(b.ipv4), 8080);
+    let client = connect(&meshed.cluster, &a, to, 10_000, 5)?;
+    ensure!(client.received == 1000, "{client:?}");
+    let flow = meshed.agent("n1").wait_flow("from shop/a", |f| {
+        f.pod == "shop/a" && f.direction == "outbound" && f.state == "closed"
+    })?;
+    ensure!(
+        flow.path == "tunnel" && flow.peer_identity.is_some(),
+        "{flow:?}"
+    );
+    drop((server, pause));
+    Ok(())
+}
