@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail, ensure};
 use libtest_mimic::Trial;
 use nodemesh_tests::{
     Cluster, ClusterSpec, Host,
-    mesh::{Agent, MeshConfig, workspace_binary},
+    mesh::{Agent, MeshConfig, mesh_agent_cli},
 };
 use serde_json::Value;
 
@@ -44,6 +44,8 @@ struct Runtime<'a> {
     node: &'a Host,
     sandbox: &'a Host,
     plugins: Vec<Value>,
+    /// `CNI_PATH`: the installer's bin directory, then Debian's plugins.
+    search: String,
     dir: PathBuf,
 }
 
@@ -77,13 +79,42 @@ impl<'a> Runtime<'a> {
                 "dataDir": dir.join("ipam"),
             },
         });
-        let ours =
-            serde_json::json!({"type": "nodemesh-cni", "socket": socket, "timeoutSeconds": 30});
+        // The node's network configuration as its network plugin wrote it;
+        // the installer adds nodemesh-cni, and the runtime runs what the
+        // file then says.
+        let (conf_dir, bin_dir) = (dir.join("net.d"), dir.join("bin"));
+        std::fs::create_dir_all(&conf_dir)?;
+        std::fs::create_dir_all(&bin_dir)?;
+        let list = serde_json::json!({"cniVersion": "1.0.0", "name": "nmt", "plugins": [bridge]});
+        let conflist = conf_dir.join("10-nmt.conflist");
+        std::fs::write(&conflist, list.to_string())?;
+        mesh_agent_cli(&[
+            "cni",
+            "install",
+            "--cni-bin-dir",
+            &bin_dir.display().to_string(),
+            "--cni-conf-dir",
+            &conf_dir.display().to_string(),
+            "--socket",
+            &socket.display().to_string(),
+            "--exclude-namespace",
+            "kube-system",
+        ])?;
+        let installed: Value = serde_json::from_str(&std::fs::read_to_string(&conflist)?)?;
+        let plugins = installed["plugins"]
+            .as_array()
+            .context("the installed conflist has no plugins")?
+            .clone();
+        ensure!(
+            plugins.len() == 2 && plugins[1]["type"] == "nodemesh-cni",
+            "the installer did not append nodemesh-cni: {installed}"
+        );
         Ok(Self {
             cluster,
             node,
             sandbox,
-            plugins: vec![bridge, ours],
+            plugins,
+            search: format!("{}:{CNI_PLUGINS}", bin_dir.display()),
             dir,
         })
     }
@@ -126,11 +157,12 @@ impl<'a> Runtime<'a> {
         }
         let stdin = self.dir.join(format!("{command}-{kind}.json"));
         std::fs::write(&stdin, conf.to_string())?;
-        let binary = if kind == "nodemesh-cni" {
-            workspace_binary("nodemesh-cni")?
-        } else {
-            Path::new(CNI_PLUGINS).join(kind)
-        };
+        let binary = self
+            .search
+            .split(':')
+            .map(|dir| Path::new(dir).join(kind))
+            .find(|p| p.is_file())
+            .with_context(|| format!("plugin {kind} not in CNI_PATH {}", self.search))?;
         // The runtime runs plugins in the node's network namespace.
         let mut cmd = Command::new("sh");
         cmd.args(["-c", r#"exec "$0" < "$1"; "#])
@@ -140,7 +172,7 @@ impl<'a> Runtime<'a> {
             .env("CNI_CONTAINERID", format!("sandbox-{}", self.sandbox.name))
             .env("CNI_NETNS", self.sandbox.netns_path())
             .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", CNI_PLUGINS)
+            .env("CNI_PATH", &self.search)
             .env(
                 "CNI_ARGS",
                 format!(

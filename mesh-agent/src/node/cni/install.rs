@@ -14,7 +14,7 @@ use super::plugin::PLUGIN_TYPE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,
