@@ -161,6 +161,10 @@ struct FlowsArgs {
     /// HTTP requests whose path starts with this: `/api/`.
     #[arg(long)]
     path: Vec<String>,
+    /// Captured by this kernel hook: `connect4`, `connect6`, `sk_lookup`, or
+    /// `any` (flows that arrived through the tunnel have none).
+    #[arg(long)]
+    hook: Vec<String>,
     /// Negate the filter that follows (e.g. `--not --namespace kube-system`).
     #[arg(long, action = clap::ArgAction::Count)]
     not: u8,
@@ -377,6 +381,7 @@ fn flow_filter(args: &FlowsArgs, m: &ArgMatches) -> anyhow::Result<Filter> {
         ("http_status", "http-status"),
         ("method", "method"),
         ("path", "path"),
+        ("hook", "hook"),
     ] {
         let (Some(indices), Some(values)) = (m.indices_of(arg), m.get_raw(arg)) else {
             continue;
