@@ -521,6 +521,7 @@ async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
                     certs: mesh.identity.as_ref().map(|i| i.certs.status()).unwrap_or_default(),
                     tunnel: mesh.tunnel_status(),
                     api_server: admin.source_status(),
+                    ca: mesh.identity.as_ref().map(|i| i.certs.ca_status()),
                 };
                 status.write(&run_dir)?;
                 refresh_metrics(&admin, &status, wp.upstream.pooled_tunnels());
@@ -727,6 +728,7 @@ fn write_status(
             .unwrap_or_default(),
         tunnel: mesh.tunnel_status(),
         api_server: admin.source_status(),
+        ca: mesh.identity.as_ref().map(|i| i.certs.ca_status()),
     };
     status.write(&args.run_dir)?;
     refresh_metrics(admin, &status, enrolment.pooled_tunnels());
