@@ -619,17 +619,6 @@ fn print_status(status: &Status, colour: bool) {
             }
         }
         Some(s) => {
-            let mut why = Vec::new();
-            if !s.unsynced.is_empty() {
-                why.push(format!("not listed yet: {}", s.unsynced.join(", ")));
-            }
-            if !s.failing.is_empty() {
-                let failing: Vec<&str> = s.failing.iter().map(String::as_str).collect();
-                why.push(format!("watches failing: {}", failing.join(", ")));
-            }
-            if let Some(e) = &s.last_error {
-                why.push(format!("last error: {e}"));
-            }
             let serving = if s.serving_last_good {
                 "serving the last good model"
             } else {
@@ -639,7 +628,7 @@ fn print_status(status: &Status, colour: bool) {
                 "{}",
                 red(&format!(
                     "model: Kubernetes API server DISCONNECTED, {serving} ({})",
-                    why.join("; ")
+                    s.trouble().join("; ")
                 ))
             );
         }
