@@ -27,7 +27,7 @@ use mesh_agent::{
     state::{self, Snapshot, WaypointRef},
 };
 
-const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/nodemesh";
+const DEFAULT_BPFFS_DIR: &str = object::DEFAULT_DIR;
 const DEFAULT_RUN_DIR: &str = "/run/nodemesh";
 
 /// The nodemesh node agent: captures enrolled pods' TCP with eBPF and hands
@@ -51,8 +51,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Check that this machine can run the agent: kernel version, cgroup v2,
-    /// and every capture program through the kernel verifier (attaches nothing).
+    /// bpffs, capabilities, and every capture program through the kernel
+    /// verifier (attaches nothing). The same checks as `meshctl check`.
     Check {
+        /// Where the agent will pin its programs; they are loaded into a
+        /// scratch directory on the same bpffs, removed afterwards.
         #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
         bpffs_dir: PathBuf,
     },
@@ -350,23 +353,13 @@ fn init_logging(format: LogFormat) {
 }
 
 fn check(bpffs_dir: &Path) -> anyhow::Result<()> {
-    let release = nix::sys::utsname::uname().context("uname")?;
-    println!("kernel        {}", release.release().to_string_lossy());
-    kernel::check()?;
-    let mount = cgroup::cgroup2_mount()?;
-    println!("cgroup v2     {}", mount.display());
-    // Loading needs a bpffs directory for the maps; leave none behind unless
-    // an agent already owns it.
-    let existed = bpffs_dir.exists();
-    let loaded = Capture::open(bpffs_dir);
-    if !existed {
-        object::uninstall(bpffs_dir)?;
+    use mesh_agent::admin::check::{Report, preflight};
+    use std::io::IsTerminal as _;
+    let report = Report::new(preflight::run(bpffs_dir));
+    print!("{}", report.table(std::io::stdout().is_terminal()));
+    if !report.ok {
+        bail!("this machine cannot run mesh-agent yet: do what each FAIL line says, then re-run");
     }
-    let counters = loaded?.counters()?;
-    println!(
-        "eBPF          every program loads and verifies ({} counters readable)",
-        counters.iter().count()
-    );
     println!("ok: this machine can run mesh-agent");
     Ok(())
 }
