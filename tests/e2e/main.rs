@@ -10,6 +10,7 @@ use nodemesh_tests::{cluster::suite_prefix, leaks, require_root};
 
 mod agent;
 mod capture;
+mod check;
 mod demo;
 mod flows;
 mod harness;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         flows::trials(),
         waypoint::trials(),
         demo::trials(),
+        check::trials(),
     ]
     .into_iter()
     .flatten()

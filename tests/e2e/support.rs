@@ -234,10 +234,23 @@ pub use nodemesh_tests::eventually;
 pub fn shop_pair() -> anyhow::Result<(Cluster, PathBuf)> {
     let cluster = nodemesh_tests::ClusterSpec::cross_node_pair().build()?;
     let config_dir = cluster.scratch_dir("config")?;
+    shop_pair_config(&cluster).write(&cluster, &config_dir)?;
+    Ok((cluster, config_dir))
+}
+
+fn shop_pair_config(cluster: &Cluster) -> MeshConfig {
     MeshConfig::new()
         .namespace("shop", true)
         .pod(cluster.pod("a"), "shop")
         .pod(cluster.pod("b"), "shop")
-        .write(&cluster, &config_dir)?;
-    Ok((cluster, config_dir))
+}
+
+impl Meshed {
+    /// [`shop_pair`]'s layout with a CA (certificates valid
+    /// `lifetime_secs`) and an agent on each node.
+    pub fn shop_pair(lifetime_secs: u64) -> anyhow::Result<Self> {
+        let cluster = nodemesh_tests::ClusterSpec::cross_node_pair().build()?;
+        let config = shop_pair_config(&cluster);
+        Self::start(cluster, config, lifetime_secs)
+    }
 }

@@ -253,13 +253,8 @@ fn hundred_connections_one_tunnel() -> anyhow::Result<()> {
 }
 
 fn rotation_during_long_transfer() -> anyhow::Result<()> {
-    let cluster = ClusterSpec::cross_node_pair().build()?;
-    let config = MeshConfig::new()
-        .namespace("shop", true)
-        .pod(cluster.pod("a"), "shop")
-        .pod(cluster.pod("b"), "shop");
     // 4 s certificates: renewed every ~2 s, expired long before the end.
-    let meshed = Meshed::start(cluster, config, 4)?;
+    let meshed = Meshed::shop_pair(4)?;
     let cluster = &meshed.cluster;
     let (a, b) = (cluster.pod("a").clone(), cluster.pod("b").clone());
     let mut server = serve(cluster, &b, "0.0.0.0:8080", 8 * MIB, 21)?;

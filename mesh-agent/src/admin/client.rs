@@ -58,17 +58,10 @@ impl Agent {
         }
     }
 
-    fn name(&self) -> String {
-        match self {
-            Self::Unix(p) => p.display().to_string(),
-            Self::Tcp(a) => a.clone(),
-        }
-    }
-
     /// Sends `GET path_and_query`; returns the response once its head
     /// arrived (the body may still stream).
     pub async fn get(&self, path_and_query: &str) -> Result<http::Response<Incoming>, ClientError> {
-        let agent = self.name();
+        let agent = self.to_string();
         let connect_error = |source: std::io::Error| match source.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                 ClientError::NotRunning(agent.clone())
@@ -123,11 +116,21 @@ impl Agent {
             .collect()
             .await
             .map_err(|source| ClientError::Http {
-                agent: self.name(),
+                agent: self.to_string(),
                 source,
             })?
             .to_bytes();
         Ok(serde_json::from_slice(&body)?)
+    }
+}
+
+/// As given: the socket path or `host:port`.
+impl std::fmt::Display for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "{}", p.display()),
+            Self::Tcp(a) => f.write_str(a),
+        }
     }
 }
 

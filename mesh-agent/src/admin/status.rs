@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     capture::{CaptureCounters, proof::PodCaptureStatus},
-    identity::store::CertStatus,
+    identity::store::{CaStatus, CertStatus},
     proxy::mesh::TunnelStatus,
     state::cluster::SourceStatus,
 };
@@ -34,6 +34,10 @@ pub struct Status {
     /// Kubernetes mode: the API server watches (`None` in local mode).
     #[serde(default)]
     pub api_server: Option<SourceStatus>,
+    /// The mesh CA and failing certificate requests (`None`: the agent runs
+    /// without a CA).
+    #[serde(default)]
+    pub ca: Option<CaStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -31,7 +31,7 @@ use mesh_agent::{
     state::{self, WaypointRef},
 };
 
-const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/nodemesh";
+const DEFAULT_BPFFS_DIR: &str = object::DEFAULT_DIR;
 const DEFAULT_RUN_DIR: &str = "/run/nodemesh";
 
 /// The nodemesh node agent: captures enrolled pods' TCP with eBPF and hands
@@ -55,8 +55,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Check that this machine can run the agent: kernel version, cgroup v2,
-    /// and every capture program through the kernel verifier (attaches nothing).
+    /// bpffs, capabilities, and every capture program through the kernel
+    /// verifier (attaches nothing). The same checks as `meshctl check`.
     Check {
+        /// Where the agent will pin its programs; they are loaded into a
+        /// scratch directory on the same bpffs, removed afterwards.
         #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
         bpffs_dir: PathBuf,
     },
@@ -414,23 +417,13 @@ fn init_logging(format: LogFormat) {
 }
 
 fn check(bpffs_dir: &Path) -> anyhow::Result<()> {
-    let release = nix::sys::utsname::uname().context("uname")?;
-    println!("kernel        {}", release.release().to_string_lossy());
-    kernel::check()?;
-    let mount = cgroup::cgroup2_mount()?;
-    println!("cgroup v2     {}", mount.display());
-    // Loading needs a bpffs directory for the maps; leave none behind unless
-    // an agent already owns it.
-    let existed = bpffs_dir.exists();
-    let loaded = Capture::open(bpffs_dir);
-    if !existed {
-        object::uninstall(bpffs_dir)?;
+    use mesh_agent::admin::check::{Report, preflight};
+    use std::io::IsTerminal as _;
+    let report = Report::new(preflight::run(bpffs_dir));
+    print!("{}", report.table(std::io::stdout().is_terminal()));
+    if !report.ok {
+        bail!("this machine cannot run mesh-agent yet: do what each FAIL line says, then re-run");
     }
-    let counters = loaded?.counters()?;
-    println!(
-        "eBPF          every program loads and verifies ({} counters readable)",
-        counters.iter().count()
-    );
     println!("ok: this machine can run mesh-agent");
     Ok(())
 }
@@ -629,6 +622,7 @@ async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
                     certs: mesh.identity.as_ref().map(|i| i.certs.status()).unwrap_or_default(),
                     tunnel: mesh.tunnel_status(),
                     api_server: admin.source_status(),
+                    ca: mesh.identity.as_ref().map(|i| i.certs.ca_status()),
                 };
                 status.write(&run_dir)?;
                 refresh_metrics(&admin, &status, wp.upstream.pooled_tunnels());
@@ -826,6 +820,7 @@ fn write_status(
             .unwrap_or_default(),
         tunnel: mesh.tunnel_status(),
         api_server: admin.source_status(),
+        ca: mesh.identity.as_ref().map(|i| i.certs.ca_status()),
     };
     status.write(&args.run_dir)?;
     refresh_metrics(admin, &status, pods.enrolment().pooled_tunnels());

@@ -8,10 +8,12 @@ use http_body_util::BodyExt as _;
 use mesh_agent::{
     admin::{
         api::{PolicyView, ServiceView, WorkloadView},
+        check::{Report, post_install, preflight},
         client::{Agent, DEFAULT_AGENT},
         status::Status,
         why::Why,
     },
+    capture::object,
     flows::{
         Filter, FlowRecord,
         filter::Criterion,
@@ -22,15 +24,16 @@ use mesh_agent::{
 };
 
 /// Inspect a nodemesh data plane: every redirected flow, workloads,
-/// services, policies, certificates, and what the mesh would do with a
-/// connection.
+/// services, policies, certificates, what the mesh would do with a
+/// connection, and whether a node can run it or runs it well.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
     /// The agent to ask: its admin socket (`<run-dir>/admin.sock`) or a
-    /// `host:port` given to its `--admin-listen`.
-    #[arg(long, global = true, default_value = DEFAULT_AGENT)]
-    agent: String,
+    /// `host:port` given to its `--admin-listen`. `check --post-install`
+    /// takes one per node: repeat it.
+    #[arg(long, global = true, default_value = DEFAULT_AGENT, action = clap::ArgAction::Append)]
+    agent: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,8 +83,39 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Pre-flight: can this node run the agent? The kernel's version, cgroup
+    /// v2, bpffs, this process's capabilities, and every capture program
+    /// through the kernel's verifier (run it as the agent will run: root, or
+    /// with its capabilities). With --post-install: does the installed mesh
+    /// work on each node whose agent --agent names? One line per check;
+    /// exits 1 when any fails.
+    #[command(after_help = "Examples:\n  \
+        meshctl check                    # before installing: can this node run the agent?\n  \
+        meshctl check --post-install     # after: the agent on this node\n  \
+        meshctl check --post-install --agent /tmp/demo/run-n1/admin.sock --agent /tmp/demo/run-n2/admin.sock\n  \
+        meshctl check --post-install --agent 127.0.0.1:15000 --agent 127.0.0.1:15100 -o json \
+        # two agents' --admin-listen, e.g. through kubectl port-forward")]
+    Check(CheckArgs),
     /// Print meshctl's version.
     Version,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// Check the installed mesh instead, through each agent's admin API
+    /// (--agent, once per node): the agent is ready, its model source is
+    /// connected, the CA issues its pods' certificates, capture is in place
+    /// for every enrolled pod, and a kernel hook captured at least one real
+    /// connection on the node.
+    #[arg(long)]
+    post_install: bool,
+    /// Pre-flight: where the agent will pin its programs (its --bpffs-dir).
+    /// They are loaded into a scratch directory on the same bpffs, removed
+    /// afterwards: a running agent's pins are left alone.
+    #[arg(long, default_value = object::DEFAULT_DIR, conflicts_with = "post_install")]
+    bpffs_dir: std::path::PathBuf,
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    output: Output,
 }
 
 #[derive(clap::Args)]
@@ -161,6 +195,10 @@ struct FlowsArgs {
     /// HTTP requests whose path starts with this: `/api/`.
     #[arg(long)]
     path: Vec<String>,
+    /// Captured by this kernel hook: `connect4`, `connect6`, `sk_lookup`, or
+    /// `any` (flows that arrived through the tunnel have none).
+    #[arg(long)]
+    hook: Vec<String>,
     /// Negate the filter that follows (e.g. `--not --namespace kube-system`).
     #[arg(long, action = clap::ArgAction::Count)]
     not: u8,
@@ -220,8 +258,18 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<std::process::ExitCode> {
-    let agent = Agent::parse(&cli.agent);
     let colour = std::io::stdout().is_terminal();
+    if let Command::Check(args) = &cli.command {
+        return check(args, &cli.agent, matches, colour).await;
+    }
+    let agent = match cli.agent.as_slice() {
+        [one] => Agent::parse(one),
+        many => bail!(
+            "--agent is given {} times: only `meshctl check --post-install` asks several agents; \
+             the other commands ask one",
+            many.len()
+        ),
+    };
     match cli.command {
         Command::Flows(args) => {
             let flow_matches = matches.subcommand_matches("flows").expect("flows");
@@ -342,8 +390,41 @@ async fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<std::process::Exi
             }
         }
         Command::Version => println!("meshctl {}", env!("CARGO_PKG_VERSION")),
+        Command::Check(_) => unreachable!("handled above"),
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `meshctl check`: pre-flight on this machine, or post-install through
+/// every agent named.
+async fn check(
+    args: &CheckArgs,
+    agents: &[String],
+    matches: &ArgMatches,
+    colour: bool,
+) -> anyhow::Result<std::process::ExitCode> {
+    let checks = if args.post_install {
+        let agents: Vec<Agent> = agents.iter().map(|a| Agent::parse(a)).collect();
+        post_install::run(&agents).await
+    } else {
+        if matches.value_source("agent") == Some(clap::parser::ValueSource::CommandLine) {
+            bail!(
+                "--agent is for `meshctl check --post-install`; the pre-flight checks the machine \
+                 meshctl runs on"
+            );
+        }
+        preflight::run(&args.bpffs_dir)
+    };
+    let report = Report::new(checks);
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => print!("{}", report.table(colour)),
+    }
+    Ok(if report.ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }
 
 /// The filter the flags describe; a `--not` negates the filter flag that
@@ -377,6 +458,7 @@ fn flow_filter(args: &FlowsArgs, m: &ArgMatches) -> anyhow::Result<Filter> {
         ("http_status", "http-status"),
         ("method", "method"),
         ("path", "path"),
+        ("hook", "hook"),
     ] {
         let (Some(indices), Some(values)) = (m.indices_of(arg), m.get_raw(arg)) else {
             continue;
@@ -614,17 +696,6 @@ fn print_status(status: &Status, colour: bool) {
             }
         }
         Some(s) => {
-            let mut why = Vec::new();
-            if !s.unsynced.is_empty() {
-                why.push(format!("not listed yet: {}", s.unsynced.join(", ")));
-            }
-            if !s.failing.is_empty() {
-                let failing: Vec<&str> = s.failing.iter().map(String::as_str).collect();
-                why.push(format!("watches failing: {}", failing.join(", ")));
-            }
-            if let Some(e) = &s.last_error {
-                why.push(format!("last error: {e}"));
-            }
             let serving = if s.serving_last_good {
                 "serving the last good model"
             } else {
@@ -634,7 +705,7 @@ fn print_status(status: &Status, colour: bool) {
                 "{}",
                 red(&format!(
                     "model: Kubernetes API server DISCONNECTED, {serving} ({})",
-                    why.join("; ")
+                    s.trouble().join("; ")
                 ))
             );
         }

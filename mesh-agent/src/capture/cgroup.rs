@@ -6,6 +6,8 @@
 //! assumed.
 use std::path::PathBuf;
 
+use super::mounts::{self, MOUNTINFO};
+
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("reading /proc/self/mountinfo: {0}")]
@@ -28,7 +30,7 @@ pub enum CgroupError {
 
 /// Mount point of the cgroup v2 hierarchy.
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::MountInfo)?;
+    let table = std::fs::read_to_string(MOUNTINFO).map_err(CgroupError::MountInfo)?;
     // Only read when ours has none: the init process's table says whether
     // the host has one that our mount namespace hides.
     find_cgroup2(&table)
@@ -46,15 +48,10 @@ fn missing(init_mountinfo: Option<&str>) -> CgroupError {
 
 /// The mount point of the first `cgroup2` entry in a mountinfo table.
 fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // Fields: id parent major:minor root mount-point options [optional…] - fstype source super-options
-        let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split_whitespace().next()?;
-        if fstype != "cgroup2" {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(PathBuf::from)
-    })
+    mounts::parse(mountinfo)
+        .into_iter()
+        .find(|m| m.fstype == "cgroup2")
+        .map(|m| m.point)
 }
 
 #[cfg(test)]

@@ -13,6 +13,11 @@ pub struct TooOld {
 const MIN_MAJOR: u32 = 5;
 const MIN_MINOR: u32 = 17;
 
+/// The oldest release, as `5.17`.
+pub fn min_release() -> String {
+    format!("{MIN_MAJOR}.{MIN_MINOR}")
+}
+
 /// Checks a kernel release string such as `6.18.44-fc-v782`.
 pub fn check_release(release: &str) -> Result<(), TooOld> {
     let mut parts = release

@@ -8,11 +8,13 @@
 //! - [`events`]: the ring buffer of capture events;
 //! - [`netns`]: entering pod network namespaces and naming them by cookie;
 //! - [`cgroup`]: finding the cgroup v2 hierarchy capture attaches under;
+//! - [`mounts`]: the mount table both that and the bpffs check read;
 //! - [`kernel`]: refusing kernels that lack a needed hook, by name.
 pub mod cgroup;
 pub mod events;
 pub mod inpod;
 pub mod kernel;
+pub mod mounts;
 pub mod netns;
 pub mod object;
 pub mod proof;

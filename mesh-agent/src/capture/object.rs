@@ -36,6 +36,9 @@ use mesh_common::{
     maps, programs,
 };
 
+/// Where an agent pins its state unless told otherwise.
+pub const DEFAULT_DIR: &str = "/sys/fs/bpf/nodemesh";
+
 /// The kernel programs, compiled by `build.rs` from `mesh-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh-programs"));
 
@@ -50,6 +53,14 @@ const CGROUP_PROGRAMS: [(&str, &str); 5] = [
 ];
 /// sk_lookup's `ingress_ifindex` field.
 const SK_LOOKUP_KERNEL: &str = "5.17";
+
+/// Every program [`Capture::open`] loads, by its name in the object.
+pub fn program_names() -> impl Iterator<Item = &'static str> {
+    CGROUP_PROGRAMS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain([programs::SK_LOOKUP])
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {

@@ -5,7 +5,7 @@ use std::{net::IpAddr, str::FromStr};
 
 use super::{
     FlowRecord,
-    record::{Endpoint, State},
+    record::{Endpoint, Hook, State},
 };
 
 /// Flows whose outcome is …
@@ -75,6 +75,45 @@ pub enum Criterion {
     Method(String),
     /// An HTTP request whose path (query included) starts with this.
     Path(String),
+    /// Captured by this kernel hook (or by any): flows that arrived through
+    /// the tunnel, and waypoint requests, were captured by none.
+    Hook(HookMatch),
+}
+
+/// A capture hook, or `any` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookMatch {
+    Any,
+    Exact(Hook),
+}
+
+impl HookMatch {
+    fn parse(text: &str) -> Result<Self, String> {
+        if text == "any" {
+            return Ok(Self::Any);
+        }
+        [Hook::Connect4, Hook::Connect6, Hook::SkLookup]
+            .into_iter()
+            .find(|h| h.as_str() == text)
+            .map(Self::Exact)
+            .ok_or_else(|| {
+                format!("--hook {text:?}: expected connect4, connect6, sk_lookup or any")
+            })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::Exact(hook) => hook.as_str(),
+        }
+    }
+
+    fn matches(self, hook: Option<Hook>) -> bool {
+        match self {
+            Self::Any => hook.is_some(),
+            Self::Exact(wanted) => hook == Some(wanted),
+        }
+    }
 }
 
 /// A status, or a class like `5xx`.
@@ -136,6 +175,7 @@ const KEYS: &[&str] = &[
     "http-status",
     "method",
     "path",
+    "hook",
 ];
 
 impl Criterion {
@@ -172,6 +212,7 @@ impl Criterion {
             "http-status" => Self::HttpStatus(StatusMatch::parse(value)?),
             "method" => Self::Method(value.to_ascii_uppercase()),
             "path" => Self::Path(s),
+            "hook" => Self::Hook(HookMatch::parse(value)?),
             other => return Err(format!("unknown flow filter {other:?}; known: {KEYS:?}")),
         })
     }
@@ -195,6 +236,7 @@ impl Criterion {
             Self::HttpStatus(v) => ("http-status", v.to_string()),
             Self::Method(v) => ("method", v.clone()),
             Self::Path(v) => ("path", v.clone()),
+            Self::Hook(v) => ("hook", v.as_str().to_owned()),
         }
     }
 
@@ -226,6 +268,7 @@ impl Criterion {
             Self::HttpStatus(m) => r.http.as_ref().is_some_and(|h| m.matches(h.status)),
             Self::Method(method) => r.http.as_ref().is_some_and(|h| h.method == *method),
             Self::Path(prefix) => r.http.as_ref().is_some_and(|h| h.path.starts_with(prefix)),
+            Self::Hook(m) => m.matches(r.hook),
         }
     }
 }
@@ -339,7 +382,7 @@ mod tests {
     }
 
     fn flows() -> Vec<FlowRecord> {
-        vec![
+        let mut all = vec![
             record(
                 1,
                 ("shop/frontend", "10.1.0.11"),
@@ -359,7 +402,10 @@ mod tests {
                 State::Denied,
             ),
             record(4, ("", "10.9.0.1"), ("", "10.9.0.2", 53), State::Error),
-        ]
+        ];
+        all[0].hook = Some(Hook::Connect4);
+        all[1].hook = Some(Hook::SkLookup);
+        all
     }
 
     fn ids(query: &str) -> Vec<u64> {
@@ -395,6 +441,11 @@ mod tests {
         assert_eq!(ids("verdict=error"), [4]);
         assert_eq!(ids("since=2500"), [3, 4]);
         assert_eq!(ids("not.namespace=shop"), [4]);
+        assert_eq!(ids("hook=connect4"), [1]);
+        assert_eq!(ids("hook=sk_lookup"), [2]);
+        assert_eq!(ids("hook=any"), [1, 2]);
+        assert_eq!(ids("not.hook=any"), [3, 4]);
+        assert_eq!(ids("hook=connect6"), Vec::<u64>::new());
         assert_eq!(ids("pod=cart&not.verdict=refused"), [1]);
     }
 
@@ -467,6 +518,13 @@ mod tests {
             last: Some(3),
         };
         assert_eq!(Filter::from_query(&filter.to_query()).unwrap(), filter);
+        let hooks = Filter::from_query("hook=sk_lookup&not.hook=any").unwrap();
+        assert_eq!(Filter::from_query(&hooks.to_query()).unwrap(), hooks);
+        let err = Filter::from_query("hook=tc").unwrap_err();
+        assert!(
+            err.contains("expected connect4, connect6, sk_lookup or any"),
+            "{err}"
+        );
         let err = Filter::from_query("verdict=maybe").unwrap_err();
         assert!(
             err.contains("expected allowed, denied, refused or error"),

@@ -59,9 +59,31 @@ pub struct CertStatus {
     pub issued: u32,
 }
 
+/// The mesh CA as an agent sees it, for `meshctl check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaStatus {
+    /// Where certificates are requested.
+    pub address: String,
+    /// Pods whose latest request (first certificate or renewal) failed.
+    pub failing: Vec<CertFailure>,
+}
+
+/// A pod whose certificate requests fail, until one succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertFailure {
+    pub pod: String,
+    /// The latest error.
+    pub error: String,
+    /// When the first of these consecutive failures happened.
+    pub since_unix: u64,
+    pub attempts: u32,
+}
+
 struct Entry {
     cert: Option<Arc<PodCert>>,
     issued: u32,
+    /// Consecutive failed requests since the last success.
+    failure: Option<CertFailure>,
 }
 
 type Entries = Arc<Mutex<BTreeMap<String, Entry>>>;
@@ -157,6 +179,14 @@ impl CertStore {
             })
             .collect()
     }
+
+    pub fn ca_status(&self) -> CaStatus {
+        let entries = self.entries.lock().expect("cert store");
+        CaStatus {
+            address: self.source.ca.to_string(),
+            failing: entries.values().filter_map(|e| e.failure.clone()).collect(),
+        }
+    }
 }
 
 impl Drop for CertStore {
@@ -222,23 +252,44 @@ async fn keep_fresh(
                 );
                 {
                     let mut entries = entries.lock().expect("cert store");
-                    let entry = entries.entry(pod.clone()).or_insert(Entry {
-                        cert: None,
-                        issued: 0,
-                    });
+                    let entry = entry(&mut entries, &pod);
                     entry.cert = Some(Arc::new(cert));
                     entry.issued += 1;
+                    entry.failure = None;
                 }
                 updated.notify_waiters();
                 tokio::time::sleep(remaining / 2).await;
             }
             Err(e) => {
                 tracing::warn!(%pod, "certificate request failed, retrying in {retry:?}: {e}");
+                {
+                    let mut entries = entries.lock().expect("cert store");
+                    let failure =
+                        entry(&mut entries, &pod)
+                            .failure
+                            .get_or_insert_with(|| CertFailure {
+                                pod: pod.clone(),
+                                error: String::new(),
+                                since_unix: unix(SystemTime::now()),
+                                attempts: 0,
+                            });
+                    failure.error = e.to_string();
+                    failure.attempts += 1;
+                }
                 tokio::time::sleep(retry).await;
                 retry = (retry * 2).min(RETRY_MAX);
             }
         }
     }
+}
+
+/// The pod's entry, empty when it had none.
+fn entry<'a>(entries: &'a mut BTreeMap<String, Entry>, pod: &str) -> &'a mut Entry {
+    entries.entry(pod.to_owned()).or_insert(Entry {
+        cert: None,
+        issued: 0,
+        failure: None,
+    })
 }
 
 async fn fetch(

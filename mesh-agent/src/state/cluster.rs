@@ -123,6 +123,25 @@ pub struct SourceStatus {
     pub serving_last_good: bool,
 }
 
+impl SourceStatus {
+    /// What keeps the source from being connected, in words (empty when
+    /// nothing does).
+    pub fn trouble(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if !self.unsynced.is_empty() {
+            why.push(format!("not listed yet: {}", self.unsynced.join(", ")));
+        }
+        if !self.failing.is_empty() {
+            let failing: Vec<&str> = self.failing.iter().map(String::as_str).collect();
+            why.push(format!("watches failing: {}", failing.join(", ")));
+        }
+        if let Some(e) = &self.last_error {
+            why.push(format!("last error: {e}"));
+        }
+        why
+    }
+}
+
 /// Watches the API server through `client`, waits until every resource has
 /// been listed once, and returns the model then; the task updates it as
 /// objects change, until every receiver is gone.

@@ -16,6 +16,7 @@ use crate::{
     identity::{
         SpiffeId,
         ca::{DEFAULT_LIFETIME, MeshCa},
+        store::{CertSource, CertStore},
         verify::{PeerRole, TrustBundle},
     },
     tunnel::{
@@ -85,14 +86,20 @@ async fn ca_server() -> Setup {
     }
 }
 
-async fn connect_as(setup: &Setup, id: &SpiffeId) -> Connection {
-    let tls = client_config(
+/// Client TLS as `id`, insisting on the CA's identity.
+fn tls_as(setup: &Setup, id: &SpiffeId) -> Arc<rustls::ClientConfig> {
+    client_config(
         &cert_for(&setup.issuer, id),
         &setup.bundle,
         Some(ca_identity(TD).unwrap()),
     )
-    .unwrap();
-    Connection::dial(setup.addr, tls).await.unwrap()
+    .unwrap()
+}
+
+async fn connect_as(setup: &Setup, id: &SpiffeId) -> Connection {
+    Connection::dial(setup.addr, tls_as(setup, id))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -168,4 +175,54 @@ async fn a_client_of_another_mesh_cannot_connect() {
             .is_err(),
     };
     assert!(refused, "a node certificate from another CA was served");
+}
+
+/// The node's certificate store says which pods' requests fail, and why,
+/// until they succeed or the pod leaves (what `meshctl check` reports).
+#[tokio::test]
+async fn the_store_reports_failing_requests_per_pod() {
+    let setup = ca_server().await;
+    let node = node_identity(TD, "n1").unwrap();
+    let store = CertStore::new(CertSource {
+        ca: setup.addr,
+        node: node.clone(),
+        tls: tls_as(&setup, &node),
+    });
+    // pay-1 runs on n2: the CA refuses it to n1, again on every retry.
+    store.reconcile(&["shop/cart-1".to_owned(), "shop/pay-1".to_owned()]);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let status = store.ca_status();
+        if store.get("shop/cart-1").is_some() && status.failing.iter().any(|f| f.attempts >= 2) {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no second failed attempt within 10 s: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.address, setup.addr.to_string());
+    let [failure] = status.failing.as_slice() else {
+        panic!("exactly pay-1 should fail: {status:?}");
+    };
+    assert_eq!(failure.pod, "shop/pay-1");
+    assert!(
+        failure.error.contains("403") && failure.error.contains("runs on node n2"),
+        "{failure:?}"
+    );
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        failure.since_unix <= now && now - failure.since_unix < 10,
+        "{failure:?}"
+    );
+
+    store.reconcile(&["shop/cart-1".to_owned()]);
+    assert!(
+        store.ca_status().failing.is_empty(),
+        "a pod that left still fails"
+    );
 }
