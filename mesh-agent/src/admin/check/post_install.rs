@@ -334,11 +334,25 @@ fn capture(status: &Status, enrolled: &[&str]) -> Vec<Check> {
             ));
         }
     }
-    let missing: Vec<&str> = enrolled
+    let (unlocated, missing): (Vec<&str>, Vec<&str>) = enrolled
         .iter()
         .copied()
         .filter(|pod| !status.pods.iter().any(|p| p.pod == *pod))
-        .collect();
+        .partition(|pod| status.unlocated.iter().any(|u| u == pod));
+    if !unlocated.is_empty() {
+        checks.push(Check::fail(
+            "capture",
+            format!(
+                "enrolled in the model, but their network namespace is not known, so their \
+                 traffic is not captured: {}.",
+                unlocated.join(", ")
+            ),
+            "on Kubernetes the CNI plugin reports new pods (`mesh-agent cni install` must have \
+             added nodemesh-cni to the node's network configuration) and running ones are found \
+             in the host's /proc (mounted at the agent's --host-proc); restarting such a pod \
+             puts it through the CNI plugin.",
+        ));
+    }
     if !missing.is_empty() {
         checks.push(Check::fail(
             "capture",
@@ -494,6 +508,7 @@ mod tests {
                 node: "n1".into(),
                 version: "0.1.0".into(),
                 pods: vec![pod("shop/a"), pod("shop/c")],
+                unlocated: Vec::new(),
                 counters: Vec::new(),
                 config_errors: Vec::new(),
                 certs: vec![cert("shop/a", NOW + 3600), cert("shop/c", NOW + 1800)],
@@ -763,6 +778,16 @@ mod tests {
             "capture",
             &["not captured by the agent: shop/d"],
             &["agent's log"],
+        );
+
+        let mut unlocated = healthy();
+        unlocated.workloads.push(workload("shop/d", "n1", true));
+        unlocated.status.as_mut().unwrap().unlocated = vec!["shop/d".into()];
+        fails_once(
+            &unlocated,
+            "capture",
+            &["network namespace is not known", "shop/d"],
+            &["mesh-agent cni install", "--host-proc"],
         );
     }
 
