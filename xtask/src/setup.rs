@@ -12,10 +12,18 @@
 //! - `rustc-web`, `rust-web-src`, `rust-web-clippy`: a rustc with its library
 //!   sources on disk for `-Z build-std=core` (skipped when a rustup nightly
 //!   with `rust-src` exists), and clippy for linting the eBPF crate;
+//! - `python3-venv`: Debian's Python makes the venv kubernetes-validate
+//!   lives in;
+//! - `kubernetes-validate` (PyPI, pinned; its Kubernetes schemas ship in the
+//!   package, so it validates offline), in a venv under target/: the
+//!   manifests' test checks deploy/ with it;
 //! - `bpf-linker`, built against LLVM 22;
 //! - the rustup toolchain `bpf-deb` pointing at Debian's rustc;
 //! - bpffs mounted at /sys/fs/bpf, where the agent pins its programs.
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -23,6 +31,10 @@ use crate::{ebpf_toolchain, run};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+/// 1.37 bundles the schemas of Kubernetes 1.25 to 1.37.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+/// Debian's Python, the one `python3-venv` completes.
+const PYTHON: &str = "/usr/bin/python3";
 
 /// One prerequisite: how to tell it is there, and how to get it.
 struct Need {
@@ -84,6 +96,7 @@ fn needs() -> Vec<Need> {
         "nginx",
         "llvm-22-dev",
         "containernetworking-plugins",
+        "python3-venv",
     ];
     if !nightly {
         packages.extend(["rustc-web", "rust-web-src", "rust-web-clippy"]);
@@ -109,6 +122,21 @@ fn needs() -> Vec<Need> {
             }),
         });
     }
+    needs.push(Need {
+        what: format!("kubernetes-validate {KUBERNETES_VALIDATE_VERSION} (PyPI, in a venv)"),
+        manual: format!(
+            "{PYTHON} -m venv {venv} && {venv}/bin/pip install kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}",
+            venv = kubernetes_validate_venv().display()
+        ),
+        present: Command::new(kubernetes_validate())
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| {
+                out.status.success()
+                    && String::from_utf8_lossy(&out.stdout).trim() == KUBERNETES_VALIDATE_VERSION
+            }),
+        install: Box::new(install_kubernetes_validate),
+    });
     needs.push(Need {
         what: "bpffs mounted at /sys/fs/bpf".into(),
         manual: "mount -t bpf bpf /sys/fs/bpf".into(),
@@ -164,6 +192,27 @@ fn install_bpf_linker() -> anyhow::Result<()> {
             // Without LLVM 22's llvm-config first on PATH the build looks in
             // /usr and fails with `unable to find library -lLLVM`.
             .env("PATH", format!("{LLVM_BIN}:{path}")),
+    )
+}
+
+fn kubernetes_validate_venv() -> PathBuf {
+    run::workspace_root().join("target/kubernetes-validate")
+}
+
+/// The `kubernetes-validate` that setup installs.
+pub fn kubernetes_validate() -> PathBuf {
+    kubernetes_validate_venv().join("bin/kubernetes-validate")
+}
+
+fn install_kubernetes_validate() -> anyhow::Result<()> {
+    let venv = kubernetes_validate_venv();
+    run::status(Command::new(PYTHON).arg("-m").arg("venv").arg(&venv))?;
+    run::status(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!(
+                "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+            )),
     )
 }
 

@@ -9,6 +9,9 @@ use anyhow::bail;
 
 use crate::{ebpf_toolchain, run, setup};
 
+/// The manifests' test that runs kubernetes-validate (tests/manifests).
+const VALIDATE_TEST: &str = "kubernetes_validate_strict_accepts_every_document";
+
 #[derive(clap::Args)]
 pub struct TestArgs {
     /// Skip rustfmt and clippy.
@@ -46,6 +49,33 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
                 .args(&args.test_args),
         )
     })?;
+    // The manifests in deploy/ (no API server, no root): typed and policy
+    // checks first, then the external validator, which `setup` installed.
+    let manifests = || {
+        let mut cmd = cargo();
+        cmd.args([
+            "test",
+            "--package",
+            "nodemesh-tests",
+            "--test",
+            "manifests",
+            "--",
+        ]);
+        cmd
+    };
+    stage("manifests: typed round-trip and privileges", || {
+        run::status(manifests().args(["--skip", VALIDATE_TEST]))
+    })?;
+    stage(
+        "manifests: kubernetes-validate --strict, several Kubernetes versions",
+        || {
+            run::status(
+                manifests()
+                    .args(["--exact", VALIDATE_TEST])
+                    .env("KUBERNETES_VALIDATE", setup::kubernetes_validate()),
+            )
+        },
+    )?;
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "the end-to-end tests need root (they create network namespaces, cgroups and load \

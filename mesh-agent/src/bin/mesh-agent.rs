@@ -83,6 +83,13 @@ enum Command {
         #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
         bpffs_dir: PathBuf,
     },
+    /// Print the CustomResourceDefinitions of nodemesh's kinds
+    /// (AuthorizationPolicy, PeerAuthentication, TrafficPolicy in
+    /// nodemesh.io/v1alpha1) as one multi-document YAML, generated from the
+    /// types the agent parses them with. deploy/crds.yaml is this output:
+    /// `mesh-agent crds > deploy/crds.yaml`, or `mesh-agent crds | kubectl
+    /// apply -f -`.
+    Crds,
 }
 
 #[derive(Subcommand)]
@@ -388,6 +395,10 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             Duration::from_secs(lifetime_secs),
         )),
         Command::Cni(command) => cni_command(command),
+        Command::Crds => {
+            print!("{}", mesh_agent::crd::yaml()?);
+            Ok(())
+        }
         Command::Uninstall { bpffs_dir } => {
             object::uninstall(&bpffs_dir)?;
             println!("removed {}: capture programs detached", bpffs_dir.display());

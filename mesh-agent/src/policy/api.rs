@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -14,7 +15,7 @@ pub struct AuthorizationPolicy {
     pub spec: AuthorizationPolicySpec,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthorizationPolicySpec {
     /// Pods of the policy's namespace it applies to; absent: all of them.
@@ -36,14 +37,14 @@ pub struct AuthorizationPolicySpec {
     pub rules: Vec<RuleSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Selector {
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 pub enum Action {
     #[default]
     #[serde(rename = "ALLOW")]
@@ -57,7 +58,7 @@ pub enum Action {
 
 /// A rule matches when every field it sets matches (`from` AND `to`); a
 /// field with several values matches any of them. `{}` matches everything.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleSpec {
     #[serde(default)]
@@ -70,7 +71,7 @@ pub struct RuleSpec {
 }
 
 /// What a waypoint policy attaches to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TargetRef {
     /// `""` for a Service, `gateway.networking.k8s.io` for a Gateway.
@@ -84,7 +85,7 @@ pub struct TargetRef {
 /// `key` is `request.headers[<name>]`; it holds when the header's value is
 /// one of `values` (patterns like paths: exact, `prefix*`, `*suffix`, `*`)
 /// and none of `notValues`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConditionSpec {
     pub key: String,
@@ -94,7 +95,7 @@ pub struct ConditionSpec {
     pub not_values: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FromSpec {
     /// SPIFFE IDs: exact, `prefix*`, `*suffix`, or `*` (any authenticated peer).
@@ -108,7 +109,7 @@ pub struct FromSpec {
     pub ip_blocks: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ToSpec {
     #[serde(default)]
@@ -134,13 +135,13 @@ pub struct PeerAuthentication {
     pub spec: PeerAuthenticationSpec,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PeerAuthenticationSpec {
     pub mode: Mode,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 pub enum Mode {
     /// Plaintext from outside the mesh is accepted (and marked as such).
     #[default]

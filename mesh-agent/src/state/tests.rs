@@ -285,6 +285,35 @@ spec:
     assert_eq!((per_source.requests_per_unit, per_source.burst), (10, None));
 }
 
+/// The CA reports an invalid object in its `status.conditions` (the CRDs'
+/// status subresource); the object, status and all, still loads as before.
+#[test]
+fn nodemesh_objects_with_a_status_load() {
+    let d = Dir::new();
+    d.write(
+        "policies.yaml",
+        "apiVersion: nodemesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-ops, namespace: shop}
+spec:
+  action: DENY
+  rules: [{from: {namespaces: [ops]}}]
+status:
+  conditions: [{type: Accepted, status: \"True\", reason: Valid, message: \"\", lastTransitionTime: \"2026-01-01T00:00:00Z\"}]
+---
+apiVersion: nodemesh.io/v1alpha1
+kind: PeerAuthentication
+metadata: {name: default, namespace: shop}
+spec: {mode: STRICT}
+status: {conditions: []}
+",
+    );
+    let loaded = d.load();
+    assert_eq!(loaded.errors, []);
+    assert_eq!(loaded.snapshot.policies["shop"][0].name, "deny-ops");
+    assert_eq!(loaded.snapshot.peer_auth[0].name, "default");
+}
+
 #[test]
 fn grpc_routes_load_as_written_and_http_only_fields_are_errors() {
     let d = Dir::new();

@@ -5,6 +5,7 @@
 //! drop a limit; what the numbers *mean* (rates, units, percentages,
 //! durations) is checked by the waypoint that enforces them, which reports
 //! problems per object and field.
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -36,7 +37,7 @@ impl TrafficPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficPolicySpec {
     pub target_ref: PolicyTargetRef,
@@ -46,7 +47,7 @@ pub struct TrafficPolicySpec {
 
 /// GEP-713 `LocalPolicyTargetReferenceWithSectionName`: an object in the
 /// policy's own namespace.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PolicyTargetRef {
     /// `gateway.networking.k8s.io`.
@@ -59,7 +60,7 @@ pub struct PolicyTargetRef {
 }
 
 /// Local token buckets, kept by each waypoint process on its own.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimit {
     /// One bucket shared by every request to the target.
@@ -68,7 +69,7 @@ pub struct RateLimit {
     pub per_source: Option<TokenBucket>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenBucket {
     pub requests_per_unit: u32,
@@ -79,14 +80,14 @@ pub struct TokenBucket {
     pub burst: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fault {
     pub delay: Option<FaultDelay>,
     pub abort: Option<FaultAbort>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultDelay {
     /// Gateway API duration (`100ms`, `1s`).
@@ -95,7 +96,7 @@ pub struct FaultDelay {
     pub percent: Option<Percent>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultAbort {
     /// The HTTP status answered instead of forwarding.
@@ -107,7 +108,7 @@ pub struct FaultAbort {
 /// A percentage as written, fractions allowed (`0.5`). Equal when the bits
 /// are: that keeps `Eq` lawful even for a NaN a user might write, so
 /// snapshots still compare (the watcher publishes only changes).
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
 #[serde(transparent)]
 pub struct Percent(pub f64);
 
