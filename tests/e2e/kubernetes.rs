@@ -27,8 +27,12 @@ pub fn trials() -> Vec<Trial> {
             cni_gates_new_pods,
         ),
         trial(
-            "kubernetes::pods_running_before_the_agent_are_found_in_proc",
-            proc_scan_finds_running_pods,
+            "kubernetes::pods_running_before_the_agent_are_found_pinned_or_in_proc",
+            scan_finds_running_pods,
+        ),
+        trial(
+            "kubernetes::a_surge_agent_takes_over_and_the_old_one_changes_nothing",
+            surge_agent_takes_over,
         ),
     ]
 }
@@ -242,12 +246,7 @@ fn cni_gates_new_pods() -> anyhow::Result<()> {
 
     // The agent is down: the sandbox must not start. The runtime then
     // cleans up with DEL, which succeeds without the agent.
-    let index = meshed
-        .agents
-        .iter()
-        .position(|a| a.node == "n1")
-        .context("agent n1")?;
-    drop(meshed.agents.remove(index));
+    drop(meshed.take_agent("n1"));
     {
         let runtime = Runtime::new(&meshed, &fresh, &socket)?;
         let refused = runtime.add()?;
@@ -332,16 +331,14 @@ fn cni_gates_new_pods() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn proc_scan_finds_running_pods() -> anyhow::Result<()> {
+fn scan_finds_running_pods() -> anyhow::Result<()> {
     let cluster = ClusterSpec::cross_node_pair().build()?;
-    // a has been running since before the agent: a process (its "pause")
-    // holds its namespace, and the API server knows its address, but no
-    // annotation says where it is.
-    let pause = {
-        let mut sleep = Command::new("sleep");
-        sleep.arg("600");
-        cluster.spawn(cluster.pod("a"), sleep)?
-    };
+    // Both pods have been running since before the agents, and the API
+    // server knows their addresses, but no annotation says where they are.
+    // a's runtime pins its namespace (as containerd does); b's pins nothing,
+    // and its server is the process that holds its namespace.
+    let pins = cluster.scratch_dir("netns-pins")?;
+    std::os::unix::fs::symlink(cluster.pod("a").netns_path(), pins.join("cni-a"))?;
     let config = MeshConfig::new()
         .namespace("shop", true)
         .pod(cluster.pod("a"), "shop")
@@ -349,10 +346,12 @@ fn proc_scan_finds_running_pods() -> anyhow::Result<()> {
         .unannotated("a")
         .unannotated("b");
     let b = cluster.pod("b").clone();
-    // b's server is the process that holds its namespace.
     let server = serve(&cluster, &b, "0.0.0.0:8080", 1000, 2)?;
     let meshed = Meshed::start_on(Source::ApiServer, cluster, config, 3600)?;
-    for (node, pod) in [("n1", "shop/a"), ("n2", "shop/b")] {
+    for (node, pod, netns) in [
+        ("n1", "shop/a", pins.join("cni-a").display().to_string()),
+        ("n2", "shop/b", "/ns/net".to_owned()),
+    ] {
         let agent = meshed.agent(node);
         ensure!(
             agent.enrolled_pods()? == [pod],
@@ -361,7 +360,11 @@ fn proc_scan_finds_running_pods() -> anyhow::Result<()> {
             agent.process.stderr()
         );
         let log = agent.process.stderr();
-        ensure!(log.contains("found by the /proc scan"), "{node}: {log}");
+        let found = log
+            .lines()
+            .find(|l| l.contains("found by the pod scan"))
+            .with_context(|| format!("{node} logged no scan: {log}"))?;
+        ensure!(found.contains(&netns), "{node}: {found}");
     }
     let a = meshed.cluster.pod("a").clone();
     let to = SocketAddr::new(IpAddr::from(b.ipv4), 8080);
@@ -374,6 +377,85 @@ fn proc_scan_finds_running_pods() -> anyhow::Result<()> {
         flow.path == "tunnel" && flow.peer_identity.is_some(),
         "{flow:?}"
     );
-    drop((server, pause));
+    drop(server);
+    Ok(())
+}
+
+/// A rolling update's surge: a new agent starts on n1 beside the old one
+/// (same run directory and pins, other admin ports), takes the node over,
+/// and the old one, still running, changes nothing — so a pod the new one
+/// enrols keeps working when the old one goes.
+fn surge_agent_takes_over() -> anyhow::Result<()> {
+    let cluster = ClusterSpec::cross_node_pair().pod("c", "n1").build()?;
+    let config = MeshConfig::new()
+        .namespace("shop", true)
+        .pod(cluster.pod("a"), "shop")
+        .pod(cluster.pod("b"), "shop");
+    let mut meshed = Meshed::start(cluster, config, 3600)?;
+    let ports = [
+        "--metrics-listen",
+        "0.0.0.0:15120",
+        "--ready-listen",
+        "0.0.0.0:15121",
+    ]
+    .map(str::to_owned);
+    let mut extra = meshed.pki.agent_args("n1");
+    extra.extend(ports);
+    let new = Agent::start_with(&meshed.cluster, "n1", &meshed.config_dir, &extra)?;
+    let old = meshed.agent("n1");
+    eventually("the old agent to see it is superseded", || {
+        Ok(old
+            .process
+            .stderr()
+            .contains("a newer agent owns this node now"))
+    })?;
+
+    // Pod c appears: only the new agent may enrol it.
+    let c = meshed.cluster.pod("c").clone();
+    MeshConfig::new()
+        .namespace("shop", true)
+        .pod(meshed.cluster.pod("a"), "shop")
+        .pod(meshed.cluster.pod("b"), "shop")
+        .pod(&c, "shop")
+        .write(&meshed.cluster, &meshed.config_dir)?;
+    new.wait_status("shop/c enrolled and certified", |s| {
+        let has = |list: &str| {
+            s[list]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|p| p["pod"] == "shop/c"))
+        };
+        has("pods") && has("certs")
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let old_log = meshed.agent("n1").process.stderr();
+    ensure!(
+        !old_log.contains(r#""pod":"shop/c""#),
+        "the superseded agent acted on shop/c: {old_log}"
+    );
+
+    // The old agent goes: a's connections and c's inbound keep working.
+    drop(meshed.take_agent("n1"));
+    let b = meshed.cluster.pod("b").clone();
+    let _server_c = serve(&meshed.cluster, &c, "0.0.0.0:8080", 2000, 4)?;
+    let _server_b = serve(&meshed.cluster, &b, "0.0.0.0:8080", 3000, 5)?;
+    let a = meshed.cluster.pod("a").clone();
+    let exchange = |from: &Host, to: &Host, replies: u64| -> anyhow::Result<()> {
+        let target = SocketAddr::new(IpAddr::from(to.ipv4), 8080);
+        let done = connect(&meshed.cluster, from, target, 5000, 6)?;
+        ensure!(
+            done.received == replies,
+            "{} → {} after the old agent left: {done:?}",
+            from.name,
+            to.name
+        );
+        Ok(())
+    };
+    for _ in 0..5 {
+        exchange(&b, &c, 2000)?;
+        exchange(&a, &b, 3000)?;
+    }
+    new.wait_flow("into c over the tunnel", |f| {
+        f.pod == "shop/c" && f.direction == "inbound" && f.state == "closed"
+    })?;
     Ok(())
 }

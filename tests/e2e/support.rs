@@ -178,6 +178,17 @@ impl Meshed {
             .unwrap_or_else(|| panic!("no agent on {node}"))
     }
 
+    /// Takes `node`'s agent out of the mesh's list; the caller owns it (and
+    /// dropping it kills the process).
+    pub fn take_agent(&mut self, node: &str) -> Agent {
+        let index = self
+            .agents
+            .iter()
+            .position(|a| a.node == node)
+            .unwrap_or_else(|| panic!("no agent on {node}"));
+        self.agents.remove(index)
+    }
+
     /// Replaces (or adds) one file of the local config; agents pick it up.
     pub fn write_config(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
         write_atomically(&self.config_dir.join(file), yaml)

@@ -54,13 +54,17 @@ fn container<'a>(pod: &'a PodSpec, name: &str) -> &'a Container {
 }
 
 /// The value after `flag` in a container's command line.
-fn flag<'a>(c: &'a Container, flag: &str) -> &'a str {
-    let line: Vec<&String> = c
-        .command
+/// A container's command and arguments, in order.
+fn command_line(c: &Container) -> Vec<&String> {
+    c.command
         .iter()
         .flatten()
         .chain(c.args.iter().flatten())
-        .collect();
+        .collect()
+}
+
+fn flag<'a>(c: &'a Container, flag: &str) -> &'a str {
+    let line = command_line(c);
     let at = line
         .iter()
         .position(|a| *a == flag)
@@ -148,16 +152,20 @@ fn the_agent_holds_exactly_its_three_capabilities_and_is_not_privileged() {
 }
 
 #[test]
-fn the_agent_shares_the_nodes_network_but_not_its_processes() {
+fn the_agent_shares_neither_the_nodes_network_nor_its_processes() {
     let pod = agent_pod();
-    assert_eq!(pod.host_network, Some(true));
+    assert_ne!(
+        pod.host_network,
+        Some(true),
+        "no hostNetwork: the agent works in each pod's namespace, and the surge pod must bind \
+         its ports beside the old agent"
+    );
     assert_ne!(
         pod.host_pid,
         Some(true),
         "no hostPID: /proc comes read-only through a mount"
     );
     assert_ne!(pod.host_ipc, Some(true));
-    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
     assert_eq!(
         pod.priority_class_name.as_deref(),
         Some("system-node-critical")
@@ -197,6 +205,8 @@ fn the_agents_mounts_are_where_its_flags_look() {
         ("/proc", true)
     );
     assert_eq!(flag(agent, "--host-proc"), proc_path);
+    let (pins, _, _) = mount(agent, "netns");
+    assert_eq!(flag(agent, "--netns-dir"), pins);
     let (run, _, _) = mount(agent, "run");
     assert_eq!(flag(agent, "--run-dir"), run);
     assert_eq!(
@@ -276,9 +286,19 @@ fn the_agent_is_probed_on_its_readiness_port_and_rolls_with_a_surge() {
             ("/healthz/ready".to_owned(), IntOrString::Int(ready_port))
         );
     }
-    // A host-network pod's container ports are host ports: the surge pod
-    // could never be scheduled beside the old one.
-    assert!(agent.ports.is_none(), "no ports on the host-network agent");
+    let ports: Vec<i32> = agent
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            assert_eq!(
+                p.host_port, None,
+                "a host port keeps the surge pod off the node"
+            );
+            p.container_port
+        })
+        .collect();
+    assert_eq!(ports, [15020, 15021]);
 }
 
 #[test]
@@ -454,4 +474,25 @@ fn the_image_is_named_once_and_tagged_by_the_kustomization() {
             assert_eq!(c["image"], expected.as_str(), "{}", document.origin());
         }
     }
+}
+
+#[test]
+fn the_cni_installer_never_holds_back_the_agents_own_pods() {
+    let pod = agent_pod();
+    let installer = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "install-cni")
+        .expect("an install-cni container");
+    let line = command_line(installer);
+    let excluded: Vec<&str> = line
+        .windows(2)
+        .filter(|w| w[0] == "--exclude-namespace")
+        .map(|w| w[1].as_str())
+        .collect();
+    // A surge agent pod goes through nodemesh-cni too: waiting for an agent
+    // would be waiting for itself.
+    assert!(excluded.contains(&NAMESPACE), "{excluded:?}");
+    assert!(excluded.contains(&"kube-system"), "{excluded:?}");
+    assert!(line.iter().any(|a| *a == "--watch"));
 }

@@ -486,6 +486,10 @@ impl Agent {
             .arg(&bpffs_dir)
             .arg("--run-dir")
             .arg(&run_dir)
+            // Not /var/run/netns, where every test's namespaces are pinned
+            // (with the same addresses): only what the test puts here.
+            .arg("--netns-dir")
+            .arg(cluster.scratch_dir("netns-pins")?)
             .args(["--reload-interval-ms", "100"])
             .args(extra)
             .env(

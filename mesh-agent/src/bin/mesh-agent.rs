@@ -25,7 +25,8 @@ use mesh_agent::{
     node::{
         cni,
         enrol::Enrolment,
-        pods::{NodePods, ProcScan},
+        owner::Ownership,
+        pods::{NodePods, PodScan},
     },
     proxy::mesh::{Mesh, MeshIdentity},
     state::{self, WaypointRef},
@@ -286,9 +287,15 @@ struct RunArgs {
     /// is up and the pods already on the node are enrolled; 503 before.
     #[arg(long, default_value = "0.0.0.0:15021")]
     ready_listen: std::net::SocketAddr,
-    /// The host's /proc: pods that were running before the agent (or before
-    /// the CNI plugin) are found there by their addresses. In a container,
-    /// mount the host's /proc read-only (e.g. at /host/proc); no hostPID needed.
+    /// Where the container runtime pins pods' network namespaces
+    /// (containerd, CRI-O): pods that were running before the agent (or
+    /// before the CNI plugin) are found there by their addresses.
+    #[arg(long, default_value = "/var/run/netns")]
+    netns_dir: PathBuf,
+    /// The host's /proc, searched after --netns-dir for pods whose runtime
+    /// pins nothing (only pods whose processes run as root: others'
+    /// namespaces need CAP_SYS_PTRACE). In a container, mount the host's
+    /// /proc read-only (e.g. at /host/proc); no hostPID needed.
     #[arg(long, default_value = "/proc")]
     host_proc: PathBuf,
 }
@@ -467,11 +474,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut pods = NodePods::new(
         &args.mesh.node,
         enrolment,
-        ProcScan {
+        PodScan {
+            netns_dir: args.netns_dir.clone(),
             proc_root: args.host_proc.clone(),
             cgroup_mount: cgroup::cgroup2_mount()?,
             pods_cgroup: args.pods_cgroup.clone(),
         },
+        Ownership::claim(&args.run_dir)
+            .with_context(|| format!("claiming the node in {}", args.run_dir.display()))?,
     );
     let (cni_events, mut cni_requests) = tokio::sync::mpsc::channel(64);
     let cni_socket = args.run_dir.join(cni::protocol::SOCKET_NAME);
@@ -511,12 +521,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 write_status(&args, &pods, &admin, &capture, &config_errors)?;
             }
             _ = status_tick.tick() => {
-                // A pod still unlocated may show up in /proc at any time.
-                if !pods.unlocated().is_empty() {
+                if pods.superseded() {
+                    // The new agent writes the status and answers readiness.
+                    admin.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+                // An unlocated pod may be found at any time, and a failed
+                // enrolment may succeed now.
+                if pods.retry_due() {
                     let loaded = Arc::clone(&config.borrow());
                     for error in pods.reconcile(&loaded.snapshot).await {
                         tracing::error!("{error}");
                     }
+                    after_enrolment(&admin.mesh, &pods, &loaded);
                 }
                 write_status(&args, &pods, &admin, &capture, &config_errors)?;
             }
@@ -815,6 +832,10 @@ fn write_status(
     capture: &Mutex<Capture>,
     config_errors: &[String],
 ) -> anyhow::Result<()> {
+    // The run directory is the newer agent's now.
+    if pods.was_superseded() {
+        return Ok(());
+    }
     let mesh = &admin.mesh;
     let counters = capture.lock().expect("capture lock").counters()?;
     let status = Status {

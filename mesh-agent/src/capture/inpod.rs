@@ -102,6 +102,10 @@ fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    // A new agent (a rolling update's surge pod) opens its listeners beside
+    // the old agent's, which keeps serving until it stops: the kernel spreads
+    // new connections over both meanwhile. Only root's sockets can join.
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket
         .bind(&addr.into())

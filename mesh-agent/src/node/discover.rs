@@ -1,13 +1,19 @@
 //! Finding pods that were running before the agent (or before the CNI
-//! plugin was installed): a scan of the host's `/proc`.
+//! plugin was installed), by their addresses.
 //!
-//! Each process names its network namespace (`/proc/<pid>/ns/net`) and its
-//! cgroup. A namespace whose interfaces carry the address of an unlocated pod
-//! of this node is that pod's. Only processes under the pods cgroup count, so
-//! a host process, or another cluster's namespace that happens to reuse an
-//! address, is never taken for a pod. Where the cgroup path cannot be placed
-//! (an agent in its own cgroup namespace sees paths above its root as
-//! `/..`), the address alone decides: addresses are unique on one node.
+//! Two places name network namespaces: the directory where the container
+//! runtime pins each sandbox's (`/var/run/netns` for containerd and CRI-O),
+//! and the host's `/proc`, where each process names its own
+//! (`/proc/<pid>/ns/net`) and its cgroup. A namespace whose interfaces carry
+//! the address of an unlocated pod of this node is that pod's. Pins are
+//! read first: opening another user's `/proc/<pid>/ns/net` needs
+//! CAP_SYS_PTRACE, which the agent does not have, so `/proc` finds only
+//! pods whose processes run as root (runtimes that pin nothing, such as
+//! cri-dockerd with root pause containers). From `/proc`, only processes
+//! under the pods cgroup count, so a host process is never taken for a pod;
+//! where the cgroup path cannot be placed (an agent in its own cgroup
+//! namespace sees paths above its root as `/..`), the address alone
+//! decides: addresses are unique on one node.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -16,7 +22,7 @@ use std::{
 };
 
 use super::whereabouts::{Finder, Located};
-use crate::capture::netns::{NetnsError, in_netns};
+use crate::capture::netns::in_netns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoverError {
@@ -30,6 +36,8 @@ pub enum DiscoverError {
 
 /// Where to look and what for.
 pub struct Scan<'a> {
+    /// Where the runtime pins sandboxes' network namespaces.
+    pub netns_dir: &'a Path,
     /// The host's `/proc` (`/host/proc` in the DaemonSet).
     pub proc_root: &'a Path,
     /// The cgroup v2 mount and the pods cgroup below it.
@@ -40,66 +48,86 @@ pub struct Scan<'a> {
 }
 
 impl Scan<'_> {
-    /// The wanted pods found, by `namespace/name`. Processes that end during
-    /// the scan are skipped; only an unreadable `/proc` is an error.
+    /// The wanted pods found, by `namespace/name`. Namespaces and processes
+    /// that go away during the scan are skipped; only an unreadable `/proc`
+    /// is an error (a missing pin directory means the runtime pins nothing).
     pub fn run(&self) -> Result<BTreeMap<String, Located>, DiscoverError> {
         let mut found = BTreeMap::new();
         if self.wanted.is_empty() {
             return Ok(found);
         }
+        // Our own namespace is never a pod's.
+        let mut seen: BTreeSet<(u64, u64)> = netns_id(Path::new("/proc/thread-self/ns/net"))
+            .into_iter()
+            .collect();
+        let pins = std::fs::read_dir(self.netns_dir)
+            .into_iter()
+            .flatten()
+            .flatten();
+        for pin in pins {
+            self.look(&pin.path(), None, &mut seen, &mut found);
+        }
         let entries = std::fs::read_dir(self.proc_root).map_err(|source| DiscoverError::Proc {
             path: self.proc_root.to_owned(),
             source,
         })?;
-        // Our own namespace is the node's: never a pod's.
-        let mut seen: BTreeSet<(u64, u64)> = netns_id(Path::new("/proc/thread-self/ns/net"))
-            .into_iter()
-            .collect();
         for entry in entries.flatten() {
             let pid = entry.file_name();
             if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
                 continue;
             }
             let dir = entry.path();
-            let Some(cgroup) = self.pod_cgroup(&dir) else {
-                continue;
-            };
-            let netns = dir.join("ns/net");
-            let Some(id) = netns_id(&netns) else {
-                continue;
-            };
-            if !seen.insert(id) {
-                continue;
+            if let Some(cgroup) = self.pod_cgroup(&dir) {
+                self.look(&dir.join("ns/net"), cgroup, &mut seen, &mut found);
             }
-            let addresses = match in_netns(&netns, local_addresses) {
-                Ok(Ok(addresses)) => addresses,
-                // The process ended, or the namespace has no readable
-                // interfaces: not a pod we can enrol.
-                Ok(Err(_)) | Err(NetnsError::Open { .. }) => continue,
-                Err(e) => {
-                    tracing::debug!(netns = %netns.display(), "skipped in the /proc scan: {e}");
-                    continue;
-                }
-            };
-            let ips: Vec<IpAddr> = addresses
-                .into_iter()
-                .filter(|ip| self.wanted.contains_key(ip))
-                .collect();
-            let Some(pod) = ips.first().map(|ip| self.wanted[ip].clone()) else {
-                continue;
-            };
-            found.insert(
-                pod,
-                Located {
-                    netns,
-                    cgroup,
-                    ips,
-                    sandbox: None,
-                    by: Finder::ProcScan,
-                },
-            );
         }
         Ok(found)
+    }
+
+    /// Records the namespace at `netns` if its addresses are a wanted pod's.
+    fn look(
+        &self,
+        netns: &Path,
+        cgroup: Option<PathBuf>,
+        seen: &mut BTreeSet<(u64, u64)>,
+        found: &mut BTreeMap<String, Located>,
+    ) {
+        let Some(id) = netns_id(netns) else {
+            return;
+        };
+        if !seen.insert(id) {
+            return;
+        }
+        let addresses = match in_netns(netns, local_addresses) {
+            Ok(Ok(addresses)) => addresses,
+            // Gone, not a namespace, or not ours to open: not a pod we can
+            // enrol.
+            Ok(Err(e)) => {
+                tracing::debug!(netns = %netns.display(), "skipped in the pod scan: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(netns = %netns.display(), "skipped in the pod scan: {e}");
+                return;
+            }
+        };
+        let ips: Vec<IpAddr> = addresses
+            .into_iter()
+            .filter(|ip| self.wanted.contains_key(ip))
+            .collect();
+        let Some(pod) = ips.first().map(|ip| self.wanted[ip].clone()) else {
+            return;
+        };
+        found.insert(
+            pod,
+            Located {
+                netns: netns.to_owned(),
+                cgroup,
+                ips,
+                sandbox: None,
+                by: Finder::Scan,
+            },
+        );
     }
 
     /// The process's cgroup if it may be a pod's: `Some(None)` when its path
@@ -154,6 +182,7 @@ mod tests {
         };
         let wanted = BTreeMap::new();
         let scan = Scan {
+            netns_dir: dir.path(),
             proc_root: dir.path(),
             cgroup_mount: Path::new("/sys/fs/cgroup"),
             pods_cgroup: Path::new("/sys/fs/cgroup/kubepods.slice"),

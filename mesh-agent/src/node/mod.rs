@@ -2,13 +2,15 @@
 //! (capture programs, in-pod listeners, proxy tasks, certificates).
 //!
 //! - [`pods`]: this node's pods — the model joined with where the node
-//!   found them ([`whereabouts`]: annotations, the CNI plugin, a `/proc`
-//!   scan by [`discover`]) — driving [`enrol`].
+//!   found them ([`whereabouts`]: annotations, the CNI plugin, a scan of
+//!   pinned namespaces and `/proc` by [`discover`]) — driving [`enrol`];
+//!   [`owner`] says which of two agents (a rolling update) may change it.
 //! - [`enrol`]: turning "these pods should be meshed" into kernel state,
 //!   in-pod listeners and proxy tasks, and back out.
 //! - [`cni`]: the chained CNI plugin, its socket on the agent, its installer.
 pub mod cni;
 pub mod discover;
 pub mod enrol;
+pub mod owner;
 pub mod pods;
 pub mod whereabouts;

@@ -1,6 +1,7 @@
 //! This node's pods: the model's wishes joined with where the node found
 //! each pod ([`Whereabouts`]), turned into enrolment. One owner, driven by
-//! two inputs: a new model, and the CNI plugin's reports.
+//! three inputs: a new model, the CNI plugin's reports, and a timer that
+//! retries what is not in place yet.
 use std::{
     collections::BTreeMap,
     net::IpAddr,
@@ -12,15 +13,21 @@ use super::{
     cni::server::Event,
     discover::Scan,
     enrol::{EnrolError, Enrolment},
+    owner::Ownership,
     whereabouts::{Whereabouts, placements},
 };
 use crate::state::Snapshot;
 
-/// A `/proc` scan enters every candidate namespace: at most this often.
+/// A scan enters every candidate namespace: at most this often.
 const SCAN_INTERVAL: Duration = Duration::from_secs(2);
+/// Failed enrolments are retried after this, doubling up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Where to look for pods that were running before the agent.
-pub struct ProcScan {
+pub struct PodScan {
+    /// Where the container runtime pins sandboxes' network namespaces.
+    pub netns_dir: PathBuf,
     pub proc_root: PathBuf,
     pub cgroup_mount: PathBuf,
     pub pods_cgroup: PathBuf,
@@ -30,21 +37,28 @@ pub struct NodePods {
     node: String,
     enrolment: Enrolment,
     found: Whereabouts,
-    scan: ProcScan,
+    scan: PodScan,
+    owner: Ownership,
     last_scan: Option<Instant>,
     /// Enrolled pods of this node not located yet (`namespace/name`).
     unlocated: Vec<String>,
+    /// When to try again after enrolments failed, and the wait after that.
+    retry: Option<(Instant, Duration)>,
+    superseded: bool,
 }
 
 impl NodePods {
-    pub fn new(node: &str, enrolment: Enrolment, scan: ProcScan) -> Self {
+    pub fn new(node: &str, enrolment: Enrolment, scan: PodScan, owner: Ownership) -> Self {
         Self {
             node: node.to_owned(),
             enrolment,
             found: Whereabouts::default(),
             scan,
+            owner,
             last_scan: None,
             unlocated: Vec::new(),
+            retry: None,
+            superseded: false,
         }
     }
 
@@ -53,13 +67,35 @@ impl NodePods {
     }
 
     /// Enrolled pods of this node whose network namespace is not known yet:
-    /// running uncaptured until the CNI plugin or a `/proc` scan finds them.
+    /// running uncaptured until the CNI plugin or a scan finds them.
     pub fn unlocated(&self) -> &[String] {
         &self.unlocated
     }
 
+    /// Whether a newer agent owns the node (see [`Ownership`]); from then on
+    /// this one changes nothing.
+    pub fn superseded(&mut self) -> bool {
+        if !self.superseded && !self.owner.held() {
+            self.superseded = true;
+            tracing::warn!(
+                owner = %self.owner.holder(),
+                "a newer agent owns this node now: this one stops changing capture state and \
+                 serves only the connections it has, until it is stopped"
+            );
+        }
+        self.superseded
+    }
+
+    /// [`NodePods::superseded`] as last found, without reading the file.
+    pub fn was_superseded(&self) -> bool {
+        self.superseded
+    }
+
     /// Brings enrolment in line with `snapshot`; returns what failed.
     pub async fn reconcile(&mut self, snapshot: &Snapshot) -> Vec<EnrolError> {
+        if self.superseded() {
+            return Vec::new();
+        }
         self.found.prune();
         let mut plan = placements(snapshot, &self.node, &self.found);
         if !plan.unlocated.is_empty() && self.scan_due() {
@@ -70,11 +106,25 @@ impl NodePods {
             tracing::warn!(
                 pods = ?plan.unlocated,
                 "pods of enrolled namespaces with no known network namespace yet: their traffic \
-                 is not captured until the CNI plugin reports them or a /proc scan finds them"
+                 is not captured until the CNI plugin reports them or a scan finds them"
             );
         }
         self.unlocated = plan.unlocated;
-        self.enrolment.reconcile(&plan.placements).await
+        let errors = self.enrolment.reconcile(&plan.placements).await;
+        self.retry = match (errors.is_empty(), self.retry) {
+            (true, _) => None,
+            (false, None) => Some((Instant::now() + RETRY_FIRST, RETRY_FIRST * 2)),
+            (false, Some((_, wait))) => Some((Instant::now() + wait, (wait * 2).min(RETRY_MAX))),
+        };
+        errors
+    }
+
+    /// Whether the timer should reconcile again: pods are still unlocated,
+    /// or enrolments failed and their retry is due.
+    pub fn retry_due(&self) -> bool {
+        !self.superseded
+            && (!self.unlocated.is_empty()
+                || self.retry.is_some_and(|(at, _)| Instant::now() >= at))
     }
 
     /// Acts on a CNI report, answering it once enrolment is done.
@@ -89,6 +139,8 @@ impl NodePods {
                 let errors = self.reconcile(snapshot).await;
                 let answer = if self.enrolment.is_enrolled(&pod) {
                     Ok(())
+                } else if self.superseded {
+                    Err("this agent is being replaced; the new one answers".to_owned())
                 } else {
                     Err(errors
                         .iter()
@@ -132,13 +184,21 @@ impl NodePods {
         if wanted.is_empty() {
             return;
         }
-        let (proc_root, mount, pods) = (
-            self.scan.proc_root.clone(),
-            self.scan.cgroup_mount.clone(),
-            self.scan.pods_cgroup.clone(),
+        let PodScan {
+            netns_dir,
+            proc_root,
+            cgroup_mount,
+            pods_cgroup,
+        } = &self.scan;
+        let (netns_dir, proc_root, mount, pods) = (
+            netns_dir.clone(),
+            proc_root.clone(),
+            cgroup_mount.clone(),
+            pods_cgroup.clone(),
         );
         let scanned = tokio::task::spawn_blocking(move || {
             Scan {
+                netns_dir: &netns_dir,
                 proc_root: &proc_root,
                 cgroup_mount: &mount,
                 pods_cgroup: &pods,
@@ -150,12 +210,12 @@ impl NodePods {
         match scanned {
             Ok(Ok(found)) => {
                 for (pod, located) in found {
-                    tracing::info!(%pod, netns = %located.netns.display(), "found by the /proc scan");
+                    tracing::info!(%pod, netns = %located.netns.display(), "found by the pod scan");
                     self.found.found(&pod, located);
                 }
             }
-            Ok(Err(e)) => tracing::warn!("/proc scan: {e}"),
-            Err(e) => tracing::warn!("/proc scan stopped: {e}"),
+            Ok(Err(e)) => tracing::warn!("pod scan: {e}"),
+            Err(e) => tracing::warn!("pod scan stopped: {e}"),
         }
     }
 }

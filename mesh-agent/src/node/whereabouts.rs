@@ -4,8 +4,8 @@
 //! Local YAML names them in annotations. On Kubernetes the node learns them
 //! itself: from the CNI plugin as each sandbox is set up (with the addresses
 //! the CNI result gave, before the kubelet writes them to the pod), and, for
-//! pods that were running before the agent, from a `/proc` scan
-//! ([`super::discover`]). [`placements`] joins the model with what the node
+//! pods that were running before the agent, from a scan of pinned network
+//! namespaces and `/proc` ([`super::discover`]). [`placements`] joins the model with what the node
 //! found into the set enrolment works from.
 use std::{
     collections::BTreeMap,
@@ -24,8 +24,8 @@ use crate::state::Snapshot;
 pub enum Finder {
     /// The CNI plugin reported the pod's sandbox.
     Cni,
-    /// A process of the pod was found in `/proc`.
-    ProcScan,
+    /// The scan of pinned namespaces and `/proc` found it.
+    Scan,
 }
 
 /// One pod's place on this node.
@@ -52,7 +52,7 @@ pub struct Whereabouts {
 impl Whereabouts {
     /// Records where `pod` is; a CNI report replaces what a scan found.
     pub fn found(&mut self, pod: &str, located: Located) {
-        let keep_cni = located.by == Finder::ProcScan
+        let keep_cni = located.by == Finder::Scan
             && self
                 .pods
                 .get(pod)
@@ -186,7 +186,7 @@ mod tests {
         );
         found.found(
             "shop/running",
-            located("/proc/7/ns/net", "10.9.9.9", Finder::ProcScan, None),
+            located("/proc/7/ns/net", "10.9.9.9", Finder::Scan, None),
         );
         let plan = placements(&s, "n1", &found);
         assert!(plan.unlocated.is_empty(), "{plan:?}");
