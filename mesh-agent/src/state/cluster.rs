@@ -7,6 +7,7 @@
 //! while the API server is unreachable the last good one keeps serving:
 //! losing the API server never unenrols a pod or drops a policy. What the
 //! source is doing is in [`SourceStatus`].
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
@@ -288,5 +289,7 @@ fn object(resource: &ApiResource, object: DynamicObject) -> Value {
     value
 }
 
+#[cfg(test)]
+pub(crate) mod mock;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,7 @@ use super::{
     client::{SigningError, request_certificate},
     node_identity,
     server::{Signer, serve_connection},
+    token_review::TokenReviewer,
 };
 use crate::{
     identity::{
@@ -20,13 +21,13 @@ use crate::{
     },
     tunnel::{
         client::Connection,
-        tls::{WorkloadCert, client_config, server_config},
+        tls::{WorkloadCert, client_config, server_config, server_config_optional_clients},
     },
 };
 
-const TD: &str = "cluster.local";
+pub(super) const TD: &str = "cluster.local";
 
-fn cert_for(ca: &MeshCa, id: &SpiffeId) -> WorkloadCert {
+pub(super) fn cert_for(ca: &MeshCa, id: &SpiffeId) -> WorkloadCert {
     let key = KeyPair::generate().unwrap();
     let issued = ca.issue(id, &key, DEFAULT_LIFETIME).unwrap();
     WorkloadCert {
@@ -35,22 +36,36 @@ fn cert_for(ca: &MeshCa, id: &SpiffeId) -> WorkloadCert {
     }
 }
 
-struct Setup {
-    _dir: tempfile::TempDir,
+pub(super) struct Setup {
+    pub(super) dir: tempfile::TempDir,
     /// The same CA, opened a second time, for issuing test credentials.
-    issuer: MeshCa,
-    bundle: TrustBundle,
-    addr: std::net::SocketAddr,
+    pub(super) issuer: MeshCa,
+    pub(super) bundle: TrustBundle,
+    pub(super) addr: std::net::SocketAddr,
 }
 
 /// A CA whose model has shop/cart-1 on n1 and shop/pay-1 on n2.
 async fn ca_server() -> Setup {
+    ca_server_with(None, DEFAULT_LIFETIME).await
+}
+
+/// [`ca_server`] taking node agents' tokens to `tokens` (and letting
+/// clients come without a certificate), issuing for `lifetime`.
+pub(super) async fn ca_server_with(
+    tokens: Option<TokenReviewer>,
+    lifetime: std::time::Duration,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ca");
     let ca = MeshCa::init(&path, TD).unwrap();
     let issuer = MeshCa::load(&path).unwrap();
     let bundle = ca.bundle().unwrap();
-    let tls = server_config(&cert_for(&ca, &ca_identity(TD).unwrap()), &bundle).unwrap();
+    let cert = cert_for(&ca, &ca_identity(TD).unwrap());
+    let tls = if tokens.is_some() {
+        server_config_optional_clients(&cert, &bundle).unwrap()
+    } else {
+        server_config(&cert, &bundle).unwrap()
+    };
     let lookup: super::server::Lookup = Arc::new(|pod: &str| {
         let (node, sa) = match pod {
             "shop/cart-1" => ("n1", "cart"),
@@ -63,7 +78,8 @@ async fn ca_server() -> Setup {
         ca,
         bundle: bundle.clone(),
         lookup,
-        lifetime: DEFAULT_LIFETIME,
+        lifetime,
+        tokens,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -78,14 +94,14 @@ async fn ca_server() -> Setup {
         }
     });
     Setup {
-        _dir: dir,
+        dir,
         issuer,
         bundle,
         addr,
     }
 }
 
-async fn connect_as(setup: &Setup, id: &SpiffeId) -> Connection {
+pub(super) async fn connect_as(setup: &Setup, id: &SpiffeId) -> Connection {
     let tls = client_config(
         &cert_for(&setup.issuer, id),
         &setup.bundle,
