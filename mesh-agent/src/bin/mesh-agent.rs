@@ -421,6 +421,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         mesh,
         admin,
         socket,
+        client,
     } = serve(&args.mesh, &args.run_dir, Some(args.metrics_listen)).await?;
     let mut enrolment = Enrolment::new(Arc::clone(&capture), Arc::clone(&mesh), &args.pods_cgroup);
     let mut config_errors = reconcile(&args, &mut enrolment, &admin, &capture, &mut config).await?;
@@ -428,6 +429,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(node = %args.mesh.node, admin = %socket.display(), "ready");
+    if let Some(client) = client {
+        mesh_agent::node::taint::spawn_removal(client, args.mesh.node.clone());
+    }
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
@@ -454,6 +458,8 @@ struct Served {
     mesh: Arc<Mesh>,
     admin: Arc<Admin>,
     socket: PathBuf,
+    /// The API server's client, in Kubernetes mode.
+    client: Option<kube::Client>,
 }
 
 async fn serve(
@@ -466,7 +472,7 @@ async fn serve(
         config,
         task: watcher,
         cluster,
-        ..
+        client,
     } = args.source.open().await?;
     let metrics = Arc::new(Metrics::new());
     let flows = FlowStore::new(&args.node, args.flow_capacity)
@@ -492,6 +498,7 @@ async fn serve(
         mesh,
         admin,
         socket,
+        client,
     })
 }
 
@@ -510,6 +517,7 @@ async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
         mesh,
         admin,
         socket,
+        ..
     } = serve(&args.mesh, &run_dir, args.metrics_listen).await?;
     let workers = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, usize::from),

@@ -3,4 +3,7 @@
 //!
 //! - [`enrol`]: turning "these pods should be meshed" into kernel state,
 //!   in-pod listeners and proxy tasks, and back out.
+//! - [`taint`]: on Kubernetes, lifting the start-up taint off this node
+//!   once the agent is ready.
 pub mod enrol;
+pub mod taint;

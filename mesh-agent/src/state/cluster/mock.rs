@@ -18,6 +18,9 @@ pub type Feed = http_body_util::channel::Sender<Bytes, BoxError>;
 pub struct Seen {
     pub method: http::Method,
     pub path: String,
+    /// Path and query.
+    pub uri: String,
+    pub content_type: Option<String>,
     /// The body as JSON (`Null` when empty).
     pub body: Json,
 }
@@ -65,6 +68,12 @@ pub fn client(mut handler: impl FnMut(Seen) -> Response<MockBody> + Send + 'stat
             let seen = Seen {
                 method: parts.method,
                 path: parts.uri.path().to_owned(),
+                uri: parts.uri.to_string(),
+                content_type: parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
                 body: serde_json::from_slice(&bytes).unwrap_or(Json::Null),
             };
             send.send_response(handler(seen));
