@@ -686,7 +686,8 @@ async fn serve_ca(
     } else {
         mesh_agent::tunnel::tls::server_config(&cert, &bundle)?
     };
-    if tokens.is_some() {
+    if let Some(client) = client {
+        tokio::spawn(state::cluster::conditions::report(client));
         tracing::info!(
             audience,
             agent_account,

@@ -246,7 +246,7 @@ impl Loader {
             ("Namespace", _) => typed::<Namespace>(value).map(|ns| self.namespace(ns)),
             ("Pod", _) => typed::<Pod>(value).map(|pod| self.pod(&doc, pod)),
             ("Service", _) => typed::<Service>(value).map(|svc| self.service(&doc, svc)),
-            ("AuthorizationPolicy", false) => typed::<AuthorizationPolicy>(value)
+            ("AuthorizationPolicy", false) => typed::<AuthorizationPolicy>(without_status(value))
                 .map(|p| self.authorization(&doc, Policy::compile(p))),
             ("AuthorizationPolicy", true) => {
                 typed::<istio::AuthorizationPolicy>(without_status(value))
@@ -264,7 +264,8 @@ impl Loader {
             }
             ("TrafficPolicy", _) => typed::<TrafficPolicy>(without_status(value))
                 .map(|p| self.snapshot.traffic_policies.push(p)),
-            _ => typed::<PeerAuthentication>(value).map(|p| self.peer_auth(&doc, Ok(native(p)))),
+            _ => typed::<PeerAuthentication>(without_status(value))
+                .map(|p| self.peer_auth(&doc, Ok(native(p)))),
         };
         if let Err((field, message)) = result {
             self.fail(&doc, field.as_deref(), message);
@@ -365,8 +366,9 @@ fn in_the_mesh_yet(pod: &Pod) -> bool {
     !ended && !host_network && addressed
 }
 
-/// Controllers write `status`; a copied object may carry one. It is not
-/// configuration, so it is dropped rather than parsed.
+/// Controllers write `status` (the CA writes nodemesh.io objects'
+/// conditions); a copied object may carry one. It is not configuration, so
+/// it is dropped rather than parsed.
 fn without_status(mut value: Value) -> Value {
     if let Value::Mapping(map) = &mut value {
         map.remove("status");

@@ -285,6 +285,39 @@ spec:
     assert_eq!((per_source.requests_per_unit, per_source.burst), (10, None));
 }
 
+/// The CA writes an `Accepted` condition on nodemesh.io objects: the
+/// status must never make the policy itself unreadable.
+#[test]
+fn nodemesh_policies_with_a_status_load() {
+    let d = Dir::new();
+    let status = "status:
+  conditions:
+  - {type: Accepted, status: 'True', reason: Accepted, message: valid, observedGeneration: 1,
+     lastTransitionTime: '2025-06-01T12:00:00Z'}
+";
+    d.write(
+        "policies.yaml",
+        &format!(
+            "apiVersion: nodemesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: deny-legacy, namespace: shop}}
+spec:
+  action: DENY
+  rules: [{{from: {{namespaces: [legacy]}}}}]
+{status}---
+apiVersion: nodemesh.io/v1alpha1
+kind: PeerAuthentication
+metadata: {{name: strict, namespace: shop}}
+spec: {{mode: STRICT}}
+{status}"
+        ),
+    );
+    let loaded = d.load();
+    assert!(loaded.errors.is_empty(), "{:#?}", loaded.errors);
+    assert_eq!(loaded.snapshot.policies["shop"][0].name, "deny-legacy");
+    assert_eq!(loaded.snapshot.peer_auth[0].name, "strict");
+}
+
 #[test]
 fn grpc_routes_load_as_written_and_http_only_fields_are_errors() {
     let d = Dir::new();
