@@ -253,6 +253,16 @@ fn the_agent_authenticates_with_a_projected_token_for_the_ca() {
         flag(agent, "--ca-token-file"),
         format!("{dir}/{}", token.path)
     );
+    // The CA's public root arrives beside the token, from its ConfigMap.
+    let root = volume(&pod, "ca-token")
+        .projected
+        .as_ref()
+        .and_then(|p| p.sources.as_ref())
+        .and_then(|s| s.iter().find_map(|s| s.config_map.as_ref()))
+        .expect("the CA root ConfigMap in the projected volume");
+    assert_eq!(root.name, "nodemesh-ca-root");
+    let item = &root.items.as_ref().expect("items")[0];
+    assert_eq!(flag(agent, "--ca-root"), format!("{dir}/{}", item.path));
     let node = agent
         .env
         .iter()

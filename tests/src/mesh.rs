@@ -336,6 +336,19 @@ impl Pki {
         ]
     }
 
+    /// `mesh-agent run` arguments that make the agent obtain its node
+    /// credentials for the token in `token_file` (Kubernetes mode).
+    pub fn token_agent_args(&self, token_file: &Path) -> Vec<String> {
+        vec![
+            "--ca".to_owned(),
+            self.ca_addr.clone(),
+            "--ca-token-file".to_owned(),
+            token_file.display().to_string(),
+            "--ca-root".to_owned(),
+            self.path(&format!("ca/{}", mesh_agent::identity::ca::ROOT_CERT)),
+        ]
+    }
+
     /// The CA process, once serving.
     pub fn server(&self) -> Option<&PodChild> {
         self.server.as_ref()
@@ -368,11 +381,24 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start(cluster: &Cluster, config_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with_tokens(cluster, config_dir, &[])
+    }
+
+    /// [`ApiServer::start`] whose TokenReviews accept `tokens`
+    /// (`TOKEN=USERNAME[@NODE]`, see `nodemesh-apiserver --token`).
+    pub fn start_with_tokens(
+        cluster: &Cluster,
+        config_dir: &Path,
+        tokens: &[String],
+    ) -> anyhow::Result<Self> {
         let addr = format!("{}:6443", cluster.node("n1").ipv4);
         let mut cmd = Command::new(workspace_binary("nodemesh-apiserver")?);
         cmd.arg("--config-dir")
             .arg(config_dir)
             .args(["--listen", &addr]);
+        for token in tokens {
+            cmd.args(["--token", token]);
+        }
         let mut process = cluster.spawn(cluster.node("n1"), cmd)?;
         let line = process.next_line(Duration::from_secs(10))?;
         anyhow::ensure!(line.contains("listening"), "nodemesh-apiserver: {line}");
@@ -474,6 +500,22 @@ impl Agent {
         config_dir: &Path,
         extra: &[String],
     ) -> anyhow::Result<Self> {
+        let agent = Self::spawn(cluster, node, config_dir, extra)?;
+        agent
+            .process
+            .wait_stderr_line(AGENT_READY, "ready line", |l| {
+                l.contains(r#""message":"ready""#)
+            })?;
+        Ok(agent)
+    }
+
+    /// [`Agent::start_with`] without waiting until it is ready.
+    pub fn spawn(
+        cluster: &Cluster,
+        node: &str,
+        config_dir: &Path,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
         let host = cluster.node(node);
         let run_dir = cluster.scratch_dir(&format!("run-{node}"))?;
         let bpffs_dir = cluster.bpffs_dir(&format!("agent-{node}"));
@@ -499,13 +541,9 @@ impl Agent {
                     "info,mesh_programs=debug,nodemesh::capture=debug".into()
                 }),
             );
-        let process = cluster.spawn(host, cmd)?;
-        process.wait_stderr_line(AGENT_READY, "ready line", |l| {
-            l.contains(r#""message":"ready""#)
-        })?;
         Ok(Self {
             node: node.to_owned(),
-            process,
+            process: cluster.spawn(host, cmd)?,
             config_dir: config_dir.to_owned(),
             run_dir,
             bpffs_dir: Some(bpffs_dir),

@@ -163,9 +163,9 @@ enum CaCommand {
     /// Ask the CA for a pod's certificate with this node's credentials (what
     /// the agent does for each pod); writes <out>/<pod name>.key (0600) and .crt.
     Request {
-        /// The CA's address (its --listen).
+        /// The CA's address (its --listen), host:port.
         #[arg(long)]
-        ca: std::net::SocketAddr,
+        ca: identity::signing::CaAddr,
         /// Directory written by `ca issue-node`.
         #[arg(long)]
         credentials: PathBuf,
@@ -176,7 +176,11 @@ enum CaCommand {
         out: PathBuf,
     },
     /// Serve certificate requests from node agents over mTLS. A node may only
-    /// obtain identities of pods that --config-dir places on it.
+    /// obtain identities of pods that the model (--config-dir or
+    /// --kubernetes) places on it. With --kubernetes, node agents may also
+    /// obtain their own credentials with a service-account token (checked
+    /// by a TokenReview), and nodemesh.io objects get a status condition
+    /// Accepted (False, with the field at fault, when invalid).
     Serve {
         #[arg(long, default_value_os_t = identity::ca::default_dir())]
         dir: PathBuf,
@@ -185,15 +189,23 @@ enum CaCommand {
         source: SourceArgs,
         #[arg(long, default_value = "127.0.0.1:15012")]
         listen: std::net::SocketAddr,
-        /// Lifetime of issued workload certificates, in seconds.
+        /// Lifetime of issued workload and node certificates, in seconds.
         #[arg(long, default_value_t = identity::ca::DEFAULT_LIFETIME.as_secs())]
         lifetime_secs: u64,
+        /// With --kubernetes: the only user whose tokens get node
+        /// credentials (the agent DaemonSet's service account).
+        #[arg(long, default_value = identity::signing::token_review::AGENT_SERVICE_ACCOUNT)]
+        agent_service_account: String,
+        /// With --kubernetes: the audience agents' tokens must be minted for.
+        #[arg(long, default_value = identity::signing::token_review::AUDIENCE)]
+        token_audience: String,
     },
 }
 
 /// What every role of the agent that serves the mesh needs: the model, the
 /// node, identities, flow records and the admin API.
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("node_auth").args(["credentials", "ca_token_file"])))]
 struct MeshArgs {
     #[command(flatten)]
     source: SourceArgs,
@@ -203,13 +215,25 @@ struct MeshArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// The mesh CA's address: pods get workload certificates from it
-    /// (renewed at half-life). Needs --credentials.
-    #[arg(long, requires = "credentials")]
-    ca: Option<std::net::SocketAddr>,
+    /// The mesh CA's address, host:port (a DNS name is resolved at each
+    /// connection): pods get workload certificates from it (renewed at
+    /// half-life). Needs exactly one of --credentials and --ca-token-file.
+    #[arg(long, requires = "node_auth")]
+    ca: Option<identity::signing::CaAddr>,
     /// This node's credentials (`mesh-agent ca issue-node --out`).
     #[arg(long, requires = "ca")]
     credentials: Option<PathBuf>,
+    /// Kubernetes: a projected service-account token (audience
+    /// nodemesh-ca), re-read at each use; the CA checks it with a
+    /// TokenReview and issues this node's credentials, renewed at half-life.
+    /// The agent waits for them at start.
+    #[arg(long, requires = "ca")]
+    ca_token_file: Option<PathBuf>,
+    /// With --ca-token-file: the CA's root certificate, which proves the CA
+    /// to an agent that has no credentials yet (the ConfigMap
+    /// nodemesh-ca-root, mounted into the agent).
+    #[arg(long, requires = "ca_token_file", default_value = identity::signing::bootstrap::DEFAULT_CA_ROOT)]
+    ca_root: PathBuf,
     /// Closed flow records kept for `meshctl flows` (a ring: the oldest go
     /// first). Memory is bounded by this, about 1 KiB per record.
     #[arg(long, default_value_t = mesh_agent::flows::store::DEFAULT_CAPACITY)]
@@ -395,11 +419,14 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             source,
             listen,
             lifetime_secs,
+            agent_service_account,
+            token_audience,
         }) => runtime()?.block_on(serve_ca(
             dir,
             &source,
             listen,
             Duration::from_secs(lifetime_secs),
+            (&token_audience, &agent_service_account),
         )),
         Command::Cni(command) => cni_command(command),
         Command::Crds => {
@@ -469,6 +496,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         mesh,
         admin,
         socket,
+        client,
     } = serve(&args.mesh, &args.run_dir, Some(args.metrics_listen)).await?;
     let enrolment = Enrolment::new(Arc::clone(&capture), Arc::clone(&mesh), &args.pods_cgroup);
     let mut pods = NodePods::new(
@@ -504,6 +532,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(node = %args.mesh.node, admin = %socket.display(), cni = %cni_socket.display(), "ready");
+    if let Some(client) = client {
+        mesh_agent::node::taint::spawn_removal(client, args.mesh.node.clone());
+    }
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
@@ -555,6 +586,8 @@ struct Served {
     mesh: Arc<Mesh>,
     admin: Arc<Admin>,
     socket: PathBuf,
+    /// The API server's client, in Kubernetes mode.
+    client: Option<kube::Client>,
 }
 
 async fn serve(
@@ -567,11 +600,12 @@ async fn serve(
         config,
         task: watcher,
         cluster,
+        client,
     } = args.source.open().await?;
     let metrics = Arc::new(Metrics::new());
     let flows = FlowStore::new(&args.node, args.flow_capacity)
         .with_subscriber(Arc::clone(&metrics) as Arc<dyn FlowSubscriber>);
-    let mesh = Arc::new(Mesh::new(config.clone(), mesh_identity(args)?, flows));
+    let mesh = Arc::new(Mesh::new(config.clone(), mesh_identity(args).await?, flows));
     let admin = Arc::new(Admin::new(Arc::clone(&mesh), metrics, cluster));
     let socket = run_dir.join(api::SOCKET_NAME);
     api::serve_unix(Arc::clone(&admin), &socket)
@@ -592,6 +626,7 @@ async fn serve(
         mesh,
         admin,
         socket,
+        client,
     })
 }
 
@@ -610,6 +645,7 @@ async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
         mesh,
         admin,
         socket,
+        ..
     } = serve(&args.mesh, &run_dir, args.metrics_listen).await?;
     let workers = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, usize::from),
@@ -694,32 +730,35 @@ fn after_enrolment(mesh: &Mesh, pods: &NodePods, loaded: &state::Loaded) {
 
 /// Pod certificates from the CA and the trust bundle, when the agent was
 /// given a CA.
-fn mesh_identity(args: &MeshArgs) -> anyhow::Result<Option<MeshIdentity>> {
-    let (Some(ca), Some(credentials)) = (args.ca, &args.credentials) else {
+async fn mesh_identity(args: &MeshArgs) -> anyhow::Result<Option<MeshIdentity>> {
+    use identity::signing::bootstrap::{NodeAuth, node_cert};
+    let Some(ca) = &args.ca else {
         tracing::warn!(
             "no --ca: running without workload identities; traffic between enrolled pods is \
              relayed as plain TCP"
         );
         return Ok(None);
     };
-    let node = identity::signing::credentials::load(credentials)
-        .with_context(|| format!("--credentials {}", credentials.display()))?;
-    let expected = identity::signing::ca_identity(node.identity.trust_domain())?;
-    let tls = mesh_agent::tunnel::tls::client_config(&node.cert, &node.bundle, Some(expected))?;
-    tracing::info!(%ca, node_identity = %node.identity, "pod certificates come from the CA");
-    let certs = CertStore::new(CertSource {
-        ca,
-        node: node.identity,
-        tls,
-    });
+    let auth = match (&args.credentials, &args.ca_token_file) {
+        (Some(dir), _) => NodeAuth::Credentials(dir.clone()),
+        (None, Some(token_file)) => NodeAuth::Token {
+            token_file: token_file.clone(),
+            ca_root: args.ca_root.clone(),
+        },
+        (None, None) => bail!("--ca needs --credentials or --ca-token-file"),
+    };
+    let node = node_cert(ca, &auth).await?;
+    tracing::info!(%ca, node_identity = %node.identity(), "pod certificates come from the CA");
+    let bundle = Arc::new(node.bundle().clone());
+    let certs = CertStore::new(CertSource::new(ca.clone(), node)?);
     Ok(Some(MeshIdentity {
         certs: Arc::new(certs),
-        bundle: Arc::new(node.bundle),
+        bundle,
     }))
 }
 
 async fn request_pod_certificate(
-    ca: std::net::SocketAddr,
+    ca: identity::signing::CaAddr,
     credentials: &Path,
     pod: &str,
     out: &Path,
@@ -728,7 +767,8 @@ async fn request_pod_certificate(
     let node = creds::load(credentials)?;
     let expected = ca_identity(node.identity.trust_domain())?;
     let tls = mesh_agent::tunnel::tls::client_config(&node.cert, &node.bundle, Some(expected))?;
-    let conn = mesh_agent::tunnel::client::Connection::dial(ca, tls).await?;
+    let addr = ca.resolve().await?;
+    let conn = mesh_agent::tunnel::client::Connection::dial(addr, tls).await?;
     let key = rcgen::KeyPair::generate()?;
     let signed = request_certificate(&conn, pod, &key).await?;
     let name = pod.rsplit('/').next().unwrap_or(pod);
@@ -741,13 +781,16 @@ async fn request_pod_certificate(
     Ok(())
 }
 
+/// `tokens`: the audience and the user of node agents' tokens, used in
+/// Kubernetes mode.
 async fn serve_ca(
     dir: PathBuf,
     source: &SourceArgs,
     listen: std::net::SocketAddr,
     lifetime: Duration,
+    (audience, agent_account): (&str, &str),
 ) -> anyhow::Result<()> {
-    use identity::signing::{ca_identity, server};
+    use identity::signing::{ca_identity, server, token_review::TokenReviewer};
     let ca = identity::ca::MeshCa::load(&dir)?;
     let bundle = ca.bundle()?;
     // The CA's own serving certificate; a restart renews it.
@@ -761,17 +804,35 @@ async fn serve_ca(
         chain: vec![issued.der],
         key: rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
     };
-    let tls = mesh_agent::tunnel::tls::server_config(&cert, &bundle)?;
     let state::source::Opened {
         config,
         task: _watcher,
+        client,
         ..
     } = source.open().await?;
+    let tokens = client
+        .as_ref()
+        .map(|c| TokenReviewer::new(c.clone(), audience, agent_account));
+    // Agents with a token come without a certificate.
+    let tls = if tokens.is_some() {
+        mesh_agent::tunnel::tls::server_config_optional_clients(&cert, &bundle)?
+    } else {
+        mesh_agent::tunnel::tls::server_config(&cert, &bundle)?
+    };
+    if let Some(client) = client {
+        tokio::spawn(state::cluster::conditions::report(client));
+        tracing::info!(
+            audience,
+            agent_account,
+            "node agents' tokens are checked by TokenReview"
+        );
+    }
     let signer = Arc::new(server::Signer {
         lookup: server::lookup_from(config, ca.trust_domain().to_owned()),
         ca,
         bundle,
         lifetime,
+        tokens,
     });
     let listener = tokio::net::TcpListener::bind(listen)
         .await

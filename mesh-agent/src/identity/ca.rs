@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 
 use super::{
     IdentityError, SpiffeId,
-    verify::{TrustBundle, uri_sans},
+    verify::{TrustBundle, trust_domain_of},
 };
 
 pub const ROOT_KEY: &str = "root.key";
@@ -111,12 +111,7 @@ impl MeshCa {
             .ok_or_else(|| {
                 IdentityError::Malformed(format!("{} holds no certificate", cert_path.display()))
             })?;
-        let trust_domain = uri_sans(&root_der)?
-            .iter()
-            .find_map(|u| u.strip_prefix("spiffe://").map(str::to_owned))
-            .ok_or_else(|| {
-                IdentityError::Malformed("the root certificate names no trust domain".into())
-            })?;
+        let trust_domain = trust_domain_of(&root_der)?;
         Ok(Self {
             trust_domain,
             issuer: Issuer::from_ca_cert_der(&root_der, key)?,

@@ -3,12 +3,15 @@
 //! - [`spiffe`] — `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`;
 //! - [`ca`] — the mesh CA — its root key never leaves the CA's directory — and
 //!   the leaf certificates it issues (the SPIFFE ID as the only URI SAN);
-//! - [`signing`] — node agents obtaining their pods' certificates from the
-//!   CA over mTLS, limited to pods the CA places on that node;
-//! - [`store`] — a node agent's pod certificates, renewed at half-life;
+//! - [`signing`] — node agents obtaining their own credentials (on
+//!   Kubernetes, for a service-account token) and their pods' certificates
+//!   from the CA over mTLS, limited to pods the CA places on that node;
+//! - [`store`] — a node agent's pod certificates, renewed at half-life
+//!   ([`renew`]);
 //! - [`verify`] — turning a peer's certificate chain into a SPIFFE ID, which
 //!   is the only way the mesh learns who a peer is (never from a header).
 pub mod ca;
+pub mod renew;
 pub mod signing;
 pub mod spiffe;
 pub mod store;

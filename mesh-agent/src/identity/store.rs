@@ -4,38 +4,65 @@
 //! and never leave the node.
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
 use rcgen::KeyPair;
 use rustls::{ClientConfig, server::ResolvesServerCert, sign::CertifiedKey};
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 use tokio::{sync::Notify, task::JoinHandle};
 
 use super::{
-    SpiffeId,
-    signing::client::{SigningError, request_certificate},
-    verify::TrustBundle,
+    SpiffeId, renew,
+    signing::{
+        CaAddr, ca_identity,
+        client::{SigningError, issued, request_certificate},
+        credentials::NodeCert,
+    },
 };
 use crate::tunnel::{
     client::Connection,
     pool::{Key, Pool},
-    tls::WorkloadCert,
+    tls::{WorkloadCert, client_config_resolving},
 };
 
-/// Retry delays after a failed request: quick at first, then capped.
-const RETRY_FIRST: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// Where certificates come from: the CA's address, and this node's mTLS
-/// client configuration (which insists on the CA's identity).
+/// Where certificates come from: the CA's address, this node's
+/// credentials, and the mTLS client configuration made of them (which
+/// insists on the CA's identity).
 pub struct CertSource {
-    pub ca: SocketAddr,
-    pub node: SpiffeId,
-    pub tls: Arc<ClientConfig>,
+    pub ca: CaAddr,
+    pub node: Arc<NodeCert>,
+    tls: Arc<ClientConfig>,
+}
+
+impl CertSource {
+    pub fn new(ca: CaAddr, node: Arc<NodeCert>) -> Result<Self, rustls::Error> {
+        let expected = ca_identity(node.identity().trust_domain())
+            .expect("a parsed identity's trust domain makes a valid CA identity");
+        let tls = client_config_resolving(node.resolver(), node.bundle(), Some(expected))?;
+        Ok(Self { ca, node, tls })
+    }
+
+    /// The pooled connection to the CA, dialled when there is none: the
+    /// CA's name is resolved each time, and a connection is retired when
+    /// the node certificate it authenticated with expires (a renewed one
+    /// is used by the next).
+    async fn connect(&self, pool: &Pool<Connection>) -> Result<Connection, SigningError> {
+        let addr = self.ca.resolve().await?;
+        let key = Key {
+            source: self.node.identity().clone(),
+            destination: addr,
+        };
+        let retire_at = self.node.not_after();
+        Ok(pool
+            .get(&key, || async {
+                Connection::dial(addr, Arc::clone(&self.tls))
+                    .await
+                    .map(|c| c.retire_at(retire_at))
+            })
+            .await?)
+    }
 }
 
 /// A pod's current certificate.
@@ -234,53 +261,47 @@ async fn keep_fresh(
     entries: Entries,
     updated: Arc<Notify>,
 ) {
-    let mut retry = RETRY_FIRST;
-    loop {
-        match fetch(&pod, &source, &pool).await {
-            Ok(cert) => {
-                retry = RETRY_FIRST;
-                let remaining = cert
-                    .not_after
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default();
-                tracing::info!(
-                    %pod,
-                    identity = %cert.identity,
-                    serial = %cert.serial,
-                    valid_for_s = remaining.as_secs(),
-                    "certificate obtained"
-                );
-                {
-                    let mut entries = entries.lock().expect("cert store");
-                    let entry = entry(&mut entries, &pod);
-                    entry.cert = Some(Arc::new(cert));
-                    entry.issued += 1;
-                    entry.failure = None;
-                }
-                updated.notify_waiters();
-                tokio::time::sleep(remaining / 2).await;
+    renew::keep_renewed(
+        None,
+        || fetch(&pod, &source, &pool),
+        |cert: &PodCert| cert.not_after,
+        |cert| {
+            let remaining = cert
+                .not_after
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            tracing::info!(
+                %pod,
+                identity = %cert.identity,
+                serial = %cert.serial,
+                valid_for_s = remaining.as_secs(),
+                "certificate obtained"
+            );
+            {
+                let mut entries = entries.lock().expect("cert store");
+                let entry = entry(&mut entries, &pod);
+                entry.cert = Some(Arc::new(cert));
+                entry.issued += 1;
+                entry.failure = None;
             }
-            Err(e) => {
-                tracing::warn!(%pod, "certificate request failed, retrying in {retry:?}: {e}");
-                {
-                    let mut entries = entries.lock().expect("cert store");
-                    let failure =
-                        entry(&mut entries, &pod)
-                            .failure
-                            .get_or_insert_with(|| CertFailure {
-                                pod: pod.clone(),
-                                error: String::new(),
-                                since_unix: unix(SystemTime::now()),
-                                attempts: 0,
-                            });
-                    failure.error = e.to_string();
-                    failure.attempts += 1;
-                }
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(RETRY_MAX);
-            }
-        }
-    }
+            updated.notify_waiters();
+        },
+        |e: SigningError, retry| {
+            tracing::warn!(%pod, "certificate request failed, retrying in {retry:?}: {e}");
+            let mut entries = entries.lock().expect("cert store");
+            let failure = entry(&mut entries, &pod)
+                .failure
+                .get_or_insert_with(|| CertFailure {
+                    pod: pod.clone(),
+                    error: String::new(),
+                    since_unix: unix(SystemTime::now()),
+                    attempts: 0,
+                });
+            failure.error = e.to_string();
+            failure.attempts += 1;
+        },
+    )
+    .await;
 }
 
 /// The pod's entry, empty when it had none.
@@ -297,31 +318,13 @@ async fn fetch(
     source: &CertSource,
     pool: &Pool<Connection>,
 ) -> Result<PodCert, SigningError> {
-    let key = Key {
-        source: source.node.clone(),
-        destination: source.ca,
-    };
-    let conn = pool
-        .get(&key, || {
-            Connection::dial(source.ca, Arc::clone(&source.tls))
-        })
-        .await?;
+    let conn = source.connect(pool).await?;
     let private = KeyPair::generate()?;
     let signed = request_certificate(&conn, pod, &private).await?;
-    let chain = TrustBundle::certs_from_pem(&signed.certificate)
+    let (identity, cert) = issued(&signed, &private)?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&cert.chain[0])
         .map_err(|e| SigningError::Protocol(e.to_string()))?;
-    let leaf = chain
-        .first()
-        .ok_or_else(|| SigningError::Protocol("no certificate in the answer".into()))?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| SigningError::Protocol(e.to_string()))?;
-    let identity =
-        SpiffeId::parse(&signed.identity).map_err(|e| SigningError::Protocol(e.to_string()))?;
     let serial = parsed.raw_serial_as_string();
-    let cert = WorkloadCert {
-        chain,
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(private.serialize_der())),
-    };
     Ok(PodCert {
         identity,
         serial,

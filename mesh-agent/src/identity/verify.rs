@@ -40,6 +40,20 @@ impl TrustBundle {
         })
     }
 
+    /// The bundle of a mesh root certificate (PEM, e.g. a CA's `root.crt`),
+    /// in the trust domain the root names (see [`trust_domain_of`]).
+    pub fn from_root_pem(pem: &str) -> Result<Self, IdentityError> {
+        let roots = Self::certs_from_pem(pem)?;
+        let root = roots.first().ok_or_else(|| {
+            IdentityError::Malformed("the trust bundle holds no certificate".into())
+        })?;
+        let trust_domain = trust_domain_of(root)?;
+        Ok(Self {
+            trust_domain,
+            roots,
+        })
+    }
+
     /// Every certificate in a PEM text.
     pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
         CertificateDer::pem_slice_iter(pem.as_bytes())
@@ -107,6 +121,21 @@ impl TrustBundle {
         }
         Ok(id)
     }
+}
+
+/// The trust domain a mesh root certificate speaks for: its URI SAN
+/// `spiffe://<trust-domain>`.
+pub(crate) fn trust_domain_of(root: &CertificateDer<'_>) -> Result<String, IdentityError> {
+    uri_sans(root)?
+        .iter()
+        .find_map(|u| u.strip_prefix("spiffe://").map(str::to_owned))
+        .ok_or_else(|| {
+            IdentityError::Malformed(
+                "the root certificate names no trust domain (no spiffe:// URI SAN): is it a \
+                 nodemesh root?"
+                    .into(),
+            )
+        })
 }
 
 /// Every URI subject-alternative name of a certificate.

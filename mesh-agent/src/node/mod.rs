@@ -8,9 +8,12 @@
 //! - [`enrol`]: turning "these pods should be meshed" into kernel state,
 //!   in-pod listeners and proxy tasks, and back out.
 //! - [`cni`]: the chained CNI plugin, its socket on the agent, its installer.
+//! - [`taint`]: on Kubernetes, lifting the start-up taint off this node
+//!   once the agent is ready.
 pub mod cni;
 pub mod discover;
 pub mod enrol;
 pub mod owner;
 pub mod pods;
+pub mod taint;
 pub mod whereabouts;

@@ -7,6 +7,9 @@
 //! while the API server is unreachable the last good one keeps serving:
 //! losing the API server never unenrols a pod or drops a policy. What the
 //! source is doing is in [`SourceStatus`].
+//!
+//! [`conditions`] reports back on nodemesh.io objects what the model made
+//! of them (the CA runs it).
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
@@ -307,5 +310,9 @@ fn object(resource: &ApiResource, object: DynamicObject) -> Value {
     value
 }
 
+pub mod conditions;
+
+#[cfg(test)]
+pub(crate) mod mock;
 #[cfg(test)]
 mod tests;

@@ -27,3 +27,14 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    /// The error as said on the object itself (a status condition): the
+    /// field and what is wrong, without the origin and object it names.
+    pub fn on_the_object(&self) -> String {
+        match &self.field {
+            Some(field) => format!("field {field}: {}", self.message),
+            None => self.message.clone(),
+        }
+    }
+}

@@ -109,6 +109,14 @@ impl Index {
     }
 }
 
+/// What is wrong with one watched object, checked by the same loader as
+/// the model (empty: it is valid).
+pub fn problems(object: Value) -> Vec<super::ConfigError> {
+    let mut loader = Loader::cluster();
+    loader.document(ORIGIN, 1, object);
+    loader.finish().errors
+}
+
 /// `namespace/name` (`/name` for cluster-scoped objects).
 fn key(object: &Value) -> String {
     let meta = object.get("metadata");

@@ -24,6 +24,9 @@ pub struct Opened {
     pub task: JoinHandle<()>,
     /// The API server watches' state (`None` for a directory).
     pub cluster: Option<Arc<Mutex<SourceStatus>>>,
+    /// The API server's client, for what a role writes there or asks it
+    /// (`None` for a directory).
+    pub client: Option<kube::Client>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,7 @@ pub async fn open(source: Source) -> Result<Opened, SourceError> {
                 config,
                 task,
                 cluster: None,
+                client: None,
             })
         }
         Source::Cluster { kubeconfig } => {
@@ -74,11 +78,12 @@ pub async fn open(source: Source) -> Result<Opened, SourceError> {
             tracing::info!(server = %config.cluster_url, "watching the Kubernetes API server");
             let client = kube::Client::try_from(config).map_err(SourceError::Client)?;
             let status = Arc::new(Mutex::new(SourceStatus::default()));
-            let (config, task) = super::cluster::watch(client, Arc::clone(&status)).await;
+            let (config, task) = super::cluster::watch(client.clone(), Arc::clone(&status)).await;
             Ok(Opened {
                 config,
                 task,
                 cluster: Some(status),
+                client: Some(client),
             })
         }
     }

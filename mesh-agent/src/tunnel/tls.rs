@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    client::{
+        ResolvesClientCert,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
     crypto::{CryptoProvider, ring, verify_tls12_signature, verify_tls13_signature},
     server::{ResolvesServerCert, WebPkiClientVerifier},
     sign::CertifiedKey,
@@ -66,11 +69,34 @@ pub fn server_config_resolving(
     resolver: Arc<dyn ResolvesServerCert>,
     bundle: &TrustBundle,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
+    server_config_with(resolver, bundle, false)
+}
+
+/// Server side for the CA when it also takes tokens: a client may come
+/// without a certificate (an agent that has no credentials yet); one that
+/// presents a certificate must still chain to `bundle`. Who may do what
+/// without one is the server's decision (see [`accept_optional`]).
+pub fn server_config_optional_clients(
+    cert: &WorkloadCert,
+    bundle: &TrustBundle,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    server_config_with(Arc::new(Fixed(cert.certified_key()?)), bundle, true)
+}
+
+fn server_config_with(
+    resolver: Arc<dyn ResolvesServerCert>,
+    bundle: &TrustBundle,
+    anonymous_clients: bool,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut roots = RootCertStore::empty();
     for root in bundle.roots() {
         roots.add(root.clone())?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if anonymous_clients {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider())
@@ -98,6 +124,22 @@ pub async fn accept(
     config: Arc<ServerConfig>,
     bundle: &TrustBundle,
 ) -> Result<(TlsStream<TcpStream>, SpiffeId), TunnelError> {
+    let (tls, peer) = accept_optional(tcp, peer_addr, config, bundle).await?;
+    let peer = peer.ok_or(TunnelError::Peer {
+        peer: peer_addr,
+        source: IdentityError::NoCertificate,
+    })?;
+    Ok((tls, peer))
+}
+
+/// [`accept`] for a configuration that lets clients come without a
+/// certificate ([`server_config_optional_clients`]): `None` for those.
+pub async fn accept_optional(
+    tcp: TcpStream,
+    peer_addr: std::net::SocketAddr,
+    config: Arc<ServerConfig>,
+    bundle: &TrustBundle,
+) -> Result<(TlsStream<TcpStream>, Option<SpiffeId>), TunnelError> {
     let tls = TlsAcceptor::from(config)
         .accept(tcp)
         .await
@@ -105,20 +147,16 @@ pub async fn accept(
             peer: peer_addr,
             source,
         })?;
-    let peer_err = |source| TunnelError::Peer {
-        peer: peer_addr,
-        source,
+    let Some(chain) = tls.get_ref().1.peer_certificates().map(<[_]>::to_vec) else {
+        return Ok((tls, None));
     };
-    let chain = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .ok_or_else(|| peer_err(IdentityError::NoCertificate))?
-        .to_vec();
     let peer = bundle
         .verify(&chain, std::time::SystemTime::now(), PeerRole::Client)
-        .map_err(peer_err)?;
-    Ok((tls, peer))
+        .map_err(|source| TunnelError::Peer {
+            peer: peer_addr,
+            source,
+        })?;
+    Ok((tls, Some(peer)))
 }
 
 /// Client side: the server must prove `expected` (or, when `None`, any
@@ -128,16 +166,47 @@ pub fn client_config(
     bundle: &TrustBundle,
     expected: Option<SpiffeId>,
 ) -> Result<Arc<ClientConfig>, rustls::Error> {
+    finish(
+        client_builder(bundle, expected)?
+            .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())?,
+    )
+}
+
+/// [`client_config`] whose certificate is chosen at each handshake, so a
+/// renewed certificate reaches new connections.
+pub fn client_config_resolving(
+    resolver: Arc<dyn ResolvesClientCert>,
+    bundle: &TrustBundle,
+    expected: Option<SpiffeId>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    finish(client_builder(bundle, expected)?.with_client_cert_resolver(resolver))
+}
+
+/// Client side without a certificate of its own (an agent asking the CA
+/// for its first credentials): the server is authenticated all the same.
+pub fn client_config_anonymous(
+    bundle: &TrustBundle,
+    expected: Option<SpiffeId>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
+    finish(client_builder(bundle, expected)?.with_no_client_auth())
+}
+
+fn client_builder(
+    bundle: &TrustBundle,
+    expected: Option<SpiffeId>,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, rustls::Error> {
     let verifier = SpiffeServerVerifier {
         bundle: bundle.clone(),
         expected,
         provider: provider(),
     };
-    let mut config = ClientConfig::builder_with_provider(provider())
+    Ok(ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())?;
+        .with_custom_certificate_verifier(Arc::new(verifier)))
+}
+
+fn finish(mut config: ClientConfig) -> Result<Arc<ClientConfig>, rustls::Error> {
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
 }

@@ -5,9 +5,18 @@
 //! 100 ms; each change is a watch event (ADDED, MODIFIED, DELETED) with its
 //! own resourceVersion, and quiet watches get a BOOKMARK every 2 s.
 //!
+//! Beyond list/watch, what the agent and the CA write and ask: a single
+//! object's GET (the agent's own Node), merge-patch PATCH with the
+//! `metadata.resourceVersion` precondition (409 Conflict), on objects and
+//! their `/status` (the node taint, the CA's status conditions), and
+//! TokenReview for the tokens given with `--token`. Every PATCH and
+//! TokenReview is reported on stdout as a JSON line, for the test to
+//! follow. A patch lasts: it is applied again over the file's object at
+//! every re-read.
+//!
 //! Not a real API server: no auth, no pagination (every list is one page),
-//! no field or label selectors, watches resume only from versions it has
-//! served. That is the protocol surface the agent's watchers use.
+//! no field or label selectors, no generations, watches resume only from
+//! versions it has served. That is the protocol surface nodemesh uses.
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -35,6 +44,36 @@ struct Args {
     config_dir: PathBuf,
     #[arg(long)]
     listen: SocketAddr,
+    /// A token TokenReview accepts: `TOKEN=USERNAME` or
+    /// `TOKEN=USERNAME@NODE` (the node bound into it, as the
+    /// `authentication.kubernetes.io/node-name` extra). Other tokens are
+    /// not authenticated.
+    #[arg(long = "token", value_parser = parse_token)]
+    tokens: Vec<(String, Known)>,
+}
+
+/// Who a `--token` is.
+#[derive(Clone, Debug)]
+struct Known {
+    username: String,
+    node: Option<String>,
+}
+
+fn parse_token(text: &str) -> Result<(String, Known), String> {
+    let (token, user) = text
+        .split_once('=')
+        .ok_or("expected TOKEN=USERNAME[@NODE]")?;
+    let (username, node) = match user.split_once('@') {
+        Some((u, n)) => (u, Some(n.to_owned())),
+        None => (user, None),
+    };
+    Ok((
+        token.to_owned(),
+        Known {
+            username: username.to_owned(),
+            node,
+        },
+    ))
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -48,6 +87,18 @@ struct Store {
     objects: Objects,
     /// Every change: (version, resource path, watch event).
     log: Vec<(u64, String, Value)>,
+    /// Merge patches received, by (resource path, `namespace/name`),
+    /// applied over the directory's objects at every re-read.
+    patches: BTreeMap<(String, String), Value>,
+}
+
+/// What the server needs to answer.
+struct Server {
+    /// Shared with the watches' tasks.
+    store: Arc<Mutex<Store>>,
+    changed: watch::Sender<u64>,
+    dir: PathBuf,
+    tokens: BTreeMap<String, Known>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,21 +110,20 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let store = Arc::new(Mutex::new(Store::default()));
-    let (changed, _) = watch::channel(0u64);
-    let changed = Arc::new(changed);
-    reload(&store, &changed, &args.config_dir);
+    let server = Arc::new(Server {
+        store: Arc::default(),
+        changed: watch::channel(0u64).0,
+        dir: args.config_dir.clone(),
+        tokens: args.tokens.into_iter().collect(),
+    });
+    reload(&server);
     {
-        let (store, changed, dir) = (
-            Arc::clone(&store),
-            Arc::clone(&changed),
-            args.config_dir.clone(),
-        );
+        let server = Arc::clone(&server);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             loop {
                 tick.tick().await;
-                reload(&store, &changed, &dir);
+                reload(&server);
             }
         });
     }
@@ -86,11 +136,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     );
     loop {
         let (stream, _) = listener.accept().await?;
-        let (store, changed) = (Arc::clone(&store), Arc::clone(&changed));
+        let server = Arc::clone(&server);
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let (store, changed) = (Arc::clone(&store), Arc::clone(&changed));
-                async move { Ok::<_, Infallible>(answer(&store, &changed, &req)) }
+                let server = Arc::clone(&server);
+                async move { Ok::<_, Infallible>(answer(&server, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -99,10 +149,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
 }
 
-/// Re-reads the directory and records what changed as watch events.
-fn reload(store: &Mutex<Store>, changed: &watch::Sender<u64>, dir: &Path) {
-    let now = read_dir(dir);
-    let mut s = store.lock().expect("store");
+/// Re-reads the directory (with the patches received over it) and records
+/// what changed as watch events.
+fn reload(server: &Server) {
+    let mut now = read_dir(&server.dir);
+    let mut s = server.store.lock().expect("store");
+    for ((path, key), patch) in &s.patches {
+        if let Some(object) = now.get_mut(path).and_then(|held| held.get_mut(key)) {
+            merge(object, patch);
+        }
+    }
     let mut events = Vec::new();
     let paths: std::collections::BTreeSet<String> =
         s.objects.keys().chain(now.keys()).cloned().collect();
@@ -141,7 +197,26 @@ fn reload(store: &Mutex<Store>, changed: &watch::Sender<u64>, dir: &Path) {
         s.log
             .push((version, path, json!({"type": kind, "object": object})));
     }
-    let _ = changed.send(s.version);
+    let _ = server.changed.send(s.version);
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let object = target.as_object_mut().expect("made an object above");
+    for (key, value) in fields {
+        if value.is_null() {
+            object.remove(key);
+        } else {
+            merge(object.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
 }
 
 fn without_version(object: &Value) -> Value {
@@ -192,6 +267,10 @@ fn read_dir(dir: &Path) -> Objects {
 fn resource_path(object: &Value) -> Option<String> {
     let (api_version, kind) = (object["apiVersion"].as_str()?, object["kind"].as_str()?);
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    // Nodes: the agent reads and patches its own, not watched.
+    if (group, kind) == ("", "Node") {
+        return Some("/api/v1/nodes".to_owned());
+    }
     let r = mesh_agent::state::cluster::resources()
         .into_iter()
         .map(|w| w.resource)
@@ -203,24 +282,66 @@ fn resource_path(object: &Value) -> Option<String> {
     })
 }
 
-fn answer(
-    store: &Arc<Mutex<Store>>,
-    changed: &Arc<watch::Sender<u64>>,
-    req: &Request<Incoming>,
-) -> Response<Body> {
-    let path = req.uri().path().to_owned();
+/// Where a single object's path points: (resource path, `namespace/name`,
+/// whether it is the `/status` subresource).
+fn object_of(path: &str) -> Option<(String, String, bool)> {
+    let (path, status) = match path.strip_suffix("/status") {
+        Some(p) => (p, true),
+        None => (path, false),
+    };
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (prefix, rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => (format!("/api/{v}"), rest),
+        ["apis", g, v, rest @ ..] => (format!("/apis/{g}/{v}"), rest),
+        _ => return None,
+    };
+    match rest {
+        [plural, name] => Some((format!("{prefix}/{plural}"), format!("/{name}"), status)),
+        ["namespaces", ns, plural, name] => {
+            Some((format!("{prefix}/{plural}"), format!("{ns}/{name}"), status))
+        }
+        _ => None,
+    }
+}
+
+async fn answer(server: &Server, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
     let query: BTreeMap<String, String> =
-        form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+        form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
             .into_owned()
             .collect();
+    let body: Value = match body.collect().await {
+        Ok(bytes) => serde_json::from_slice(&bytes.to_bytes()).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
+    match parts.method {
+        http::Method::POST if path == "/apis/authentication.k8s.io/v1/tokenreviews" => {
+            return token_review(server, body);
+        }
+        http::Method::PATCH => return patch(server, &path, &body),
+        _ => {}
+    }
     if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
         let from = query
             .get("resourceVersion")
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        return watch_response(Arc::clone(store), changed.subscribe(), path, from);
+        return watch_response(server, path, from);
     }
-    let s = store.lock().expect("store");
+    let s = server.store.lock().expect("store");
+    if let Some((resource, key, _)) = object_of(&path)
+        && !s.objects.contains_key(&path)
+    {
+        return match s.objects.get(&resource).and_then(|held| held.get(&key)) {
+            Some(object) => json_response(StatusCode::OK, object),
+            None => status_error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{path} not found"),
+            ),
+        };
+    }
     let items: Vec<Value> = s
         .objects
         .get(&path)
@@ -231,7 +352,12 @@ fn answer(
         "metadata": {"resourceVersion": s.version.to_string()},
         "items": items,
     });
-    let mut response = Response::new(full(list.to_string()));
+    json_response(StatusCode::OK, &list)
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         "application/json".parse().expect("valid"),
@@ -239,14 +365,88 @@ fn answer(
     response
 }
 
+fn status_error(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    json_response(
+        code,
+        &json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "reason": reason, "code": code.as_u16(), "message": message}),
+    )
+}
+
+/// A merge patch on an object (its `status` only, for `/status`), on
+/// condition of the resourceVersion it names.
+fn patch(server: &Server, path: &str, body: &Value) -> Response<Body> {
+    let Some((resource, key, status)) = object_of(path) else {
+        return status_error(StatusCode::NOT_FOUND, "NotFound", path);
+    };
+    {
+        let mut s = server.store.lock().expect("store");
+        let Some(current) = s.objects.get(&resource).and_then(|held| held.get(&key)) else {
+            return status_error(StatusCode::NOT_FOUND, "NotFound", path);
+        };
+        let wanted = &body["metadata"]["resourceVersion"];
+        if !wanted.is_null() && *wanted != current["metadata"]["resourceVersion"] {
+            return status_error(
+                StatusCode::CONFLICT,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version \
+                 and try again",
+            );
+        }
+        let mut change = body.clone();
+        if let Some(meta) = change["metadata"].as_object_mut() {
+            meta.remove("resourceVersion");
+        }
+        let change = if status {
+            json!({"status": body["status"]})
+        } else {
+            change
+        };
+        merge(
+            s.patches
+                .entry((resource.clone(), key.clone()))
+                .or_default(),
+            &change,
+        );
+    }
+    reload(server);
+    let s = server.store.lock().expect("store");
+    let object = s.objects[&resource][&key].clone();
+    println!(
+        "{}",
+        json!({"event": "patched", "path": path, "object": object})
+    );
+    json_response(StatusCode::OK, &object)
+}
+
+/// Authenticates the tokens given with `--token`, for any audience asked.
+fn token_review(server: &Server, mut review: Value) -> Response<Body> {
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let status = match server.tokens.get(token) {
+        Some(known) => {
+            let mut extra = json!({});
+            if let Some(node) = &known.node {
+                extra["authentication.kubernetes.io/node-name"] = json!([node]);
+            }
+            json!({"authenticated": true, "audiences": review["spec"]["audiences"],
+                   "user": {"username": known.username, "extra": extra}})
+        }
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    println!(
+        "{}",
+        json!({"event": "tokenreview", "audiences": review["spec"]["audiences"],
+               "status": status})
+    );
+    review["status"] = status;
+    json_response(StatusCode::CREATED, &review)
+}
+
 /// The changes to `path` after version `from`, then each new one as it
 /// happens, with a BOOKMARK when quiet.
-fn watch_response(
-    store: Arc<Mutex<Store>>,
-    mut changed: watch::Receiver<u64>,
-    path: String,
-    from: u64,
-) -> Response<Body> {
+fn watch_response(server: &Server, path: String, from: u64) -> Response<Body> {
+    let mut changed = server.changed.subscribe();
+    let store = Arc::clone(&server.store);
     let (mut tx, body) = Channel::<Bytes, Infallible>::new(16);
     tokio::spawn(async move {
         let mut sent = from;

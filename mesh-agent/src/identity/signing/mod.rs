@@ -8,23 +8,45 @@
 //! identity it signs comes from that view (namespace, service account) —
 //! never from the request.
 //!
-//! Protocol: HTTP/2 over the same mTLS as HBONE, `POST /v1/certificates`
-//! with a JSON [`SignRequest`]; `200` + [`SignResponse`], or `400` (bad
-//! request), `403` (not a node agent, or the pod is on another node), `404`
-//! (pod unknown), each with a JSON [`SignError`].
+//! That node identity comes from `mesh-agent ca issue-node` (local mode),
+//! or, on Kubernetes, from the CA itself ([`bootstrap`]): the agent sends a
+//! CSR over a fresh key with its projected service-account token, and the
+//! CA ([`token_review`]) asks the API server who the token is — the node
+//! agents' service account, on which node — before signing the node's
+//! identity.
+//!
+//! Protocol: HTTP/2 over TLS (the server proven by the CA's identity),
+//! JSON bodies:
+//! - `POST /v1/certificates` ([`SignRequest`]), the client authenticated by
+//!   its node certificate;
+//! - `POST /v1/node-credentials` ([`NodeRequest`]) with
+//!   `Authorization: Bearer <token>`, no client certificate needed;
+//!
+//! each answered `200` + [`SignResponse`], or `400` (bad request), `401` (no
+//! token, or the API server does not accept it), `403` (not a node agent,
+//! or the pod is on another node), `404` (pod unknown, or the CA takes no
+//! tokens), `503` (the CA cannot check a token now), each with a JSON
+//! [`SignError`] that says why.
+pub mod address;
+pub mod bootstrap;
 pub mod client;
 pub mod credentials;
 pub mod server;
+pub mod token_review;
 
+#[cfg(test)]
+mod bootstrap_tests;
 #[cfg(test)]
 mod tests;
 
+pub use address::CaAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{IdentityError, SpiffeId};
 use crate::policy::ROOT_NAMESPACE;
 
 pub const PATH: &str = "/v1/certificates";
+pub const NODE_PATH: &str = "/v1/node-credentials";
 const NODE_PREFIX: &str = "node-";
 const CA_SERVICE_ACCOUNT: &str = "ca";
 
@@ -55,6 +77,14 @@ pub struct SignRequest {
     /// `namespace/name` of the pod.
     pub pod: String,
     /// PEM certificate signing request over the pod's key.
+    pub csr: String,
+}
+
+/// A node agent's request for its own credentials (the token travels in
+/// the `Authorization` header, as bearer tokens do).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRequest {
+    /// PEM certificate signing request over the node's fresh key.
     pub csr: String,
 }
 

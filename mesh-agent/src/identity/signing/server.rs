@@ -1,5 +1,6 @@
-//! The CA's side of signing: authenticate the node, check the pod is on it,
-//! sign the CSR as the pod's identity.
+//! The CA's side of signing: authenticate the node (by its certificate, or
+//! by a service-account token for its own credentials), check the pod is on
+//! it, sign the CSR as the pod's identity.
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -10,7 +11,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 
-use super::{PATH, SignError, SignRequest, SignResponse, node_of};
+use super::{
+    NODE_PATH, NodeRequest, PATH, SignError, SignRequest, SignResponse, node_identity, node_of,
+    token_review::TokenReviewer,
+};
 use crate::{
     identity::{SpiffeId, ca::MeshCa, verify::TrustBundle},
     tunnel::{TunnelError, tls},
@@ -28,7 +32,13 @@ pub struct Signer {
     pub ca: MeshCa,
     pub bundle: TrustBundle,
     pub lookup: Lookup,
+    /// Of pods' and nodes' certificates alike.
     pub lifetime: Duration,
+    /// Checks node agents' tokens (Kubernetes); without it, nodes come
+    /// with credentials from `ca issue-node`. With it, the TLS
+    /// configuration must let clients come without a certificate
+    /// ([`tls::server_config_optional_clients`]).
+    pub tokens: Option<TokenReviewer>,
 }
 
 /// Serves one agent connection until it closes.
@@ -38,7 +48,7 @@ pub async fn serve_connection(
     config: Arc<ServerConfig>,
     signer: Arc<Signer>,
 ) -> Result<(), TunnelError> {
-    let (tls, peer) = tls::accept(tcp, peer_addr, config, &signer.bundle).await?;
+    let (tls, peer) = tls::accept_optional(tcp, peer_addr, config, &signer.bundle).await?;
     let service = service_fn(move |req| {
         let (signer, peer) = (Arc::clone(&signer), peer.clone());
         async move { Ok::<_, Infallible>(handle(req, &peer, &signer).await) }
@@ -63,13 +73,64 @@ fn refuse(status: StatusCode, error: String) -> Response<Full<Bytes>> {
     json(status, &SignError { error })
 }
 
-async fn handle(req: Request<Incoming>, peer: &SpiffeId, signer: &Signer) -> Response<Full<Bytes>> {
-    if req.uri().path() != PATH || req.method() != Method::POST {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            format!("the CA serves only POST {PATH}"),
-        );
+async fn handle(
+    req: Request<Incoming>,
+    peer: &Option<SpiffeId>,
+    signer: &Signer,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        return not_served();
     }
+    match req.uri().path() {
+        PATH => pod_certificate(req, peer.as_ref(), signer).await,
+        NODE_PATH => node_credentials(req, signer).await,
+        _ => not_served(),
+    }
+}
+
+fn not_served() -> Response<Full<Bytes>> {
+    refuse(
+        StatusCode::NOT_FOUND,
+        format!("the CA serves only POST {PATH} and POST {NODE_PATH}"),
+    )
+}
+
+/// A request's JSON body, or the answer refusing it.
+async fn body<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    what: &str,
+) -> Result<T, Response<Full<Bytes>>> {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request: {e}"),
+            ));
+        }
+    };
+    serde_json::from_slice(&body).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("request is not a {what}: {e}"),
+        )
+    })
+}
+
+async fn pod_certificate(
+    req: Request<Incoming>,
+    peer: Option<&SpiffeId>,
+    signer: &Signer,
+) -> Response<Full<Bytes>> {
+    let Some(peer) = peer else {
+        tracing::warn!("certificate request refused: no client certificate");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "no client certificate: pod certificates are for node agents, which connect with \
+             their node credentials"
+                .into(),
+        );
+    };
     let Some(node) = node_of(peer) else {
         tracing::warn!(%peer, "certificate request refused: not a node agent");
         return refuse(
@@ -77,18 +138,9 @@ async fn handle(req: Request<Incoming>, peer: &SpiffeId, signer: &Signer) -> Res
             format!("{peer} is not a node agent; only node identities may request certificates"),
         );
     };
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("reading the request: {e}")),
-    };
-    let request: SignRequest = match serde_json::from_slice(&body) {
+    let request: SignRequest = match body(req, "SignRequest").await {
         Ok(r) => r,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!("request is not a SignRequest: {e}"),
-            );
-        }
+        Err(refused) => return refused,
     };
     let Some((pod_node, id)) = (signer.lookup)(&request.pod) else {
         return refuse(
@@ -111,9 +163,72 @@ async fn handle(req: Request<Incoming>, peer: &SpiffeId, signer: &Signer) -> Res
             ),
         );
     }
-    match signer.ca.sign_csr(&id, &request.csr, signer.lifetime) {
+    let answer = sign(signer, &id, &request.csr);
+    if answer.status() == StatusCode::OK {
+        tracing::info!(node, pod = %request.pod, identity = %id, "certificate issued");
+    }
+    answer
+}
+
+/// A node agent's own credentials, for the node its token is bound to.
+async fn node_credentials(req: Request<Incoming>, signer: &Signer) -> Response<Full<Bytes>> {
+    let Some(reviewer) = &signer.tokens else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "this CA takes no tokens (it runs without --kubernetes): give the agent credentials \
+             from `mesh-agent ca issue-node` (--credentials)"
+                .into(),
+        );
+    };
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    let Some(token) = token else {
+        tracing::warn!("node credentials refused: no bearer token");
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "no bearer token: node credentials are issued for a service-account token \
+             (--ca-token-file)"
+                .into(),
+        );
+    };
+    let request: NodeRequest = match body(req, "NodeRequest").await {
+        Ok(r) => r,
+        Err(refused) => return refused,
+    };
+    let node = match reviewer.node_of(&token).await {
+        Ok(node) => node,
+        Err(e) => {
+            tracing::warn!("node credentials refused: {e}");
+            return refuse(e.status(), e.to_string());
+        }
+    };
+    let id = match node_identity(signer.ca.trust_domain(), &node) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(node, "node credentials refused: {e}");
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!("node {node:?} cannot be named in an identity: {e}"),
+            );
+        }
+    };
+    let answer = sign(signer, &id, &request.csr);
+    if answer.status() == StatusCode::OK {
+        tracing::info!(node, identity = %id, "node credentials issued");
+    }
+    answer
+}
+
+/// Signs `csr` as `id`, answering with the certificate and the bundle.
+fn sign(signer: &Signer, id: &SpiffeId, csr: &str) -> Response<Full<Bytes>> {
+    match signer.ca.sign_csr(id, csr, signer.lifetime) {
         Ok(issued) => {
-            tracing::info!(node, pod = %request.pod, identity = %id, "certificate issued");
             let not_after_unix = issued
                 .not_after
                 .duration_since(std::time::UNIX_EPOCH)

@@ -9,8 +9,10 @@ use tokio::net::TcpListener;
 use super::{
     ca_identity,
     client::{SigningError, request_certificate},
+    credentials::{NodeCert, NodeCredentials},
     node_identity,
     server::{Signer, serve_connection},
+    token_review::TokenReviewer,
 };
 use crate::{
     identity::{
@@ -21,13 +23,13 @@ use crate::{
     },
     tunnel::{
         client::Connection,
-        tls::{WorkloadCert, client_config, server_config},
+        tls::{WorkloadCert, client_config, server_config, server_config_optional_clients},
     },
 };
 
-const TD: &str = "cluster.local";
+pub(super) const TD: &str = "cluster.local";
 
-fn cert_for(ca: &MeshCa, id: &SpiffeId) -> WorkloadCert {
+pub(super) fn cert_for(ca: &MeshCa, id: &SpiffeId) -> WorkloadCert {
     let key = KeyPair::generate().unwrap();
     let issued = ca.issue(id, &key, DEFAULT_LIFETIME).unwrap();
     WorkloadCert {
@@ -36,22 +38,36 @@ fn cert_for(ca: &MeshCa, id: &SpiffeId) -> WorkloadCert {
     }
 }
 
-struct Setup {
-    _dir: tempfile::TempDir,
+pub(super) struct Setup {
+    pub(super) dir: tempfile::TempDir,
     /// The same CA, opened a second time, for issuing test credentials.
-    issuer: MeshCa,
-    bundle: TrustBundle,
-    addr: std::net::SocketAddr,
+    pub(super) issuer: MeshCa,
+    pub(super) bundle: TrustBundle,
+    pub(super) addr: std::net::SocketAddr,
 }
 
 /// A CA whose model has shop/cart-1 on n1 and shop/pay-1 on n2.
 async fn ca_server() -> Setup {
+    ca_server_with(None, DEFAULT_LIFETIME).await
+}
+
+/// [`ca_server`] taking node agents' tokens to `tokens` (and letting
+/// clients come without a certificate), issuing for `lifetime`.
+pub(super) async fn ca_server_with(
+    tokens: Option<TokenReviewer>,
+    lifetime: std::time::Duration,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ca");
     let ca = MeshCa::init(&path, TD).unwrap();
     let issuer = MeshCa::load(&path).unwrap();
     let bundle = ca.bundle().unwrap();
-    let tls = server_config(&cert_for(&ca, &ca_identity(TD).unwrap()), &bundle).unwrap();
+    let cert = cert_for(&ca, &ca_identity(TD).unwrap());
+    let tls = if tokens.is_some() {
+        server_config_optional_clients(&cert, &bundle).unwrap()
+    } else {
+        server_config(&cert, &bundle).unwrap()
+    };
     let lookup: super::server::Lookup = Arc::new(|pod: &str| {
         let (node, sa) = match pod {
             "shop/cart-1" => ("n1", "cart"),
@@ -64,7 +80,8 @@ async fn ca_server() -> Setup {
         ca,
         bundle: bundle.clone(),
         lookup,
-        lifetime: DEFAULT_LIFETIME,
+        lifetime,
+        tokens,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -79,7 +96,7 @@ async fn ca_server() -> Setup {
         }
     });
     Setup {
-        _dir: dir,
+        dir,
         issuer,
         bundle,
         addr,
@@ -96,7 +113,7 @@ fn tls_as(setup: &Setup, id: &SpiffeId) -> Arc<rustls::ClientConfig> {
     .unwrap()
 }
 
-async fn connect_as(setup: &Setup, id: &SpiffeId) -> Connection {
+pub(super) async fn connect_as(setup: &Setup, id: &SpiffeId) -> Connection {
     Connection::dial(setup.addr, tls_as(setup, id))
         .await
         .unwrap()
@@ -183,11 +200,13 @@ async fn a_client_of_another_mesh_cannot_connect() {
 async fn the_store_reports_failing_requests_per_pod() {
     let setup = ca_server().await;
     let node = node_identity(TD, "n1").unwrap();
-    let store = CertStore::new(CertSource {
-        ca: setup.addr,
-        node: node.clone(),
-        tls: tls_as(&setup, &node),
-    });
+    let credentials = NodeCredentials {
+        identity: node.clone(),
+        cert: cert_for(&setup.issuer, &node),
+        bundle: setup.bundle.clone(),
+    };
+    let node_cert = Arc::new(NodeCert::new(credentials).unwrap());
+    let store = CertStore::new(CertSource::new(setup.addr.into(), node_cert).unwrap());
     // pay-1 runs on n2: the CA refuses it to n1, again on every retry.
     store.reconcile(&["shop/cart-1".to_owned(), "shop/pay-1".to_owned()]);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -4,22 +4,17 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt as _, Full, channel::Channel, combinators::BoxBody};
+use http_body_util::{BodyExt as _, Full};
 use kube::Client;
 use serde_json::{Value as Json, json};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{SourceStatus, watch};
+use super::{
+    SourceStatus,
+    mock::{Feed, MockBody, full, stream},
+    watch,
+};
 use crate::state::tests::pod_names;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type MockBody = BoxBody<Bytes, BoxError>;
-
-fn full(value: &Json) -> MockBody {
-    Full::new(Bytes::from(value.to_string()))
-        .map_err(|never| match never {})
-        .boxed()
-}
 
 fn list(kind: &str, rv: &str, next: &str, items: &[Json]) -> Json {
     json!({"apiVersion": "v1", "kind": format!("{kind}List"),
@@ -57,10 +52,10 @@ fn full_text(text: String) -> MockBody {
 }
 
 /// A watch that stays open and quiet; its sender is kept by the server.
-fn open_watch(keep: &Mutex<Vec<http_body_util::channel::Sender<Bytes, BoxError>>>) -> MockBody {
-    let (tx, body) = Channel::<Bytes, BoxError>::new(1);
+fn open_watch(keep: &Mutex<Vec<Feed>>) -> MockBody {
+    let (tx, body) = stream();
     keep.lock().unwrap().push(tx);
-    body.boxed()
+    body
 }
 
 /// What the mock saw and lets the test hold back.
