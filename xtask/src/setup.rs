@@ -8,6 +8,8 @@
 //! - `curl`: the demo's pods make real HTTP requests;
 //! - `nginx`: the benchmark's waypoint scenarios measure the waypoint
 //!   against it, a plain reverse proxy on the same path;
+//! - `umoci`: `cargo xtask image` writes the OCI image with it, daemonless
+//!   (no container engine exists on CI machines);
 //! - `llvm-22-dev`: bpf-linker links against the LLVM that emits the bitcode;
 //! - `rustc-web`, `rust-web-src`, `rust-web-clippy`: a rustc with its library
 //!   sources on disk for `-Z build-std=core` (skipped when a rustup nightly
@@ -75,7 +77,14 @@ fn cannot_provision() -> Option<String> {
 
 fn needs() -> Vec<Need> {
     let nightly = ebpf_toolchain::has_library_sources("nightly");
-    let mut packages = vec!["iproute2", "tcpdump", "curl", "nginx", "llvm-22-dev"];
+    let mut packages = vec![
+        "iproute2",
+        "tcpdump",
+        "curl",
+        "nginx",
+        "umoci",
+        "llvm-22-dev",
+    ];
     if !nightly {
         packages.extend(["rustc-web", "rust-web-src", "rust-web-clippy"]);
     }
