@@ -3,8 +3,10 @@
 //! the real ones. A nightly that happens to be installed cannot be borrowed
 //! there, as the build once did without anyone noticing.
 //!
-//! [`release`] builds the image's binaries through that cargo, so the test
-//! stage that builds the image proves they need nothing more.
+//! [`release`] is the project's one release build, through that cargo: the
+//! image's binaries (so the test stage that builds the image proves they need
+//! nothing more) and the benchmark's, which measures what ships and reuses
+//! what the image stage compiled.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -21,7 +23,9 @@ pub const STATIC_RUSTFLAGS: &str = r#"["-C", "target-feature=+crt-static"]"#;
 
 /// Builds `package`'s binaries in release, statically linked against glibc
 /// (the only C library target installed), for the host target; returns the
-/// directory they are in.
+/// directory they are in. One package at a time: cargo unifies features over
+/// the packages of one build, so building the benchmark's with the agent would
+/// rebuild the agent differently from the image's.
 pub fn release(root: &Path, package: &str) -> anyhow::Result<PathBuf> {
     let triple = host_triple()?;
     run::status(

@@ -36,7 +36,7 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         stage("clippy (eBPF crate, BPF target)", || lint_ebpf(&root))?;
     }
     // The image's release build is the proof that rustup's stable toolchain
-    // suffices.
+    // suffices, and the benchmark at the end reuses it.
     stage(
         "image: release static build with only rustup's stable toolchain (no nightly visible)",
         || crate::image::build(&root).and_then(|image| crate::image::verify(&root, &image)),
