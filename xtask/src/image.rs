@@ -11,7 +11,7 @@
 //!
 //! Every bin target of [`PACKAGE`] goes in (cargo's list, not ours), so a new
 //! binary such as `nodemesh-cni` joins without an edit here. Files that are
-//! not binaries live in [`ROOTFS_FILES`].
+//! not binaries live in [`ROOTFS_FILES`], shared with `deploy/Containerfile`.
 //! The image is reproducible: fixed times (`SOURCE_DATE_EPOCH`, else the
 //! commit's), owners and modes, and a layer written by tar rather than umoci.
 use std::{
@@ -44,7 +44,7 @@ const USER: &str = "0:0";
 /// each pod's network namespace, and its admin API on localhost only, so
 /// they are not the container's to expose.
 const PORTS: [u16; 4] = [15008, 15012, 15020, 15021];
-/// Files besides the binaries.
+/// Files besides the binaries, kept where `deploy/Containerfile` copies them from.
 const ROOTFS_FILES: &str = "deploy/image/rootfs";
 const OUT_DIR: &str = "target/image";
 
@@ -557,5 +557,47 @@ mod tests {
             err.contains("dynamically linked") && err.contains("ld-linux"),
             "{err}"
         );
+    }
+
+    /// `deploy/Containerfile` describes the same image for container
+    /// engines; CI never builds it, so this keeps it in step.
+    #[test]
+    fn containerfile_matches_xtask() {
+        let root = run::workspace_root();
+        let text = std::fs::read_to_string(root.join("deploy/Containerfile")).unwrap();
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        let ports: Vec<String> = PORTS.iter().map(u16::to_string).collect();
+        for line in [
+            format!("ENTRYPOINT [\"{ENTRYPOINT}\"]"),
+            format!("ENV {ENV_PATH}"),
+            format!("USER {USER}"),
+            format!("EXPOSE {}", ports.join(" ")),
+            format!("COPY {ROOTFS_FILES}/ /"),
+            format!("COPY --from=build /out/bin/ /{BIN_DIR}/"),
+            format!("ARG VERSION={}", env!("CARGO_PKG_VERSION")),
+        ] {
+            assert!(
+                lines.contains(&line.as_str()),
+                "deploy/Containerfile lacks the line `{line}` (xtask/src/image.rs builds the image so)"
+            );
+        }
+        for part in [
+            // Escaped as it stands inside the shell's double quotes.
+            stable_only::STATIC_RUSTFLAGS.replace('"', "\\\""),
+            format!("--path {PACKAGE} "),
+            format!(
+                "bpf-linker --locked --version {}",
+                crate::setup::BPF_LINKER_VERSION
+            ),
+            format!(
+                "rustup toolchain link {} /usr",
+                crate::ebpf_toolchain::DEBIAN_TOOLCHAIN
+            ),
+        ] {
+            assert!(
+                text.contains(&part),
+                "deploy/Containerfile lacks `{part}` (what xtask builds the image with)"
+            );
+        }
     }
 }

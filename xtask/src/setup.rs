@@ -23,7 +23,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{ebpf_toolchain, run};
 
-const BPF_LINKER_VERSION: &str = "0.13.0";
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 /// One prerequisite: how to tell it is there, and how to get it.
