@@ -117,6 +117,10 @@ fn cargo(root: &Path, subcommand: &str) -> anyhow::Result<Command> {
         .env("RUSTUP_TOOLCHAIN", &stable_name)
         .env_remove("CARGO")
         .env_remove("RUSTC")
+        // The image's timestamp, not the compiler's: build scripts using cc
+        // (ring's) rerun on it, which would rebuild half the tree each time
+        // it changes.
+        .env_remove("SOURCE_DATE_EPOCH")
         .env(ebpf_toolchain::TOOLCHAIN_ENV, &ebpf_name);
     Ok(cargo)
 }
