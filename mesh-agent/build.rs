@@ -59,7 +59,10 @@ fn build_programs(root: &Path, toolchain: &ebpf_toolchain::EbpfToolchain) -> any
     let target_dir = out_dir.join("mesh-ebpf");
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").context("CARGO_CFG_TARGET_ARCH")?;
     // aya-ebpf reads the architecture it runs on from this cfg; `--btf`
-    // makes bpf-linker emit the BTF the loader needs, from debug info.
+    // makes bpf-linker emit the BTF the loader needs, from debug info. Set
+    // as CARGO_ENCODED_RUSTFLAGS, which outranks every other source of
+    // rustflags, so the outer build's (the image's `+crt-static`, given to
+    // us in this very variable) never reach the BPF target.
     let rustflags = [
         format!("--cfg=bpf_target_arch=\"{arch}\""),
         "-Cdebuginfo=2".to_owned(),

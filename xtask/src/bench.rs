@@ -1,8 +1,12 @@
 //! `cargo xtask bench`: builds release binaries and runs the benchmark
 //! (`tests/src/bin/nodemesh-bench.rs`) with them. See BENCHMARKS.md.
+//!
+//! The agent measured is the one the image ships: the same static release
+//! build ([`stable_only::release`]), which `cargo xtask test` has just made
+//! for its image stage, so only the benchmark's own tools compile here.
 use anyhow::bail;
 
-use crate::{run, setup, test::stage};
+use crate::{run, setup, stable_only, test::stage};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -25,8 +29,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 /// Builds release binaries and runs the benchmark with `args`.
 pub fn quick_or_full(args: &[String]) -> anyhow::Result<()> {
-    stage("build (release)", || run::build_bins(true))?;
-    let release = run::workspace_root().join("target/release");
+    let root = run::workspace_root();
+    let release = stage("build (release, static)", || {
+        stable_only::release(&root, "mesh-agent")?;
+        stable_only::release(&root, "nodemesh-tests")
+    })?;
     stage("benchmark", || {
         run::status(
             std::process::Command::new(release.join("nodemesh-bench"))

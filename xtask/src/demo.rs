@@ -23,7 +23,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         );
     }
     stage("setup", || setup::run().map(|_| ()))?;
-    stage("build", || run::build_bins(false))?;
+    stage("build", run::build_bins)?;
     let mut demo =
         std::process::Command::new(run::workspace_root().join("target/debug/nodemesh-demo"));
     if let Some(d) = args.duration {

@@ -10,6 +10,7 @@ mod demo;
     reason = "shared with the agent build script, which uses the build part"
 )]
 mod ebpf_toolchain;
+mod image;
 mod run;
 mod setup;
 mod stable_only;
@@ -22,6 +23,7 @@ mod test;
         cargo xtask setup     # install every prerequisite (idempotent)\n  \
         sudo -E cargo xtask demo   # a meshed two-node cluster on this machine, with live traffic\n  \
         sudo -E cargo xtask bench --quick --json bench.json   # mesh vs direct, side by side\n  \
+        cargo xtask image     # the OCI image deploy/ runs, as target/image/nodemesh-<version>.oci.tar\n  \
         sudo -E cargo xtask test   # the whole test suite, as CI runs it"
 )]
 struct Cli {
@@ -45,6 +47,12 @@ enum Command {
     /// (release build, root): throughput, latency, churn, agent CPU and
     /// memory. `cargo xtask bench -- --quick` for a smoke run.
     Bench(bench::BenchArgs),
+    /// Build the OCI image the Kubernetes manifests run, without a container
+    /// engine: mesh-agent's binaries (release, statically linked, built with
+    /// only rustup's stable toolchain) in /usr/local/bin, written by umoci as
+    /// an image layout (target/image/oci) and an oci-archive tarball
+    /// (target/image/nodemesh-<version>.oci.tar). Prints how to load it.
+    Image(image::ImageArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +61,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Image(args) => image::run(&args),
     }
 }

@@ -33,14 +33,10 @@ pub fn cargo() -> Command {
 }
 
 /// Builds the agent, `meshctl` and the harness's programs (demo, bench,
-/// traffic tool), in release mode or not.
-pub fn build_bins(release: bool) -> anyhow::Result<()> {
-    let mut cmd = cargo();
-    cmd.arg("build");
-    if release {
-        cmd.arg("--release");
-    }
-    status(cmd.args([
+/// traffic tool) in the dev profile.
+pub fn build_bins() -> anyhow::Result<()> {
+    status(cargo().args([
+        "build",
         "--package",
         "mesh-agent",
         "--package",

@@ -8,6 +8,8 @@
 //! - `curl`: the demo's pods make real HTTP requests;
 //! - `nginx`: the benchmark's waypoint scenarios measure the waypoint
 //!   against it, a plain reverse proxy on the same path;
+//! - `umoci`: `cargo xtask image` writes the OCI image with it, daemonless
+//!   (no container engine exists on CI machines);
 //! - `llvm-22-dev`: bpf-linker links against the LLVM that emits the bitcode;
 //! - `rustc-web`, `rust-web-src`, `rust-web-clippy`: a rustc with its library
 //!   sources on disk for `-Z build-std=core` (skipped when a rustup nightly
@@ -29,7 +31,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{ebpf_toolchain, run};
 
-const BPF_LINKER_VERSION: &str = "0.13.0";
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// 1.37 bundles the schemas of Kubernetes 1.25 to 1.37.
 const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
@@ -97,6 +99,7 @@ fn needs() -> Vec<Need> {
         "llvm-22-dev",
         "containernetworking-plugins",
         "python3-venv",
+        "umoci",
     ];
     if !nightly {
         packages.extend(["rustc-web", "rust-web-src", "rust-web-clippy"]);

@@ -38,9 +38,11 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         })?;
         stage("clippy (eBPF crate, BPF target)", || lint_ebpf(&root))?;
     }
+    // The image's release build is the proof that rustup's stable toolchain
+    // suffices, and the benchmark at the end reuses it.
     stage(
-        "build with only rustup's stable toolchain (no nightly visible)",
-        || crate::stable_only::check(&root),
+        "image: release static build with only rustup's stable toolchain (no nightly visible)",
+        || crate::image::build(&root).and_then(|image| crate::image::verify(&root, &image)),
     )?;
     stage("unit tests", || {
         run::status(
@@ -115,7 +117,7 @@ fn lint_ebpf(root: &std::path::Path) -> anyhow::Result<()> {
     run::status(&mut cmd)
 }
 
-pub fn stage(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+pub fn stage<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     println!("==> {name}");
     let started = Instant::now();
     let result = f();
