@@ -20,7 +20,7 @@
 //! the app around the mesh.
 use aya_ebpf::{
     EbpfContext,
-    bindings::bpf_sock,
+    bindings::{BPF_SK_LOOKUP_F_NO_REUSEPORT, bpf_sock},
     helpers::{bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release},
     macros::sk_lookup,
     programs::SkLookupContext,
@@ -122,10 +122,14 @@ fn try_steer(ctx: &SkLookupContext) -> Result<u32, ()> {
         count(Hook::SkLookup, Counter::Errors);
         return Ok(SK_DROP);
     }
+    // The agent's listener itself, never another member of its reuseport
+    // group: the agent's in-pod listeners allow SO_REUSEPORT (for a rolling
+    // update's two agents), and a root process in the pod could join it.
+    let flags = u64::from(BPF_SK_LOOKUP_F_NO_REUSEPORT);
     // SAFETY: `sk` is a referenced socket from the lookup above; it is
     // released exactly once, whatever `bpf_sk_assign` returns.
     let assigned = unsafe {
-        let rc = bpf_sk_assign(ctx.as_ptr(), sk.cast(), 0);
+        let rc = bpf_sk_assign(ctx.as_ptr(), sk.cast(), flags);
         bpf_sk_release(sk.cast());
         rc
     };

@@ -205,6 +205,21 @@ fn the_agents_mounts_are_where_its_flags_look() {
         ("/proc", true)
     );
     assert_eq!(flag(agent, "--host-proc"), proc_path);
+    // The pods' net sysctls are written through it: its sys/net, and only
+    // that, is writable.
+    let (net, read_only, _) = mount(agent, "host-proc-sys-net");
+    assert_eq!(
+        (
+            host_path(&pod, "host-proc-sys-net").as_str(),
+            net.as_str(),
+            read_only
+        ),
+        (
+            "/proc/sys/net",
+            format!("{proc_path}/sys/net").as_str(),
+            false
+        )
+    );
     let (pins, _, _) = mount(agent, "netns");
     assert_eq!(flag(agent, "--netns-dir"), pins);
     let (run, _, _) = mount(agent, "run");

@@ -534,6 +534,9 @@ impl Agent {
             .arg(cluster.scratch_dir("netns-pins")?)
             .args(["--reload-interval-ms", "100"])
             .args(extra)
+            // As in the image, which holds no other program: the agent must
+            // not depend on running one (it once ran `ip`).
+            .env("PATH", "/nonexistent")
             .env(
                 "RUST_LOG",
                 std::env::var("NODEMESH_E2E_RUST_LOG").unwrap_or_else(|_| {

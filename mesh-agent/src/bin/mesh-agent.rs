@@ -318,8 +318,10 @@ struct RunArgs {
     netns_dir: PathBuf,
     /// The host's /proc, searched after --netns-dir for pods whose runtime
     /// pins nothing (only pods whose processes run as root: others'
-    /// namespaces need CAP_SYS_PTRACE). In a container, mount the host's
-    /// /proc read-only (e.g. at /host/proc); no hostPID needed.
+    /// namespaces need CAP_SYS_PTRACE), and through which the agent sets
+    /// each pod's network sysctls. In a container, mount the host's /proc
+    /// read-only (e.g. at /host/proc) and its /proc/sys/net writable at
+    /// <host-proc>/sys/net; no hostPID needed.
     #[arg(long, default_value = "/proc")]
     host_proc: PathBuf,
 }
@@ -498,7 +500,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         socket,
         client,
     } = serve(&args.mesh, &args.run_dir, Some(args.metrics_listen)).await?;
-    let enrolment = Enrolment::new(Arc::clone(&capture), Arc::clone(&mesh), &args.pods_cgroup);
+    let enrolment = Enrolment::new(
+        Arc::clone(&capture),
+        Arc::clone(&mesh),
+        &args.pods_cgroup,
+        &args.host_proc,
+    );
     let mut pods = NodePods::new(
         &args.mesh.node,
         enrolment,
@@ -513,13 +520,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let (cni_events, mut cni_requests) = tokio::sync::mpsc::channel(64);
     let cni_socket = args.run_dir.join(cni::protocol::SOCKET_NAME);
-    let _cni = cni::server::serve(
-        &cni_socket,
-        args.mesh.node.clone(),
-        config.clone(),
-        cni_events,
-    )
-    .with_context(|| format!("serving the CNI socket {}", cni_socket.display()))?;
+    let site = cni::server::Site {
+        node: args.mesh.node.clone(),
+        host_proc: args.host_proc.clone(),
+    };
+    let _cni = cni::server::serve(&cni_socket, site, config.clone(), cni_events)
+        .with_context(|| format!("serving the CNI socket {}", cni_socket.display()))?;
     api::serve_tcp(
         Arc::clone(&admin),
         args.ready_listen,
@@ -553,8 +559,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             _ = status_tick.tick() => {
                 if pods.superseded() {
-                    // The new agent writes the status and answers readiness.
-                    admin.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+                    // The owner writes the status. This agent stays ready:
+                    // the rollout that started the new one must go on and
+                    // stop this one.
                     continue;
                 }
                 // An unlocated pod may be found at any time, and a failed

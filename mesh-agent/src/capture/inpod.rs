@@ -19,16 +19,19 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    process::Command,
+    path::Path,
 };
 
 use mesh_common::{AGENT_MARK, DELIVERY_MARK, ports};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::netns::socket_netns_cookie;
+use super::{
+    netns::socket_netns_cookie,
+    rtnetlink::{self, Family},
+};
 
 /// Routing table (and rule priority) that loops marked replies back locally.
-const DELIVERY_TABLE: &str = "1539";
+const DELIVERY_TABLE: u32 = 1539;
 const LISTEN_BACKLOG: i32 = 1024;
 
 /// Listening sockets opened inside one pod. IPv6 ones are absent when the
@@ -145,70 +148,39 @@ pub fn delivery_socket(client: IpAddr, app: SocketAddr) -> io::Result<std::net::
 }
 
 /// Installs the delivery plumbing described in the module docs. Idempotent.
-/// Must run inside the pod's namespace.
-pub fn prepare_delivery_routing() -> io::Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/tcp_fwmark_accept", "1")?;
+/// Must run inside the pod's namespace. `proc` is a procfs whose `sys/net`
+/// is writable: in a container that is not privileged `/proc/sys` is
+/// read-only, so the DaemonSet mounts the host's `/proc/sys/net` writable
+/// under `--host-proc` (a `net` sysctl applies to the network namespace of
+/// the thread that opens it, whichever procfs it is opened through).
+pub fn prepare_delivery_routing(proc: &Path) -> io::Result<()> {
+    let net = proc.join("sys/net");
+    let set = |name: &str| {
+        let path = net.join(name);
+        std::fs::write(&path, "1")
+            .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
+    };
+    set("ipv4/tcp_fwmark_accept")?;
     // A closed port's RST has no socket to inherit a mark from: reflecting
     // the SYN's mark routes it back to the delivering agent as well, which
     // then sees "refused" at once instead of its connect timing out while
     // the RST, addressed to the client, leaves the pod.
-    std::fs::write("/proc/sys/net/ipv4/fwmark_reflect", "1")?;
-    std::fs::write("/proc/sys/net/ipv6/fwmark_reflect", "1")?;
+    set("ipv4/fwmark_reflect")?;
+    set("ipv6/fwmark_reflect")?;
     // A delivery socket may bind a port whose previous connection to the
     // same app is still in TIME_WAIT; let connect() take it over once it is
     // a second old (TCP timestamps make that safe) instead of failing. It
     // also covers the app's own outgoing connections, where `1` is the usual
     // production setting anyway.
-    std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")?;
-    let mark = format!("{DELIVERY_MARK:#x}");
-    for family in ["-4", "-6"] {
-        // `ip rule` has no "replace": delete any earlier copy, then add.
-        let _ = Command::new("ip")
-            .args([
-                family,
-                "rule",
-                "del",
-                "fwmark",
-                &mark,
-                "lookup",
-                DELIVERY_TABLE,
-            ])
-            .output();
-        ip(&[
-            family,
-            "rule",
-            "add",
-            "fwmark",
-            &mark,
-            "lookup",
-            DELIVERY_TABLE,
-            "priority",
-            DELIVERY_TABLE,
-        ])?;
-        let all = if family == "-4" { "0.0.0.0/0" } else { "::/0" };
-        ip(&[
-            family,
-            "route",
-            "replace",
-            "local",
-            all,
-            "dev",
-            "lo",
-            "table",
-            DELIVERY_TABLE,
-        ])?;
+    set("ipv4/tcp_tw_reuse")?;
+    // The loopback interface is always index 1 in a network namespace.
+    const LOOPBACK: u32 = 1;
+    for family in [Family::V4, Family::V6] {
+        let what =
+            |e: io::Error| io::Error::new(e.kind(), format!("{family:?} delivery routing: {e}"));
+        rtnetlink::fwmark_rule(family, DELIVERY_MARK, DELIVERY_TABLE, DELIVERY_TABLE)
+            .map_err(what)?;
+        rtnetlink::local_default_route(family, LOOPBACK, DELIVERY_TABLE).map_err(what)?;
     }
     Ok(())
-}
-
-fn ip(args: &[&str]) -> io::Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(io::Error::other(format!(
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
 }

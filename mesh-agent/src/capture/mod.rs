@@ -18,5 +18,6 @@ pub mod mounts;
 pub mod netns;
 pub mod object;
 pub mod proof;
+pub mod rtnetlink;
 
 pub use object::{Capture, CaptureCounters, CaptureError};

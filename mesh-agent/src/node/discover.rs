@@ -56,10 +56,14 @@ impl Scan<'_> {
         if self.wanted.is_empty() {
             return Ok(found);
         }
-        // Our own namespace is never a pod's.
-        let mut seen: BTreeSet<(u64, u64)> = netns_id(Path::new("/proc/thread-self/ns/net"))
-            .into_iter()
-            .collect();
+        // Neither our own namespace nor the host's (init's) is a pod's.
+        let mut seen: BTreeSet<(u64, u64)> = [
+            Path::new("/proc/thread-self/ns/net").to_owned(),
+            self.proc_root.join("1/ns/net"),
+        ]
+        .iter()
+        .filter_map(|p| netns_id(p))
+        .collect();
         let pins = std::fs::read_dir(self.netns_dir)
             .into_iter()
             .flatten()

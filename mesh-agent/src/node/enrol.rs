@@ -94,15 +94,23 @@ pub struct Enrolment {
     capture: Arc<Mutex<Capture>>,
     mesh: Arc<Mesh>,
     pods_cgroup: PathBuf,
+    /// A procfs whose `sys/net` the agent may write (`--host-proc`).
+    proc: Arc<Path>,
     pods: BTreeMap<String, Enrolled>,
 }
 
 impl Enrolment {
-    pub fn new(capture: Arc<Mutex<Capture>>, mesh: Arc<Mesh>, pods_cgroup: &Path) -> Self {
+    pub fn new(
+        capture: Arc<Mutex<Capture>>,
+        mesh: Arc<Mesh>,
+        pods_cgroup: &Path,
+        proc: &Path,
+    ) -> Self {
         Self {
             capture,
             mesh,
             pods_cgroup: pods_cgroup.to_owned(),
+            proc: proc.into(),
             pods: BTreeMap::new(),
         }
     }
@@ -166,7 +174,10 @@ impl Enrolment {
                 source,
             })?;
         worker
-            .run(prepare_delivery_routing)
+            .run({
+                let proc = Arc::clone(&self.proc);
+                move || prepare_delivery_routing(&proc)
+            })
             .await
             .map_err(netns_err)?
             .map_err(|source| EnrolError::Io {

@@ -72,16 +72,24 @@ impl NodePods {
         &self.unlocated
     }
 
-    /// Whether a newer agent owns the node (see [`Ownership`]); from then on
-    /// this one changes nothing.
+    /// Whether another agent owns the node now (see [`Ownership`]): while it
+    /// does this one changes nothing. Asked every status tick, which also
+    /// keeps this agent's claim fresh.
     pub fn superseded(&mut self) -> bool {
-        if !self.superseded && !self.owner.held() {
-            self.superseded = true;
-            tracing::warn!(
-                owner = %self.owner.holder(),
-                "a newer agent owns this node now: this one stops changing capture state and \
-                 serves only the connections it has, until it is stopped"
-            );
+        let superseded = !self.owner.hold();
+        if superseded != self.superseded {
+            if superseded {
+                tracing::warn!(
+                    owner = %self.owner.holder(),
+                    "a newer agent owns this node now: this one stops changing capture state \
+                     and serves only the connections it has, until it is stopped"
+                );
+            } else {
+                tracing::info!("this agent owns the node again");
+                // The other agent may have changed what is enrolled.
+                self.retry = Some((Instant::now(), RETRY_FIRST));
+            }
+            self.superseded = superseded;
         }
         self.superseded
     }
@@ -155,7 +163,7 @@ impl NodePods {
                 sandbox,
                 reply,
             } => {
-                let errors = if self.found.gone(&pod, Some(&sandbox)) {
+                let errors = if self.found.gone(&pod, &sandbox) {
                     self.reconcile(snapshot).await
                 } else {
                     Vec::new()

@@ -62,12 +62,16 @@ impl Whereabouts {
         }
     }
 
-    /// Forgets `pod` (its sandbox was torn down). With a `sandbox` ID, only
-    /// if that is the sandbox recorded. Returns whether anything was forgotten.
-    pub fn gone(&mut self, pod: &str, sandbox: Option<&str>) -> bool {
-        let matches = self.pods.get(pod).is_some_and(|l| {
-            sandbox.is_none() || l.sandbox.is_none() || l.sandbox.as_deref() == sandbox
-        });
+    /// Forgets `pod` because its sandbox `sandbox` was torn down: only if
+    /// that is the sandbox recorded. A pod the scan found has no sandbox ID
+    /// to compare, so a DEL (perhaps of an older sandbox) never forgets it;
+    /// it goes when its namespace does ([`Whereabouts::prune`]). Returns
+    /// whether anything was forgotten.
+    pub fn gone(&mut self, pod: &str, sandbox: &str) -> bool {
+        let matches = self
+            .pods
+            .get(pod)
+            .is_some_and(|l| l.sandbox.as_deref() == Some(sandbox));
         if matches {
             self.pods.remove(pod);
         }
@@ -208,9 +212,17 @@ mod tests {
             "shop/p",
             located("/run/netns/cni-2", "10.0.0.2", Finder::Cni, Some("new")),
         );
-        assert!(!found.gone("shop/p", Some("old")));
+        assert!(!found.gone("shop/p", "old"));
         assert!(found.get("shop/p").is_some());
-        assert!(found.gone("shop/p", Some("new")));
+        assert!(found.gone("shop/p", "new"));
         assert!(found.get("shop/p").is_none());
+        found.found(
+            "shop/q",
+            located("/run/netns/cni-3", "10.0.0.3", Finder::Scan, None),
+        );
+        assert!(
+            !found.gone("shop/q", "any"),
+            "a scan-found pod outlives DELs"
+        );
     }
 }

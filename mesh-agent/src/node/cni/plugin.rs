@@ -119,6 +119,13 @@ pub fn run(
             format!("{version}; supported: {}", SUPPORTED_VERSIONS.join(", ")),
         );
     }
+    // CNI 1.1: STATUS asks whether the plugin can take ADDs (the runtime
+    // marks the node's network not ready otherwise) and GC lets plugins drop
+    // state of sandboxes that are gone. Gating is ADD's job and the agent
+    // forgets vanished namespaces itself, so both simply succeed.
+    if command == "STATUS" || command == "GC" {
+        return Outcome::ok(String::new(), None);
+    }
     let command = match command {
         "ADD" => Command::Add,
         "DEL" => Command::Del,
@@ -128,7 +135,7 @@ pub fn run(
                 version,
                 INVALID_ENVIRONMENT,
                 "nodemesh-cni: unknown CNI_COMMAND",
-                format!("{other:?} (expected ADD, DEL, CHECK or VERSION)"),
+                format!("{other:?} (expected ADD, DEL, CHECK, STATUS, GC or VERSION)"),
             );
         }
     };
@@ -368,5 +375,17 @@ mod tests {
         assert_eq!(unasked("FROB", &conf("")).1["code"], INVALID_ENVIRONMENT);
         let (ok, version) = unasked("VERSION", "");
         assert!(ok && version["supportedVersions"].is_array(), "{version}");
+    }
+
+    #[test]
+    fn status_and_gc_of_cni_1_1_succeed_without_the_agent() {
+        let stdin = r#"{"cniVersion":"1.1.0","name":"k8s","type":"nodemesh-cni"}"#;
+        for command in ["STATUS", "GC"] {
+            let env = env(command, "");
+            let out = run(&Invocation { env: &env, stdin }, |_, _, _| {
+                panic!("the agent must not be asked")
+            });
+            assert!(out.success && out.stdout.is_empty(), "{command}: {out:?}");
+        }
     }
 }

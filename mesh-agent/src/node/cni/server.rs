@@ -21,6 +21,26 @@ use crate::{
 /// lag). The plugin waits a little longer than this for the answer.
 pub const POD_WAIT: Duration = Duration::from_secs(20);
 
+/// Where the agent answers from.
+pub struct Site {
+    /// This agent's node.
+    pub node: String,
+    /// The host's `/proc` as the agent sees it (`--host-proc`).
+    pub host_proc: std::path::PathBuf,
+}
+
+impl Site {
+    /// A runtime that pins nothing (cri-dockerd) names the sandbox's
+    /// namespace as `/proc/<pid>/ns/net` in the host's PID namespace, which
+    /// the agent sees under `--host-proc`.
+    fn seen_here(&self, netns: &Path) -> std::path::PathBuf {
+        match netns.strip_prefix("/proc") {
+            Ok(rest) => self.host_proc.join(rest),
+            Err(_) => netns.to_owned(),
+        }
+    }
+}
+
 /// A request the node's enrolment loop must act on; it answers on `reply`.
 #[derive(Debug)]
 pub enum Event {
@@ -47,7 +67,7 @@ pub enum Event {
 /// that runs the plugin, may ask).
 pub fn serve(
     path: &Path,
-    node: String,
+    site: Site,
     config: watch::Receiver<Arc<Loaded>>,
     events: mpsc::Sender<Event>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
@@ -55,15 +75,15 @@ pub fn serve(
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let node: Arc<str> = node.into();
+    let site = Arc::new(site);
     Ok(tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    let (node, config, events) =
-                        (Arc::clone(&node), config.clone(), events.clone());
+                    let (site, config, events) =
+                        (Arc::clone(&site), config.clone(), events.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = answer(stream, &node, config, &events).await {
+                        if let Err(e) = answer(stream, &site, config, &events).await {
                             tracing::warn!("CNI socket: {e}");
                         }
                     });
@@ -76,7 +96,7 @@ pub fn serve(
 
 async fn answer(
     stream: UnixStream,
-    node: &str,
+    site: &Site,
     config: watch::Receiver<Arc<Loaded>>,
     events: &mpsc::Sender<Event>,
 ) -> std::io::Result<()> {
@@ -85,7 +105,7 @@ async fn answer(
     BufReader::new(read).read_line(&mut line).await?;
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(request) => {
-            let reply = handle(&request, node, config, events).await;
+            let reply = handle(&request, site, config, events).await;
             let pod = request.pod();
             if reply.ok {
                 tracing::info!(%pod, command = ?request.command, "CNI: {}", reply.message);
@@ -119,19 +139,30 @@ const LOOP_GONE: &str = "the agent is shutting down";
 
 async fn handle(
     request: &Request,
-    node: &str,
+    site: &Site,
     config: watch::Receiver<Arc<Loaded>>,
     events: &mpsc::Sender<Event>,
 ) -> Reply {
     let pod = request.pod();
+    let node = site.node.as_str();
     match request.command {
         Command::Add => {
             match meshed(&request.namespace, &request.name, node, config, POD_WAIT).await {
                 Membership::Outside(why) => accept(format!("not in the mesh: {why}")),
                 Membership::Unknown(why) => refuse(why),
                 Membership::Meshed => {
+                    let netns = site.seen_here(&request.netns);
+                    if !netns.exists() {
+                        return refuse(format!(
+                            "the sandbox's network namespace {} is not visible to the agent \
+                             (looked at {}): mount the host's /var/run/netns at the same path \
+                             and its /proc at --host-proc",
+                            request.netns.display(),
+                            netns.display()
+                        ));
+                    }
                     let located = Located {
-                        netns: request.netns.clone(),
+                        netns,
                         cgroup: None,
                         ips: request.ips.clone(),
                         sandbox: Some(request.sandbox.clone()),
