@@ -97,6 +97,9 @@ pub struct Enrolment {
     /// A procfs whose `sys/net` the agent may write (`--host-proc`).
     proc: Arc<Path>,
     pods: BTreeMap<String, Enrolled>,
+    /// Capture problems last warned about, by pod: reconciles repeat (a
+    /// retry every few seconds), warnings only when something changed.
+    warned: BTreeMap<String, Vec<String>>,
 }
 
 impl Enrolment {
@@ -111,6 +114,7 @@ impl Enrolment {
             mesh,
             pods_cgroup: pods_cgroup.to_owned(),
             proc: proc.into(),
+            warned: BTreeMap::new(),
             pods: BTreeMap::new(),
         }
     }
@@ -148,11 +152,16 @@ impl Enrolment {
                 source: Box::new(e),
             });
         }
+        let mut problems = BTreeMap::new();
         for status in self.status() {
-            for problem in &status.problems {
-                tracing::warn!(pod = %status.pod, "capture not in place: {problem}");
+            if self.warned.get(&status.pod) != Some(&status.problems) {
+                for problem in &status.problems {
+                    tracing::warn!(pod = %status.pod, "capture not in place: {problem}");
+                }
             }
+            problems.insert(status.pod, status.problems);
         }
+        self.warned = problems;
         errors
     }
 

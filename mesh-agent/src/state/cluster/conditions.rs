@@ -127,12 +127,15 @@ pub async fn report(client: Client) {
     // The newest copy of each object whose condition could not be
     // written, by resource plural and namespace/name.
     let mut pending: BTreeMap<(String, String), (ApiResource, DynamicObject)> = BTreeMap::new();
+    // Resources whose watch is failing, warned about once.
+    let mut failing: BTreeSet<String> = BTreeSet::new();
     let mut retry = tokio::time::interval(RETRY_EVERY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             event = events.next() => match event {
                 Some((resource, Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)))) => {
+                    failing.remove(&resource.plural);
                     let key = key_of(&resource, &o);
                     pending.remove(&key);
                     if !judge(&client, &resource, &o).await {
@@ -144,7 +147,17 @@ pub async fn report(client: Client) {
                 }
                 Some((_, Ok(watcher::Event::Init | watcher::Event::InitDone))) => {}
                 Some((resource, Err(e))) => {
-                    tracing::debug!(resource = %resource.plural, "status conditions: watch: {e}");
+                    // Once per failing spell: a missing permission or CRD
+                    // must show, without a line per retry.
+                    if failing.insert(resource.plural.clone()) {
+                        tracing::warn!(
+                            resource = %resource.plural,
+                            "status conditions: watch failing, no conditions are written for \
+                             these objects until it recovers: {e}"
+                        );
+                    } else {
+                        tracing::debug!(resource = %resource.plural, "status conditions: watch: {e}");
+                    }
                 }
                 None => return,
             },
