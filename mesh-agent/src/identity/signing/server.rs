@@ -12,8 +12,8 @@ use rustls::ServerConfig;
 use tokio::net::TcpStream;
 
 use super::{
-    NODE_PATH, NodeRequest, PATH, SignError, SignRequest, SignResponse, node_identity, node_of,
-    token_review::TokenReviewer,
+    NODE_PATH, NodeRequest, PATH, SignError, SignRequest, SignResponse, ca_identity, node_identity,
+    node_of, token_review::TokenReviewer,
 };
 use crate::{
     identity::{SpiffeId, ca::MeshCa, verify::TrustBundle},
@@ -148,6 +148,23 @@ async fn pod_certificate(
             format!("pod {} is not known to the CA", request.pod),
         );
     };
+    // A pod whose service account makes it look like the mesh itself (a
+    // node agent, or the CA) never gets that identity: whoever may create
+    // such a service account in nodemesh-system must not gain a node's or
+    // the CA's powers through a pod.
+    let reserved =
+        node_of(&id).is_some() || ca_identity(signer.ca.trust_domain()).is_ok_and(|ca| ca == id);
+    if reserved {
+        tracing::warn!(node, pod = %request.pod, identity = %id, "certificate request refused: reserved identity");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            format!(
+                "pod {} would be {id}, an identity reserved for the mesh's own node agents and \
+                 CA: give it another service account",
+                request.pod
+            ),
+        );
+    }
     if pod_node != node {
         tracing::warn!(
             node,

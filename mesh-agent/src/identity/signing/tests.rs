@@ -72,6 +72,13 @@ pub(super) async fn ca_server_with(
         let (node, sa) = match pod {
             "shop/cart-1" => ("n1", "cart"),
             "shop/pay-1" => ("n2", "payments"),
+            // Pods whose service accounts mimic the mesh's own identities.
+            "nodemesh-system/mimic-node" => {
+                return Some(("n1".to_owned(), node_identity(TD, "n2").unwrap()));
+            }
+            "nodemesh-system/mimic-ca" => {
+                return Some(("n1".to_owned(), ca_identity(TD).unwrap()));
+            }
             _ => return None,
         };
         Some((node.to_owned(), SpiffeId::new(TD, "shop", sa).unwrap()))
@@ -159,6 +166,13 @@ async fn a_node_gets_certificates_for_its_own_pods_only() {
         matches!(unknown, SigningError::Refused { status: 404, .. }),
         "{unknown}"
     );
+    for mimic in ["nodemesh-system/mimic-node", "nodemesh-system/mimic-ca"] {
+        let refused = request_certificate(&n1, mimic, &key).await.unwrap_err();
+        assert!(
+            matches!(&refused, SigningError::Refused { status: 403, message } if message.contains("reserved")),
+            "{mimic}: {refused}"
+        );
+    }
 }
 
 #[tokio::test]
