@@ -351,13 +351,19 @@ where
     }
 }
 
-/// Serves the admin API on a unix socket at `path` (replacing a stale one;
-/// mode 0600).
-pub fn serve_unix(admin: Arc<Admin>, path: &std::path::Path) -> std::io::Result<()> {
+/// A unix socket at `path` that only root may use (mode 0600), replacing a
+/// stale one: the admin API's and the CNI plugin's.
+pub fn bind_root_only(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt as _;
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves the admin API on a unix socket at `path` ([`bind_root_only`]).
+pub fn serve_unix(admin: Arc<Admin>, path: &std::path::Path) -> std::io::Result<()> {
+    let listener = bind_root_only(path)?;
     tokio::spawn(async move {
         loop {
             match listener.accept().await {

@@ -22,12 +22,7 @@ use mesh_agent::{
         self,
         store::{CertSource, CertStore},
     },
-    node::{
-        cni,
-        enrol::Enrolment,
-        owner::Ownership,
-        pods::{NodePods, PodScan},
-    },
+    node::{cni, discover::Places, enrol::Enrolment, owner::Ownership, pods::NodePods},
     proxy::mesh::{Mesh, MeshIdentity},
     state::{self, WaypointRef},
 };
@@ -509,7 +504,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut pods = NodePods::new(
         &args.mesh.node,
         enrolment,
-        PodScan {
+        Places {
             netns_dir: args.netns_dir.clone(),
             proc_root: args.host_proc.clone(),
             cgroup_mount: cgroup::cgroup2_mount()?,
@@ -974,8 +969,11 @@ fn cni_command(command: CniCommand) -> anyhow::Result<()> {
                 socket,
                 exclude_namespaces,
             };
+            let mut binary = install::Binary::read(&plugin, &cni_bin_dir)
+                .with_context(|| format!("--cni-bin-dir {}", cni_bin_dir.display()))?;
             loop {
-                if install::install_binary(&plugin, &cni_bin_dir)
+                if binary
+                    .ensure()
                     .with_context(|| format!("--cni-bin-dir {}", cni_bin_dir.display()))?
                 {
                     println!(

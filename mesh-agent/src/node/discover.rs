@@ -21,7 +21,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::whereabouts::{Finder, Located};
+use super::whereabouts::Located;
 use crate::capture::netns::in_netns;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,45 +34,61 @@ pub enum DiscoverError {
     },
 }
 
-/// Where to look and what for.
-pub struct Scan<'a> {
+/// Where to look.
+#[derive(Debug)]
+pub struct Places {
     /// Where the runtime pins sandboxes' network namespaces.
-    pub netns_dir: &'a Path,
+    pub netns_dir: PathBuf,
     /// The host's `/proc` (`/host/proc` in the DaemonSet).
-    pub proc_root: &'a Path,
+    pub proc_root: PathBuf,
     /// The cgroup v2 mount and the pods cgroup below it.
-    pub cgroup_mount: &'a Path,
-    pub pods_cgroup: &'a Path,
-    /// Addresses of the pods being looked for → `namespace/name`.
-    pub wanted: &'a BTreeMap<IpAddr, String>,
+    pub cgroup_mount: PathBuf,
+    pub pods_cgroup: PathBuf,
+}
+
+/// One scan: where, and the addresses of the pods looked for →
+/// `namespace/name`.
+struct Scan<'a> {
+    places: &'a Places,
+    wanted: &'a BTreeMap<IpAddr, String>,
+}
+
+/// The `wanted` pods found in `places`, by `namespace/name`. Namespaces and
+/// processes that go away during the scan are skipped; only an unreadable
+/// `/proc` is an error (a missing pin directory means the runtime pins
+/// nothing).
+pub fn find(
+    places: &Places,
+    wanted: &BTreeMap<IpAddr, String>,
+) -> Result<BTreeMap<String, Located>, DiscoverError> {
+    Scan { places, wanted }.run()
 }
 
 impl Scan<'_> {
-    /// The wanted pods found, by `namespace/name`. Namespaces and processes
-    /// that go away during the scan are skipped; only an unreadable `/proc`
-    /// is an error (a missing pin directory means the runtime pins nothing).
-    pub fn run(&self) -> Result<BTreeMap<String, Located>, DiscoverError> {
+    fn run(&self) -> Result<BTreeMap<String, Located>, DiscoverError> {
         let mut found = BTreeMap::new();
         if self.wanted.is_empty() {
             return Ok(found);
         }
+        let Places {
+            netns_dir,
+            proc_root,
+            ..
+        } = self.places;
         // Neither our own namespace nor the host's (init's) is a pod's.
         let mut seen: BTreeSet<(u64, u64)> = [
             Path::new("/proc/thread-self/ns/net").to_owned(),
-            self.proc_root.join("1/ns/net"),
+            proc_root.join("1/ns/net"),
         ]
         .iter()
         .filter_map(|p| netns_id(p))
         .collect();
-        let pins = std::fs::read_dir(self.netns_dir)
-            .into_iter()
-            .flatten()
-            .flatten();
+        let pins = std::fs::read_dir(netns_dir).into_iter().flatten().flatten();
         for pin in pins {
             self.look(&pin.path(), None, &mut seen, &mut found);
         }
-        let entries = std::fs::read_dir(self.proc_root).map_err(|source| DiscoverError::Proc {
-            path: self.proc_root.to_owned(),
+        let entries = std::fs::read_dir(proc_root).map_err(|source| DiscoverError::Proc {
+            path: proc_root.clone(),
             source,
         })?;
         for entry in entries.flatten() {
@@ -102,14 +118,13 @@ impl Scan<'_> {
         if !seen.insert(id) {
             return;
         }
-        let addresses = match in_netns(netns, local_addresses) {
-            Ok(Ok(addresses)) => addresses,
+        let addresses = in_netns(netns, local_addresses)
+            .map_err(|e| e.to_string())
+            .and_then(|listed| listed.map_err(|e| e.to_string()));
+        let addresses = match addresses {
+            Ok(addresses) => addresses,
             // Gone, not a namespace, or not ours to open: not a pod we can
             // enrol.
-            Ok(Err(e)) => {
-                tracing::debug!(netns = %netns.display(), "skipped in the pod scan: {e}");
-                return;
-            }
             Err(e) => {
                 tracing::debug!(netns = %netns.display(), "skipped in the pod scan: {e}");
                 return;
@@ -129,7 +144,6 @@ impl Scan<'_> {
                 cgroup,
                 ips,
                 sandbox: None,
-                by: Finder::Scan,
             },
         );
     }
@@ -147,8 +161,9 @@ impl Scan<'_> {
         if path.split('/').any(|c| c == "..") {
             return Some(None);
         }
-        let full = self.cgroup_mount.join(path.trim_start_matches('/'));
-        full.starts_with(self.pods_cgroup).then_some(Some(full))
+        let full = self.places.cgroup_mount.join(path.trim_start_matches('/'));
+        full.starts_with(&self.places.pods_cgroup)
+            .then_some(Some(full))
     }
 }
 
@@ -185,11 +200,14 @@ mod tests {
             d
         };
         let wanted = BTreeMap::new();
+        let places = Places {
+            netns_dir: dir.path().to_owned(),
+            proc_root: dir.path().to_owned(),
+            cgroup_mount: "/sys/fs/cgroup".into(),
+            pods_cgroup: "/sys/fs/cgroup/kubepods.slice".into(),
+        };
         let scan = Scan {
-            netns_dir: dir.path(),
-            proc_root: dir.path(),
-            cgroup_mount: Path::new("/sys/fs/cgroup"),
-            pods_cgroup: Path::new("/sys/fs/cgroup/kubepods.slice"),
+            places: &places,
             wanted: &wanted,
         };
         let pod = write("1", "0::/kubepods.slice/pod1/cri-1.scope\n");

@@ -5,13 +5,13 @@
 use std::{
     collections::BTreeMap,
     net::IpAddr,
-    path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use super::{
     cni::server::Event,
-    discover::Scan,
+    discover::{self, Places},
     enrol::{EnrolError, Enrolment},
     owner::Ownership,
     whereabouts::{Whereabouts, placements},
@@ -24,20 +24,12 @@ const SCAN_INTERVAL: Duration = Duration::from_secs(2);
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// Where to look for pods that were running before the agent.
-pub struct PodScan {
-    /// Where the container runtime pins sandboxes' network namespaces.
-    pub netns_dir: PathBuf,
-    pub proc_root: PathBuf,
-    pub cgroup_mount: PathBuf,
-    pub pods_cgroup: PathBuf,
-}
-
 pub struct NodePods {
     node: String,
     enrolment: Enrolment,
     found: Whereabouts,
-    scan: PodScan,
+    /// Where to look for pods that were running before the agent.
+    scan: Arc<Places>,
     owner: Ownership,
     last_scan: Option<Instant>,
     /// Enrolled pods of this node not located yet (`namespace/name`).
@@ -48,12 +40,12 @@ pub struct NodePods {
 }
 
 impl NodePods {
-    pub fn new(node: &str, enrolment: Enrolment, scan: PodScan, owner: Ownership) -> Self {
+    pub fn new(node: &str, enrolment: Enrolment, scan: Places, owner: Ownership) -> Self {
         Self {
             node: node.to_owned(),
             enrolment,
             found: Whereabouts::default(),
-            scan,
+            scan: Arc::new(scan),
             owner,
             last_scan: None,
             unlocated: Vec::new(),
@@ -192,29 +184,8 @@ impl NodePods {
         if wanted.is_empty() {
             return;
         }
-        let PodScan {
-            netns_dir,
-            proc_root,
-            cgroup_mount,
-            pods_cgroup,
-        } = &self.scan;
-        let (netns_dir, proc_root, mount, pods) = (
-            netns_dir.clone(),
-            proc_root.clone(),
-            cgroup_mount.clone(),
-            pods_cgroup.clone(),
-        );
-        let scanned = tokio::task::spawn_blocking(move || {
-            Scan {
-                netns_dir: &netns_dir,
-                proc_root: &proc_root,
-                cgroup_mount: &mount,
-                pods_cgroup: &pods,
-                wanted: &wanted,
-            }
-            .run()
-        })
-        .await;
+        let places = Arc::clone(&self.scan);
+        let scanned = tokio::task::spawn_blocking(move || discover::find(&places, &wanted)).await;
         match scanned {
             Ok(Ok(found)) => {
                 for (pod, located) in found {

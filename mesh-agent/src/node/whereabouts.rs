@@ -13,20 +13,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
-
 use super::enrol::PodPlacement;
 use crate::state::Snapshot;
-
-/// How the node found a pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Finder {
-    /// The CNI plugin reported the pod's sandbox.
-    Cni,
-    /// The scan of pinned namespaces and `/proc` found it.
-    Scan,
-}
 
 /// One pod's place on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,10 +25,10 @@ pub struct Located {
     /// What the CNI result or the namespace's interfaces hold; used until the
     /// model has the pod's addresses.
     pub ips: Vec<IpAddr>,
-    /// The sandbox's container ID (CNI only): a DEL for an older sandbox of
-    /// the same pod must not forget the newer one.
+    /// The sandbox's container ID when the CNI plugin reported the pod (a
+    /// DEL for an older sandbox of the same pod must not forget the newer
+    /// one); `None` when the scan found it.
     pub sandbox: Option<String>,
-    pub by: Finder,
 }
 
 /// The pods this node has located, by `namespace/name`.
@@ -52,11 +40,11 @@ pub struct Whereabouts {
 impl Whereabouts {
     /// Records where `pod` is; a CNI report replaces what a scan found.
     pub fn found(&mut self, pod: &str, located: Located) {
-        let keep_cni = located.by == Finder::Scan
+        let keep_cni = located.sandbox.is_none()
             && self
                 .pods
                 .get(pod)
-                .is_some_and(|old| old.by == Finder::Cni && old.netns.exists());
+                .is_some_and(|old| old.sandbox.is_some() && old.netns.exists());
         if !keep_cni {
             self.pods.insert(pod.to_owned(), located);
         }
@@ -165,13 +153,12 @@ mod tests {
         s
     }
 
-    fn located(netns: &str, ip: &str, by: Finder, sandbox: Option<&str>) -> Located {
+    fn located(netns: &str, ip: &str, sandbox: Option<&str>) -> Located {
         Located {
             netns: netns.into(),
             cgroup: None,
             ips: vec![ip.parse().unwrap()],
             sandbox: sandbox.map(Into::into),
-            by,
         }
     }
 
@@ -186,12 +173,9 @@ mod tests {
 
         found.found(
             "shop/pending",
-            located("/run/netns/cni-1", "10.0.0.2", Finder::Cni, Some("c1")),
+            located("/run/netns/cni-1", "10.0.0.2", Some("c1")),
         );
-        found.found(
-            "shop/running",
-            located("/proc/7/ns/net", "10.9.9.9", Finder::Scan, None),
-        );
+        found.found("shop/running", located("/proc/7/ns/net", "10.9.9.9", None));
         let plan = placements(&s, "n1", &found);
         assert!(plan.unlocated.is_empty(), "{plan:?}");
         let pending = &plan.placements[1];
@@ -210,16 +194,13 @@ mod tests {
         let mut found = Whereabouts::default();
         found.found(
             "shop/p",
-            located("/run/netns/cni-2", "10.0.0.2", Finder::Cni, Some("new")),
+            located("/run/netns/cni-2", "10.0.0.2", Some("new")),
         );
         assert!(!found.gone("shop/p", "old"));
         assert!(found.get("shop/p").is_some());
         assert!(found.gone("shop/p", "new"));
         assert!(found.get("shop/p").is_none());
-        found.found(
-            "shop/q",
-            located("/run/netns/cni-3", "10.0.0.3", Finder::Scan, None),
-        );
+        found.found("shop/q", located("/run/netns/cni-3", "10.0.0.3", None));
         assert!(
             !found.gone("shop/q", "any"),
             "a scan-found pod outlives DELs"

@@ -52,16 +52,43 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Install
     move |source| InstallError::Io { what, path, source }
 }
 
-/// Copies `plugin` into `bin_dir` (atomically, only when it differs).
-/// Returns whether it changed anything.
-pub fn install_binary(plugin: &Path, bin_dir: &Path) -> Result<bool, InstallError> {
-    let target = bin_dir.join(PLUGIN_TYPE);
-    let wanted = std::fs::read(plugin).map_err(io("reading the plugin binary", plugin))?;
-    if std::fs::read(&target).is_ok_and(|have| have == wanted) {
-        return Ok(false);
+/// The plugin binary to keep in the CNI bin directory: read once, and the
+/// installed copy compared byte for byte only when its size or time
+/// changed since it was last found right (`--watch` asks every few seconds).
+pub struct Binary {
+    bytes: Vec<u8>,
+    target: PathBuf,
+    right: Option<(u64, std::time::SystemTime)>,
+}
+
+impl Binary {
+    pub fn read(plugin: &Path, bin_dir: &Path) -> Result<Self, InstallError> {
+        Ok(Self {
+            bytes: std::fs::read(plugin).map_err(io("reading the plugin binary", plugin))?,
+            target: bin_dir.join(PLUGIN_TYPE),
+            right: None,
+        })
     }
-    write_atomically(&target, &wanted, 0o755)?;
-    Ok(true)
+
+    /// Copies the plugin into place (atomically) unless it is there.
+    /// Returns whether it wrote.
+    pub fn ensure(&mut self) -> Result<bool, InstallError> {
+        let stamp = |path: &Path| {
+            std::fs::metadata(path)
+                .and_then(|m| Ok((m.len(), m.modified()?)))
+                .ok()
+        };
+        let now = stamp(&self.target);
+        if now.is_some() && now == self.right {
+            return Ok(false);
+        }
+        let wrote = !std::fs::read(&self.target).is_ok_and(|have| have == self.bytes);
+        if wrote {
+            write_atomically(&self.target, &self.bytes, 0o755)?;
+        }
+        self.right = stamp(&self.target);
+        Ok(wrote)
+    }
 }
 
 /// Adds (or updates) the entry in the node's primary configuration: the
@@ -267,10 +294,11 @@ mod tests {
         std::fs::write(&plugin, b"v1").unwrap();
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
-        assert!(install_binary(&plugin, &bin).unwrap());
-        assert!(!install_binary(&plugin, &bin).unwrap());
+        let install = || Binary::read(&plugin, &bin).unwrap().ensure().unwrap();
+        assert!(install());
+        assert!(!install());
         std::fs::write(&plugin, b"v2").unwrap();
-        assert!(install_binary(&plugin, &bin).unwrap());
+        assert!(install());
         assert_eq!(std::fs::read(bin.join(PLUGIN_TYPE)).unwrap(), b"v2");
     }
 }

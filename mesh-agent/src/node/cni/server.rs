@@ -6,15 +6,12 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
+    net::UnixStream,
     sync::{mpsc, oneshot, watch},
 };
 
 use super::protocol::{Command, Reply, Request};
-use crate::{
-    node::whereabouts::{Finder, Located},
-    state::Loaded,
-};
+use crate::{node::whereabouts::Located, state::Loaded};
 
 /// How long an ADD waits for the API server's view of its pod to reach the
 /// agent (the pod object is created before its sandbox, but the watch may
@@ -71,10 +68,7 @@ pub fn serve(
     config: watch::Receiver<Arc<Loaded>>,
     events: mpsc::Sender<Event>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = crate::admin::api::bind_root_only(path)?;
     let site = Arc::new(site);
     Ok(tokio::spawn(async move {
         loop {
@@ -166,36 +160,28 @@ async fn handle(
                         cgroup: None,
                         ips: request.ips.clone(),
                         sandbox: Some(request.sandbox.clone()),
-                        by: Finder::Cni,
                     };
-                    let (reply, answer) = oneshot::channel();
-                    let event = Event::Located {
+                    let event = |reply| Event::Located {
                         pod: pod.clone(),
                         located,
                         reply,
                     };
-                    if events.send(event).await.is_err() {
-                        return refuse(LOOP_GONE);
-                    }
-                    match answer.await {
-                        Ok(Ok(())) => accept("enrolled: listeners open and capture in place"),
-                        Ok(Err(why)) => refuse(format!("enrolling {pod} failed: {why}")),
-                        Err(_) => refuse(LOOP_GONE),
+                    match ask(events, event).await {
+                        Some(Ok(())) => accept("enrolled: listeners open and capture in place"),
+                        Some(Err(why)) => refuse(format!("enrolling {pod} failed: {why}")),
+                        None => refuse(LOOP_GONE),
                     }
                 }
             }
         }
         Command::Del => {
-            let (reply, done) = oneshot::channel();
-            let event = Event::Gone {
+            let event = |reply| Event::Gone {
                 pod,
                 sandbox: request.sandbox.clone(),
                 reply,
             };
-            // A DEL must succeed even when nothing is left to undo.
-            if events.send(event).await.is_ok() {
-                let _ = done.await;
-            }
+            // A DEL succeeds even when nothing is left to undo.
+            ask(events, event).await;
             accept("unenrolled (if it was)")
         }
         Command::Check => {
@@ -209,20 +195,16 @@ async fn handle(
             .await
             {
                 Membership::Meshed => {
-                    let (reply, answer) = oneshot::channel();
-                    let event = Event::Enrolled {
+                    let event = |reply| Event::Enrolled {
                         pod: pod.clone(),
                         reply,
                     };
-                    if events.send(event).await.is_err() {
-                        return refuse(LOOP_GONE);
-                    }
-                    match answer.await {
-                        Ok(true) => accept("enrolled"),
-                        Ok(false) => {
+                    match ask(events, event).await {
+                        Some(true) => accept("enrolled"),
+                        Some(false) => {
                             refuse(format!("{pod} belongs in the mesh but is not enrolled"))
                         }
-                        Err(_) => refuse(LOOP_GONE),
+                        None => refuse(LOOP_GONE),
                     }
                 }
                 Membership::Outside(why) => accept(format!("not in the mesh: {why}")),
@@ -230,6 +212,17 @@ async fn handle(
             }
         }
     }
+}
+
+/// Hands an event to the node's enrolment loop and waits for its answer;
+/// `None` when the loop is gone (the agent is stopping).
+async fn ask<T>(
+    events: &mpsc::Sender<Event>,
+    event: impl FnOnce(oneshot::Sender<T>) -> Event,
+) -> Option<T> {
+    let (reply, answer) = oneshot::channel();
+    events.send(event(reply)).await.ok()?;
+    answer.await.ok()
 }
 
 /// Whether a pod belongs in this node's mesh, by the model.
