@@ -274,7 +274,10 @@ fn allow_and_deny() -> anyhow::Result<()> {
 
 /// Kubernetes mode: the same verdicts with every agent and the CA watching
 /// an API server that serves the same objects (each policy edit reaches
-/// them as a watch event); then the API server goes away, and the agents
+/// them as a watch event). Node agents watch only their own node's pods
+/// there and learn the other nodes' from the CA's workload directory, so
+/// every cross-node verdict below also proves the directory delivered the
+/// destination's identity. Then the API server goes away, and the agents
 /// say so but keep enforcing the last policies with every pod enrolled.
 fn on_the_api_server() -> anyhow::Result<()> {
     let mut shop = Shop::start_on(Source::ApiServer)?;
@@ -283,6 +286,28 @@ fn on_the_api_server() -> anyhow::Result<()> {
     ensure!(
         status.contains("model: Kubernetes API server, every watch synced"),
         "{status}"
+    );
+    let api = shop
+        .meshed
+        .api_server
+        .as_mut()
+        .context("started on the API server")?;
+    let mut pod_selectors = std::collections::BTreeSet::new();
+    while let Ok(line) = api.process.next_line(std::time::Duration::from_millis(200)) {
+        let event: serde_json::Value = serde_json::from_str(&line)?;
+        if event["path"] == "/api/v1/pods" {
+            pod_selectors.insert(event["fieldSelector"].as_str().map(str::to_owned));
+        }
+    }
+    ensure!(
+        pod_selectors
+            == [
+                None,
+                Some("spec.nodeName=n1".to_owned()),
+                Some("spec.nodeName=n2".to_owned())
+            ]
+            .into(),
+        "the CA lists every pod, each node agent only its node's: {pod_selectors:?}"
     );
     allow_and_deny_in(&shop)?;
 

@@ -24,7 +24,7 @@ use mesh_agent::{
     },
     node::{cni, discover::Places, enrol::Enrolment, owner::Ownership, pods::NodePods},
     proxy::mesh::{Mesh, MeshIdentity},
-    state::{self, WaypointRef},
+    state::{self, WaypointRef, cluster::Scope},
 };
 
 const DEFAULT_BPFFS_DIR: &str = object::DEFAULT_DIR;
@@ -269,7 +269,9 @@ struct SourceArgs {
 }
 
 impl SourceArgs {
-    async fn open(&self) -> anyhow::Result<state::source::Opened> {
+    /// Opens the model's source; on the API server, watching the pods
+    /// `scope` says.
+    async fn open(&self, scope: Scope) -> anyhow::Result<state::source::Opened> {
         let source = match &self.config_dir {
             Some(path) => state::source::Source::Dir {
                 path: path.clone(),
@@ -277,6 +279,7 @@ impl SourceArgs {
             },
             None => state::source::Source::Cluster {
                 kubeconfig: self.kubeconfig.clone(),
+                scope,
             },
         };
         Ok(state::source::open(source).await?)
@@ -494,7 +497,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         admin,
         socket,
         client,
-    } = serve(&args.mesh, &args.run_dir, Some(args.metrics_listen)).await?;
+    } = serve(&args.mesh, &args.run_dir, Some(args.metrics_listen), true).await?;
     let enrolment = Enrolment::new(
         Arc::clone(&capture),
         Arc::clone(&mesh),
@@ -592,22 +595,40 @@ struct Served {
     client: Option<kube::Client>,
 }
 
+/// `node_scoped`: a node agent, which watches only its own node's pods on
+/// the API server when the CA can tell it about the others.
 async fn serve(
     args: &MeshArgs,
     run_dir: &Path,
     metrics_listen: Option<std::net::SocketAddr>,
+    node_scoped: bool,
 ) -> anyhow::Result<Served> {
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let identity = mesh_identity(args).await?;
+    let scope = match &identity {
+        Some(identity) if node_scoped => Scope::Node {
+            node: args.node.clone(),
+            others: identity::signing::directory::follow(identity.certs.source()),
+        },
+        None if node_scoped && args.source.kubernetes => {
+            tracing::warn!(
+                "no --ca: watching every pod of the cluster (with a CA, only this node's, and \
+                 the others come from the CA's workload directory)"
+            );
+            Scope::Cluster
+        }
+        _ => Scope::Cluster,
+    };
     let state::source::Opened {
         config,
         task: watcher,
         cluster,
         client,
-    } = args.source.open().await?;
+    } = args.source.open(scope).await?;
     let metrics = Arc::new(Metrics::new());
     let flows = FlowStore::new(&args.node, args.flow_capacity)
         .with_subscriber(Arc::clone(&metrics) as Arc<dyn FlowSubscriber>);
-    let mesh = Arc::new(Mesh::new(config.clone(), mesh_identity(args).await?, flows));
+    let mesh = Arc::new(Mesh::new(config.clone(), identity, flows));
     let admin = Arc::new(Admin::new(Arc::clone(&mesh), metrics, cluster));
     let socket = run_dir.join(api::SOCKET_NAME);
     api::serve_unix(Arc::clone(&admin), &socket)
@@ -648,7 +669,7 @@ async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
         admin,
         socket,
         ..
-    } = serve(&args.mesh, &run_dir, args.metrics_listen).await?;
+    } = serve(&args.mesh, &run_dir, args.metrics_listen, false).await?;
     let workers = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, usize::from),
         usize::from,
@@ -811,7 +832,7 @@ async fn serve_ca(
         task: _watcher,
         client,
         ..
-    } = source.open().await?;
+    } = source.open(Scope::Cluster).await?;
     let tokens = client
         .as_ref()
         .map(|c| TokenReviewer::new(c.clone(), audience, agent_account));
@@ -830,7 +851,8 @@ async fn serve_ca(
         );
     }
     let signer = Arc::new(server::Signer {
-        lookup: server::lookup_from(config, ca.trust_domain().to_owned()),
+        lookup: server::lookup_from(config.clone(), ca.trust_domain().to_owned()),
+        model: config,
         ca,
         bundle,
         lifetime,

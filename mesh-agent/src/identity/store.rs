@@ -63,6 +63,13 @@ impl CertSource {
             })
             .await?)
     }
+
+    /// A connection to the CA of its own (for a long-lived stream), with
+    /// the node's current certificate.
+    pub async fn dial(&self) -> Result<Connection, SigningError> {
+        let addr = self.ca.resolve().await?;
+        Ok(Connection::dial(addr, Arc::clone(&self.tls)).await?)
+    }
 }
 
 /// A pod's current certificate.
@@ -134,6 +141,11 @@ impl CertStore {
             updated: Arc::new(Notify::new()),
             tasks: Mutex::default(),
         }
+    }
+
+    /// Where its certificates come from (the CA, as this node).
+    pub fn source(&self) -> Arc<CertSource> {
+        Arc::clone(&self.source)
     }
 
     /// Keeps certificates for exactly `pods` (`namespace/name`).

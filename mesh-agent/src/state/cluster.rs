@@ -16,7 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{StreamExt as _, stream::select_all};
+use futures::{
+    StreamExt as _,
+    stream::{BoxStream, select_all},
+};
 use kube::{
     Client,
     api::{Api, ApiResource, DynamicObject, GroupVersionKind},
@@ -106,6 +109,22 @@ pub fn resources() -> Vec<Watched> {
         .collect()
 }
 
+/// Which pods the source watches.
+pub enum Scope {
+    /// Every pod (the CA, waypoints, a node agent without a CA).
+    Cluster,
+    /// `node`'s pods only (a field selector on `spec.nodeName`); the other
+    /// nodes' come from `others`, the CA's workload directory
+    /// ([`super::directory`]).
+    Node { node: String, others: Feed },
+}
+
+/// Watch events from somewhere other than the API server.
+pub type Feed = BoxStream<'static, Result<watcher::Event<DynamicObject>, watcher::Error>>;
+
+/// What the other nodes' pods are called in status and logs.
+pub const DIRECTORY: &str = "pods of other nodes (the CA's directory)";
+
 /// What the source is doing, for `meshctl status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceStatus {
@@ -151,20 +170,50 @@ impl SourceStatus {
 pub async fn watch(
     client: Client,
     status: Arc<Mutex<SourceStatus>>,
+    scope: Scope,
 ) -> (watch::Receiver<Arc<Loaded>>, JoinHandle<()>) {
     let watched = resources();
     let mut index = Index::default();
     for w in &watched {
         index.expect(&w.name);
     }
-    let streams = watched.into_iter().map(|w| {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &w.resource);
-        let Watched { name, resource } = w;
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .map(move |event| (name.clone(), resource.clone(), event))
-            .boxed()
-    });
+    let (pods, others) = match scope {
+        Scope::Cluster => (watcher::Config::default(), None),
+        Scope::Node { node, others } => (
+            watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            Some(others),
+        ),
+    };
+    let pods_resource = watched
+        .iter()
+        .find(|w| w.name == "pods")
+        .expect("pods are watched")
+        .resource
+        .clone();
+    let mut streams: Vec<BoxStream<'static, Event>> = watched
+        .into_iter()
+        .map(|w| {
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &w.resource);
+            let config = if w.name == "pods" {
+                pods.clone()
+            } else {
+                watcher::Config::default()
+            };
+            let Watched { name, resource } = w;
+            watcher(api, config)
+                .default_backoff()
+                .map(move |event| (name.clone(), resource.clone(), event))
+                .boxed()
+        })
+        .collect();
+    if let Some(others) = others {
+        index.expect(DIRECTORY);
+        streams.push(
+            others
+                .map(move |event| (DIRECTORY.to_owned(), pods_resource.clone(), event))
+                .boxed(),
+        );
+    }
     let mut events = select_all(streams);
     let (tx, rx) = watch::channel(Arc::new(Loaded::default()));
     let mut published = false;

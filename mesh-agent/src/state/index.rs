@@ -7,7 +7,7 @@
 //! while the source was disconnected are pruned then, and until then the
 //! last good objects keep serving: a lost API server never unenrols a pod
 //! or drops a policy.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_yaml_ng::Value;
 
@@ -94,13 +94,21 @@ impl Index {
             .collect()
     }
 
-    /// The model of every object held.
+    /// The model of every object held. An object two resources hold (a
+    /// pod passing from the workload directory to the node's own watch) is
+    /// read once.
     pub fn load(&self) -> Loaded {
         let mut loader = Loader::cluster();
+        let mut seen = BTreeSet::new();
         for (i, object) in self
             .resources
             .values()
-            .flat_map(|r| r.objects.values())
+            .flat_map(|r| r.objects.iter())
+            .filter(|(key, object)| {
+                let text = |field: &str| object.get(field).and_then(Value::as_str);
+                seen.insert((text("apiVersion"), text("kind"), *key))
+            })
+            .map(|(_, object)| object)
             .enumerate()
         {
             loader.document(ORIGIN, i + 1, object.clone());

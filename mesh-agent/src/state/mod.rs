@@ -8,11 +8,14 @@
 //! - [`index`]: objects as a watching source (the API server) holds them,
 //!   made into the model by the same loader;
 //! - [`cluster`]: that source: watches on the Kubernetes API server;
+//! - [`directory`]: the other nodes' pods, as the CA serves them to node
+//!   agents that watch only their own node's;
 //! - [`source`]: opening either source;
 //! - [`gateway`], [`traffic`]: Gateway API routes and nodemesh's
 //!   TrafficPolicies, kept as written;
 //! - [`keys`]: every label and annotation key nodemesh reads.
 pub mod cluster;
+pub mod directory;
 mod error;
 pub mod gateway;
 pub mod index;

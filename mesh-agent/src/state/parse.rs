@@ -349,9 +349,10 @@ impl Loader {
     }
 }
 
-/// Whether an API server's pod is one the mesh can serve: not ended (its
-/// address may already be another pod's) and not on the node's own network
-/// (its address is the node's). Such pods are normal in a cluster, not
+/// Whether an API server's pod is one the mesh can serve: placed on a node
+/// (the scheduler has not placed it yet), not ended (its address may
+/// already be another pod's) and not on the node's own network (its
+/// address is the node's). Such pods are normal in a cluster, not
 /// configuration errors, so they are skipped quietly; local YAML declares
 /// only pods it means. A pod without an address yet is kept: its sandbox is
 /// being set up, and the CNI plugin asks the agent to enrol it before it
@@ -363,12 +364,10 @@ fn in_the_mesh_yet(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .is_some_and(|p| p == "Succeeded" || p == "Failed");
-    let host_network = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.host_network)
-        .unwrap_or(false);
-    !ended && !host_network
+    let spec = pod.spec.as_ref();
+    let placed = spec.is_some_and(|s| s.node_name.is_some());
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    placed && !ended && !host_network
 }
 
 /// Controllers write `status` (the CA, on nodemesh's own kinds); a copied

@@ -8,14 +8,21 @@ use std::{
 
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{Loaded, cluster::SourceStatus};
+use super::{
+    Loaded,
+    cluster::{Scope, SourceStatus},
+};
 
 pub enum Source {
     /// Kubernetes-style YAML in a directory, re-read when its files change.
     Dir { path: PathBuf, interval: Duration },
     /// The API server: in-cluster credentials when run in a pod, else this
-    /// kubeconfig (or `$KUBECONFIG`, then `~/.kube/config`).
-    Cluster { kubeconfig: Option<PathBuf> },
+    /// kubeconfig (or `$KUBECONFIG`, then `~/.kube/config`); every pod, or
+    /// one node's and the CA's directory of the others (`scope`).
+    Cluster {
+        kubeconfig: Option<PathBuf>,
+        scope: Scope,
+    },
 }
 
 /// A source being followed.
@@ -60,7 +67,7 @@ pub async fn open(source: Source) -> Result<Opened, SourceError> {
                 client: None,
             })
         }
-        Source::Cluster { kubeconfig } => {
+        Source::Cluster { kubeconfig, scope } => {
             let config = match kubeconfig {
                 Some(path) => {
                     let file = kube::config::Kubeconfig::read_from(&path).map_err(|source| {
@@ -78,7 +85,8 @@ pub async fn open(source: Source) -> Result<Opened, SourceError> {
             tracing::info!(server = %config.cluster_url, "watching the Kubernetes API server");
             let client = kube::Client::try_from(config).map_err(SourceError::Client)?;
             let status = Arc::new(Mutex::new(SourceStatus::default()));
-            let (config, task) = super::cluster::watch(client.clone(), Arc::clone(&status)).await;
+            let (config, task) =
+                super::cluster::watch(client.clone(), Arc::clone(&status), scope).await;
             Ok(Opened {
                 config,
                 task,

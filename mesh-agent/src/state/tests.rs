@@ -540,13 +540,14 @@ fn watched_objects_make_the_model_local_yaml_makes() {
 }
 
 #[test]
-fn the_api_servers_ended_and_host_network_pods_are_skipped_quietly_pending_ones_kept() {
+fn the_api_servers_ended_unplaced_and_host_network_pods_are_skipped_quietly_pending_ones_kept() {
     use index::{Change, Index};
     let pods = format!(
-        "{}{}{}{}",
+        "{}{}{}{}{}",
         pod("running", "  podIP: 10.1.0.11\n"),
         pod("done", "  phase: Succeeded\n  podIP: 10.1.0.11\n"),
         pod("pending", "  phase: Pending\n"),
+        pod("unplaced", "  phase: Pending\n").replace("  nodeName: n1\n", ""),
         pod("on-host", "  podIP: 192.168.0.1\n")
             .replace("  nodeName: n1\n", "  nodeName: n1\n  hostNetwork: true\n"),
     );

@@ -107,6 +107,18 @@ impl Connection {
         Ok((status, Bytes::from(all)))
     }
 
+    /// Sends a bodiless request on its own stream; returns the status and
+    /// the body as it arrives (for long answers, e.g. the CA's workload
+    /// directory).
+    pub async fn get(
+        &self,
+        request: Request<()>,
+    ) -> Result<(StatusCode, h2::RecvStream), TunnelError> {
+        let (response, _) = self.open(request, true).await?;
+        let response = response.await?;
+        Ok((response.status(), response.into_body()))
+    }
+
     /// Opens a stream to `target` through the peer agent; `service` is the
     /// Service it was resolved from, if any ([`super::SERVICE_HEADER`]).
     pub async fn connect(

@@ -14,9 +14,15 @@
 //! follow. A patch lasts: it is applied again over the file's object at
 //! every re-read.
 //!
+//! Lists and watches of pods honour the field selector `spec.nodeName=NODE`
+//! (as node agents ask), a watch turning a pod that leaves the selection
+//! into DELETED as the API server does; any other field selector is
+//! refused (400), never ignored. Each list and watch is reported on stdout
+//! (`{"event": "list"|"watch", "path", "fieldSelector"}`).
+//!
 //! Not a real API server: no auth, no pagination (every list is one page),
-//! no field or label selectors, no generations, watches resume only from
-//! versions it has served. That is the protocol surface nodemesh uses.
+//! no label selectors, no generations, watches resume only from versions it
+//! has served. That is the protocol surface nodemesh uses.
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -322,12 +328,25 @@ async fn answer(server: &Server, req: Request<Incoming>) -> Response<Body> {
         http::Method::PATCH => return patch(server, &path, &body),
         _ => {}
     }
-    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+    let selector = match query.get("fieldSelector").filter(|f| !f.is_empty()) {
+        None => None,
+        Some(text) => match NodeSelector::parse(&path, text) {
+            Ok(selector) => Some(selector),
+            Err(message) => return status_error(StatusCode::BAD_REQUEST, "BadRequest", &message),
+        },
+    };
+    let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+    println!(
+        "{}",
+        json!({"event": if watching { "watch" } else { "list" }, "path": path,
+               "fieldSelector": query.get("fieldSelector")})
+    );
+    if watching {
         let from = query
             .get("resourceVersion")
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        return watch_response(server, path, from);
+        return watch_response(server, path, from, selector);
     }
     let s = server.store.lock().expect("store");
     if let Some((resource, key, _)) = object_of(&path)
@@ -345,7 +364,12 @@ async fn answer(server: &Server, req: Request<Incoming>) -> Response<Body> {
     let items: Vec<Value> = s
         .objects
         .get(&path)
-        .map(|o| o.values().cloned().collect())
+        .map(|o| {
+            o.values()
+                .filter(|o| selector.as_ref().is_none_or(|s| s.matches(o)))
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default();
     let list = json!({
         "apiVersion": "v1", "kind": "List",
@@ -442,14 +466,52 @@ fn token_review(server: &Server, mut review: Value) -> Response<Body> {
     json_response(StatusCode::CREATED, &review)
 }
 
-/// The changes to `path` after version `from`, then each new one as it
-/// happens, with a BOOKMARK when quiet.
-fn watch_response(server: &Server, path: String, from: u64) -> Response<Body> {
+/// The field selector this server understands: pods by `spec.nodeName`.
+struct NodeSelector(String);
+
+impl NodeSelector {
+    fn parse(path: &str, text: &str) -> Result<Self, String> {
+        match text.strip_prefix("spec.nodeName=") {
+            Some(node) if path == "/api/v1/pods" => Ok(Self(node.to_owned())),
+            _ => Err(format!(
+                "field selector {text:?} on {path} is not supported by this stand-in (only \
+                 spec.nodeName=NODE on pods)"
+            )),
+        }
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        object["spec"]["nodeName"].as_str() == Some(self.0.as_str())
+    }
+}
+
+/// The changes to `path` after version `from` (those `selector` selects),
+/// then each new one as it happens, with a BOOKMARK when quiet.
+fn watch_response(
+    server: &Server,
+    path: String,
+    from: u64,
+    selector: Option<NodeSelector>,
+) -> Response<Body> {
     let mut changed = server.changed.subscribe();
     let store = Arc::clone(&server.store);
     let (mut tx, body) = Channel::<Bytes, Infallible>::new(16);
     tokio::spawn(async move {
         let mut sent = from;
+        // What the watcher holds (what it listed): an object leaving the
+        // selection is DELETED for it, one entering it ADDED.
+        let mut visible: std::collections::BTreeSet<String> = {
+            let s = store.lock().expect("store");
+            s.objects
+                .get(&path)
+                .map(|held| {
+                    held.iter()
+                        .filter(|(_, o)| selector.as_ref().is_some_and(|sel| sel.matches(o)))
+                        .map(|(key, _)| key.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         loop {
             let (lines, latest) = {
                 let s = store.lock().expect("store");
@@ -457,7 +519,11 @@ fn watch_response(server: &Server, path: String, from: u64) -> Response<Body> {
                     .log
                     .iter()
                     .filter(|(v, p, _)| *v > sent && *p == path)
-                    .map(|(_, _, e)| format!("{e}\n"))
+                    .filter_map(|(_, _, e)| match &selector {
+                        None => Some(e.clone()),
+                        Some(selector) => selected(selector, &mut visible, e),
+                    })
+                    .map(|e| format!("{e}\n"))
                     .collect();
                 (lines, s.version)
             };
@@ -489,6 +555,34 @@ fn watch_response(server: &Server, path: String, from: u64) -> Response<Body> {
     let mut response = Response::new(body.boxed());
     *response.status_mut() = StatusCode::OK;
     response
+}
+
+/// A watch event as a watcher with `selector` sees it (`None`: not at all).
+fn selected(
+    selector: &NodeSelector,
+    visible: &mut std::collections::BTreeSet<String>,
+    event: &Value,
+) -> Option<Value> {
+    let object = &event["object"];
+    let key = format!(
+        "{}/{}",
+        object["metadata"]["namespace"].as_str().unwrap_or_default(),
+        object["metadata"]["name"].as_str().unwrap_or_default()
+    );
+    let was = visible.contains(&key);
+    let is = event["type"] != "DELETED" && selector.matches(object);
+    let kind = match (was, is) {
+        (false, false) => return None,
+        (false, true) => "ADDED",
+        (true, true) => "MODIFIED",
+        (true, false) => "DELETED",
+    };
+    if is {
+        visible.insert(key);
+    } else {
+        visible.remove(&key);
+    }
+    Some(json!({"type": kind, "object": object}))
 }
 
 fn full(text: String) -> Body {

@@ -21,8 +21,12 @@
 //!   its node certificate;
 //! - `POST /v1/node-credentials` ([`NodeRequest`]) with
 //!   `Authorization: Bearer <token>`, no client certificate needed;
+//! - `GET /v1/workloads`, the client authenticated by its node certificate:
+//!   the workload directory ([`directory`]), a stream of JSON lines that
+//!   lasts until the CA ends it (at the latest after 30 minutes, and the
+//!   agent comes back for a fresh list);
 //!
-//! each answered `200` + [`SignResponse`], or `400` (bad request), `401` (no
+//! the first two answered `200` + [`SignResponse`], or `400` (bad request), `401` (no
 //! token, or the API server does not accept it), `403` (not a node agent,
 //! or the pod is on another node), `404` (pod unknown, or the CA takes no
 //! tokens), `503` (the CA cannot check a token now), each with a JSON
@@ -31,6 +35,7 @@ pub mod address;
 pub mod bootstrap;
 pub mod client;
 pub mod credentials;
+pub mod directory;
 pub mod server;
 pub mod token_review;
 
@@ -47,6 +52,7 @@ use crate::policy::ROOT_NAMESPACE;
 
 pub const PATH: &str = "/v1/certificates";
 pub const NODE_PATH: &str = "/v1/node-credentials";
+pub const DIRECTORY_PATH: &str = "/v1/workloads";
 const NODE_PREFIX: &str = "node-";
 const CA_SERVICE_ACCOUNT: &str = "ca";
 

@@ -5,20 +5,24 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full, Limited, combinators::BoxBody};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::ServerConfig;
 use tokio::net::TcpStream;
 
 use super::{
-    NODE_PATH, NodeRequest, PATH, SignError, SignRequest, SignResponse, ca_identity, node_identity,
-    node_of, token_review::TokenReviewer,
+    DIRECTORY_PATH, NODE_PATH, NodeRequest, PATH, SignError, SignRequest, SignResponse,
+    ca_identity, directory, node_identity, node_of, token_review::TokenReviewer,
 };
 use crate::{
     identity::{SpiffeId, ca::MeshCa, verify::TrustBundle},
+    state::Loaded,
     tunnel::{TunnelError, tls},
 };
+
+/// An answer: a JSON body, or the directory's stream.
+pub type Reply = Response<BoxBody<Bytes, Infallible>>;
 
 /// The CA's view of the cluster: for `namespace/name`, the node the pod is
 /// on and the identity it should have.
@@ -39,6 +43,9 @@ pub struct Signer {
     /// configuration must let clients come without a certificate
     /// ([`tls::server_config_optional_clients`]).
     pub tokens: Option<TokenReviewer>,
+    /// The CA's model, whose pods it serves to node agents as the workload
+    /// directory.
+    pub model: tokio::sync::watch::Receiver<Arc<Loaded>>,
 }
 
 /// Serves one agent connection until it closes.
@@ -59,8 +66,9 @@ pub async fn serve_connection(
     Ok(())
 }
 
-fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::from(serde_json::to_vec(body).expect("serializes")));
+fn json(status: StatusCode, body: &impl serde::Serialize) -> Reply {
+    let body = Full::from(serde_json::to_vec(body).expect("serializes")).boxed();
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -69,37 +77,53 @@ fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes
     response
 }
 
-fn refuse(status: StatusCode, error: String) -> Response<Full<Bytes>> {
+fn refuse(status: StatusCode, error: String) -> Reply {
     json(status, &SignError { error })
 }
 
-async fn handle(
-    req: Request<Incoming>,
-    peer: &Option<SpiffeId>,
-    signer: &Signer,
-) -> Response<Full<Bytes>> {
-    if req.method() != Method::POST {
-        return not_served();
-    }
-    match req.uri().path() {
-        PATH => pod_certificate(req, peer.as_ref(), signer).await,
-        NODE_PATH => node_credentials(req, signer).await,
-        _ => not_served(),
+async fn handle(req: Request<Incoming>, peer: &Option<SpiffeId>, signer: &Signer) -> Reply {
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, PATH) => pod_certificate(req, peer.as_ref(), signer).await,
+        (&Method::POST, NODE_PATH) => node_credentials(req, signer).await,
+        (&Method::GET, DIRECTORY_PATH) => match node_agent(peer.as_ref(), "the workload directory")
+        {
+            Ok(node) => directory::serve(node, signer.model.clone()),
+            Err((status, why)) => refuse(status, why),
+        },
+        _ => refuse(
+            StatusCode::NOT_FOUND,
+            format!("the CA serves only POST {PATH}, POST {NODE_PATH} and GET {DIRECTORY_PATH}"),
+        ),
     }
 }
 
-fn not_served() -> Response<Full<Bytes>> {
-    refuse(
-        StatusCode::NOT_FOUND,
-        format!("the CA serves only POST {PATH} and POST {NODE_PATH}"),
-    )
+/// The node a request's client certificate speaks for, or why `what` is
+/// refused to anyone but a node agent (the answer's status and message).
+fn node_agent<'a>(peer: Option<&'a SpiffeId>, what: &str) -> Result<&'a str, (StatusCode, String)> {
+    let Some(peer) = peer else {
+        tracing::warn!("{what} refused: no client certificate");
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "no client certificate: {what} is for node agents, which connect with their \
+                 node credentials"
+            ),
+        ));
+    };
+    node_of(peer).ok_or_else(|| {
+        tracing::warn!(%peer, "{what} refused: not a node agent");
+        (
+            StatusCode::FORBIDDEN,
+            format!("{peer} is not a node agent; only node identities may ask for {what}"),
+        )
+    })
 }
 
 /// A request's JSON body, or the answer refusing it.
 async fn body<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     what: &str,
-) -> Result<T, Response<Full<Bytes>>> {
+) -> Result<T, Reply> {
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
         Err(e) => {
@@ -121,22 +145,10 @@ async fn pod_certificate(
     req: Request<Incoming>,
     peer: Option<&SpiffeId>,
     signer: &Signer,
-) -> Response<Full<Bytes>> {
-    let Some(peer) = peer else {
-        tracing::warn!("certificate request refused: no client certificate");
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "no client certificate: pod certificates are for node agents, which connect with \
-             their node credentials"
-                .into(),
-        );
-    };
-    let Some(node) = node_of(peer) else {
-        tracing::warn!(%peer, "certificate request refused: not a node agent");
-        return refuse(
-            StatusCode::FORBIDDEN,
-            format!("{peer} is not a node agent; only node identities may request certificates"),
-        );
+) -> Reply {
+    let node = match node_agent(peer, "a pod certificate") {
+        Ok(node) => node,
+        Err((status, why)) => return refuse(status, why),
     };
     let request: SignRequest = match body(req, "SignRequest").await {
         Ok(r) => r,
@@ -188,7 +200,7 @@ async fn pod_certificate(
 }
 
 /// A node agent's own credentials, for the node its token is bound to.
-async fn node_credentials(req: Request<Incoming>, signer: &Signer) -> Response<Full<Bytes>> {
+async fn node_credentials(req: Request<Incoming>, signer: &Signer) -> Reply {
     let Some(reviewer) = &signer.tokens else {
         return refuse(
             StatusCode::NOT_FOUND,
@@ -243,7 +255,7 @@ async fn node_credentials(req: Request<Incoming>, signer: &Signer) -> Response<F
 }
 
 /// Signs `csr` as `id`, answering with the certificate and the bundle.
-fn sign(signer: &Signer, id: &SpiffeId, csr: &str) -> Response<Full<Bytes>> {
+fn sign(signer: &Signer, id: &SpiffeId, csr: &str) -> Reply {
     match signer.ca.sign_csr(id, csr, signer.lifetime) {
         Ok(issued) => {
             let not_after_unix = issued

@@ -21,6 +21,7 @@ use crate::{
         store::{CertSource, CertStore},
         verify::{PeerRole, TrustBundle},
     },
+    state::Loaded,
     tunnel::{
         client::Connection,
         tls::{WorkloadCert, client_config, server_config, server_config_optional_clients},
@@ -44,6 +45,8 @@ pub(super) struct Setup {
     pub(super) issuer: MeshCa,
     pub(super) bundle: TrustBundle,
     pub(super) addr: std::net::SocketAddr,
+    /// The CA's model (what the workload directory serves).
+    pub(super) model: tokio::sync::watch::Sender<Arc<Loaded>>,
 }
 
 /// A CA whose model has shop/cart-1 on n1 and shop/pay-1 on n2.
@@ -83,12 +86,14 @@ pub(super) async fn ca_server_with(
         };
         Some((node.to_owned(), SpiffeId::new(TD, "shop", sa).unwrap()))
     });
+    let (model, model_rx) = tokio::sync::watch::channel(Arc::new(Loaded::default()));
     let signer = Arc::new(Signer {
         ca,
         bundle: bundle.clone(),
         lookup,
         lifetime,
         tokens,
+        model: model_rx,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -107,6 +112,7 @@ pub(super) async fn ca_server_with(
         issuer,
         bundle,
         addr,
+        model,
     }
 }
 
@@ -208,19 +214,24 @@ async fn a_client_of_another_mesh_cannot_connect() {
     assert!(refused, "a node certificate from another CA was served");
 }
 
-/// The node's certificate store says which pods' requests fail, and why,
-/// until they succeed or the pod leaves (what `meshctl check` reports).
-#[tokio::test]
-async fn the_store_reports_failing_requests_per_pod() {
-    let setup = ca_server().await;
-    let node = node_identity(TD, "n1").unwrap();
+/// A certificate source as node `node` of `setup`'s CA.
+fn source_as(setup: &Setup, node: &str) -> CertSource {
+    let node = node_identity(TD, node).unwrap();
     let credentials = NodeCredentials {
         identity: node.clone(),
         cert: cert_for(&setup.issuer, &node),
         bundle: setup.bundle.clone(),
     };
     let node_cert = Arc::new(NodeCert::new(credentials).unwrap());
-    let store = CertStore::new(CertSource::new(setup.addr.into(), node_cert).unwrap());
+    CertSource::new(setup.addr.into(), node_cert).unwrap()
+}
+
+/// The node's certificate store says which pods' requests fail, and why,
+/// until they succeed or the pod leaves (what `meshctl check` reports).
+#[tokio::test]
+async fn the_store_reports_failing_requests_per_pod() {
+    let setup = ca_server().await;
+    let store = CertStore::new(source_as(&setup, "n1"));
     // pay-1 runs on n2: the CA refuses it to n1, again on every retry.
     store.reconcile(&["shop/cart-1".to_owned(), "shop/pay-1".to_owned()]);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -257,5 +268,83 @@ async fn the_store_reports_failing_requests_per_pod() {
     assert!(
         store.ca_status().failing.is_empty(),
         "a pod that left still fails"
+    );
+}
+
+/// The workload directory over real mTLS: a node agent gets the other
+/// nodes' pods, then their changes; anyone else is refused.
+#[tokio::test]
+async fn node_agents_follow_the_directory_of_other_nodes_pods() {
+    use futures::StreamExt as _;
+    use kube::runtime::watcher::Event;
+
+    use crate::state::{PodInfo, Snapshot};
+    let pod = |name: &str, node: &str, ip: &str| PodInfo {
+        namespace: "shop".into(),
+        name: name.into(),
+        node: node.into(),
+        service_account: format!("{name}-sa"),
+        ips: vec![ip.parse().unwrap()],
+        labels: Default::default(),
+        netns: Default::default(),
+        cgroup: Default::default(),
+    };
+    let setup = ca_server().await;
+    let loaded = |pods: Vec<PodInfo>| {
+        Arc::new(Loaded {
+            snapshot: Snapshot {
+                pods,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    };
+    setup.model.send_replace(loaded(vec![
+        pod("cart-1", "n1", "10.1.0.11"),
+        pod("pay-1", "n2", "10.1.0.12"),
+    ]));
+    let mut feed = super::directory::follow(Arc::new(source_as(&setup, "n1")));
+    let mut next = async || {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), feed.next()).await;
+        match event
+            .expect("an event within 10 s")
+            .expect("the feed goes on")
+        {
+            Ok(Event::Init) => "init".to_owned(),
+            Ok(Event::InitDone) => "done".to_owned(),
+            Ok(Event::InitApply(o)) => format!(
+                "list {} {}",
+                o.metadata.name.unwrap(),
+                o.data["spec"]["serviceAccountName"]
+            ),
+            Ok(Event::Apply(o)) => format!("apply {}", o.metadata.name.unwrap()),
+            Ok(Event::Delete(o)) => format!("delete {}", o.metadata.name.unwrap()),
+            Err(e) => panic!("the directory failed: {e}"),
+        }
+    };
+    assert_eq!(next().await, "init");
+    assert_eq!(
+        next().await,
+        r#"list pay-1 "pay-1-sa""#,
+        "n1's own pods are not sent"
+    );
+    assert_eq!(next().await, "done");
+    setup.model.send_replace(loaded(vec![
+        pod("cart-1", "n1", "10.1.0.11"),
+        pod("pay-2", "n2", "10.1.0.13"),
+    ]));
+    let mut changes = vec![next().await, next().await];
+    changes.sort();
+    assert_eq!(changes, ["apply pay-2", "delete pay-1"]);
+
+    let workload = connect_as(&setup, &SpiffeId::new(TD, "shop", "cart").unwrap()).await;
+    let request = http::Request::get(format!("https://ca.invalid{}", super::DIRECTORY_PATH))
+        .body(())
+        .unwrap();
+    let (status, _) = workload.get(request).await.unwrap();
+    assert_eq!(
+        status,
+        http::StatusCode::FORBIDDEN,
+        "a workload read the directory"
     );
 }

@@ -10,7 +10,7 @@ use serde_json::{Value as Json, json};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    SourceStatus,
+    DIRECTORY, Scope, SourceStatus,
     mock::{Feed, MockBody, full, stream},
     watch,
 };
@@ -152,7 +152,7 @@ async fn lists_pages_watches_and_relists_after_410_without_dropping_what_serves(
     let status = Arc::new(Mutex::new(SourceStatus::default()));
     let (mut model, task) = tokio::time::timeout(
         std::time::Duration::from_secs(20),
-        watch(client, Arc::clone(&status)),
+        watch(client, Arc::clone(&status), Scope::Cluster),
     )
     .await
     .expect("the first model, once every resource is listed");
@@ -224,6 +224,61 @@ async fn lists_pages_watches_and_relists_after_410_without_dropping_what_serves(
     assert!(
         has("allowWatchBookmarks=true"),
         "watches ask for bookmarks: {seen:#?}"
+    );
+    task.abort();
+}
+
+/// A node agent's source: the API server's pods of its node only (a field
+/// selector), and the other nodes' from a feed (the CA's directory), which
+/// must be listed before the first model is served.
+#[tokio::test]
+async fn a_node_scoped_source_watches_its_node_and_reads_the_rest_from_the_feed() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use kube::{api::DynamicObject, runtime::watcher::Event};
+    let (client, server) = api_server();
+    let (mut others, feed) = futures::channel::mpsc::channel(8);
+    let status = Arc::new(Mutex::new(SourceStatus::default()));
+    let scope = Scope::Node {
+        node: "n1".into(),
+        others: feed.boxed(),
+    };
+    let watching = tokio::spawn(watch(client, Arc::clone(&status), scope));
+    // Everything else is listed; the directory is not yet.
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while status.lock().unwrap().unsynced != [DIRECTORY] {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("only the directory left unlisted");
+    assert!(
+        !watching.is_finished(),
+        "a model served before the directory was listed"
+    );
+    let mut remote = pod("r", "10.1.0.21", "1");
+    remote["spec"]["nodeName"] = json!("n2");
+    let remote: DynamicObject = serde_json::from_value(remote).unwrap();
+    for event in [Event::Init, Event::InitApply(remote), Event::InitDone] {
+        others.send(Ok(event)).await.unwrap();
+    }
+    let (model, task) = tokio::time::timeout(std::time::Duration::from_secs(20), watching)
+        .await
+        .expect("the first model once the directory is listed")
+        .unwrap();
+    let first = model.borrow().clone();
+    let names = pod_names(&first);
+    assert!(names.contains(&"a") && names.contains(&"r"), "{names:?}");
+    let seen = server.seen.lock().unwrap().clone();
+    let pods: Vec<&String> = seen
+        .iter()
+        .filter(|r| r.starts_with("/api/v1/pods?"))
+        .collect();
+    assert!(
+        !pods.is_empty()
+            && pods
+                .iter()
+                .all(|r| r.contains("fieldSelector=spec.nodeName%3Dn1")),
+        "every pod list and watch is scoped to the node: {pods:#?}"
     );
     task.abort();
 }
