@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail, ensure};
 use libtest_mimic::Trial;
 use nodemesh_tests::{
     Cluster, ClusterSpec, Host,
-    mesh::{Agent, MeshConfig, mesh_agent_cli},
+    mesh::{Agent, ApiServer, MeshConfig, Pki, mesh_agent_cli},
 };
 use serde_json::Value;
 
@@ -33,6 +33,10 @@ pub fn trials() -> Vec<Trial> {
         trial(
             "kubernetes::a_surge_agent_takes_over_and_the_old_one_changes_nothing",
             surge_agent_takes_over,
+        ),
+        trial(
+            "kubernetes::a_waypoint_in_its_own_pod_is_its_pod_by_its_token_alone",
+            waypoint_in_its_pod,
         ),
     ]
 }
@@ -457,5 +461,126 @@ fn surge_agent_takes_over() -> anyhow::Result<()> {
     new.wait_flow("into c over the tunnel", |f| {
         f.pod == "shop/c" && f.direction == "inbound" && f.state == "closed"
     })?;
+    Ok(())
+}
+
+const AGENT_ACCOUNT: &str = "system:serviceaccount:nodemesh-system:nodemesh-agent";
+
+/// A waypoint as `deploy/examples/waypoint.yaml` runs it: inside its own pod
+/// (no namespace to enter, no privilege), reading the API server, with
+/// nothing but its pod's token and the CA's root. The CA gives it its pod's
+/// identity for that token, and it routes a client's request to the
+/// backend behind the Service; a token bound to another pod gets nothing.
+fn waypoint_in_its_pod() -> anyhow::Result<()> {
+    let cluster = ClusterSpec::cross_node_pair()
+        .pod("wp", "n1")
+        .pod("c", "n1")
+        .build()?;
+    let cart: SocketAddr = "10.96.0.20:80".parse()?;
+    let config = MeshConfig::new()
+        .namespace("shop", true)
+        .pod(cluster.pod("a"), "shop")
+        .service_account("a", "frontend")
+        .pod(cluster.pod("b"), "shop")
+        .pod_label("b", "app", "cart")
+        .pod(cluster.pod("c"), "shop")
+        .pod(cluster.pod("wp"), "shop")
+        .service_account("wp", "wp")
+        .pod_label("wp", "gateway.networking.k8s.io/gateway-name", "wp")
+        .unannotated("wp")
+        .service("shop", "cart", cart.ip(), (80, 8080), "cart")
+        .service_label("shop/cart", "nodemesh.io/use-waypoint", "wp");
+    let config_dir = cluster.scratch_dir("config")?;
+    config.write(&cluster, &config_dir)?;
+    let wp_account = "system:serviceaccount:shop:wp";
+    let _api = ApiServer::start_with_tokens(
+        &cluster,
+        &config_dir,
+        &[
+            format!("token-of-n1={AGENT_ACCOUNT}@n1"),
+            format!("token-of-n2={AGENT_ACCOUNT}@n2"),
+            format!("token-of-wp={wp_account}@n1/wp"),
+            // The waypoint's account, but bound to another pod.
+            format!("token-of-c={wp_account}@n1/c"),
+        ],
+    )?;
+    let mut pki = Pki::init(&cluster, &[])?;
+    pki.serve(&cluster, &config_dir, 3600)?;
+    let token_file = |token: &str| -> anyhow::Result<PathBuf> {
+        let path = cluster.scratch_dir("tokens")?.join(token);
+        std::fs::write(&path, format!("{token}\n"))?;
+        Ok(path)
+    };
+    let mut agents = Vec::new();
+    for node in ["n1", "n2"] {
+        let token = token_file(&format!("token-of-{node}"))?;
+        let agent = Agent::start_with(&cluster, node, &config_dir, &pki.token_agent_args(&token))?;
+        agent.wait_status("a certificate for every enrolled pod", |s| {
+            let count = |k: &str| s[k].as_array().map_or(0, Vec::len);
+            count("certs") > 0 && count("certs") == count("pods")
+        })?;
+        agents.push(agent);
+    }
+    let waypoint_args = |token: &str| -> anyhow::Result<Vec<String>> {
+        let mut args = pki.token_agent_args(&token_file(token)?);
+        args.extend(["--pod".to_owned(), "wp".to_owned()]);
+        Ok(args)
+    };
+
+    // A token bound to pod c is refused pod wp's identity, by name.
+    let impostor = Agent::spawn_waypoint(
+        &cluster,
+        (cluster.pod("c"), "n1"),
+        &config_dir,
+        &waypoint_args("token-of-c")?,
+        ("shop", "wp"),
+    )?;
+    impostor.process.wait_stderr_line(
+        Duration::from_secs(20),
+        "the CA's refusal of another pod's token",
+        |l| l.contains("certificate request failed") && l.contains("the token is pod shop/c's"),
+    )?;
+    drop(impostor);
+
+    let waypoint = Agent::spawn_waypoint(
+        &cluster,
+        (cluster.pod("wp"), "n1"),
+        &config_dir,
+        &waypoint_args("token-of-wp")?,
+        ("shop", "wp"),
+    )?;
+    waypoint.wait_waypoint_ready()?;
+    let status = waypoint.status()?;
+    ensure!(
+        status["certs"][0]["pod"] == "shop/wp"
+            && status["certs"][0]["identity"] == "spiffe://cluster.local/ns/shop/sa/wp",
+        "the waypoint holds its pod's identity: {}",
+        status["certs"]
+    );
+
+    let mut backend = Command::new(env!("CARGO_BIN_EXE_mesh-http"));
+    backend.args(["serve", "--listen", "0.0.0.0:8080", "--name", "b"]);
+    let mut backend = cluster.spawn(cluster.pod("b"), backend)?;
+    let line = backend.next_line(Duration::from_secs(10))?;
+    ensure!(line.contains("listening"), "backend: {line}");
+    let mut client = Command::new(env!("CARGO_BIN_EXE_mesh-http"));
+    client.args(["load", "--to", &cart.to_string(), "--path", "/"]);
+    let (_, out) = cluster
+        .spawn(cluster.pod("a"), client)?
+        .wait_output(Duration::from_secs(30))?;
+    let summary: Value = serde_json::from_str(out.trim()).with_context(|| out.clone())?;
+    let sample = &summary["samples"][0];
+    ensure!(
+        sample["status"] == 200 && sample["headers"]["x-backend"] == "b",
+        "the request went through the waypoint to b: {summary}"
+    );
+    let routed = waypoint
+        .flow_records(&[])?
+        .into_iter()
+        .filter(|r| r.http.is_some())
+        .any(|r| {
+            r.source.identity.as_deref() == Some("spiffe://cluster.local/ns/shop/sa/frontend")
+        });
+    ensure!(routed, "the waypoint recorded the client's request");
     Ok(())
 }

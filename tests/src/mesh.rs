@@ -560,6 +560,29 @@ impl Agent {
         node: &str,
         config_dir: &Path,
         pki: &Pki,
+        waypoint: (&str, &str),
+    ) -> anyhow::Result<Self> {
+        let host = cluster.node(node);
+        let waypoint = Self::spawn_waypoint(
+            cluster,
+            (host, node),
+            config_dir,
+            &pki.agent_args(node),
+            waypoint,
+        )?;
+        waypoint.wait_waypoint_ready()?;
+        Ok(waypoint)
+    }
+
+    /// `mesh-agent waypoint --namespace <namespace> --name <name>` for
+    /// `node`, run in `host`'s namespaces (the node's, or on Kubernetes the
+    /// waypoint's own pod's) with `extra` arguments (identities), not
+    /// waited for.
+    pub fn spawn_waypoint(
+        cluster: &Cluster,
+        (host, node): (&Host, &str),
+        config_dir: &Path,
+        extra: &[String],
         (namespace, name): (&str, &str),
     ) -> anyhow::Result<Self> {
         let run_dir = cluster.scratch_dir(&format!("run-waypoint-{namespace}-{name}"))?;
@@ -570,26 +593,30 @@ impl Agent {
             .arg("--run-dir")
             .arg(&run_dir)
             .args(["--reload-interval-ms", "100"])
-            .args(pki.agent_args(node))
+            .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("NODEMESH_E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
             );
-        let process = cluster.spawn(cluster.node(node), cmd)?;
-        process.wait_stderr_line(AGENT_READY, "waypoint ready line", |l| {
-            l.contains(r#""message":"waypoint ready""#)
-        })?;
-        let waypoint = Self {
+        Ok(Self {
             node: node.to_owned(),
-            process,
+            process: cluster.spawn(host, cmd)?,
             config_dir: config_dir.to_owned(),
             run_dir,
             bpffs_dir: None,
-        };
-        waypoint.wait_status("the waypoint's certificate", |s| {
+        })
+    }
+
+    /// Waits until a waypoint serves and has its certificate.
+    pub fn wait_waypoint_ready(&self) -> anyhow::Result<()> {
+        self.process
+            .wait_stderr_line(AGENT_READY, "waypoint ready line", |l| {
+                l.contains(r#""message":"waypoint ready""#)
+            })?;
+        self.wait_status("the waypoint's certificate", |s| {
             s["certs"].as_array().is_some_and(|c| !c.is_empty())
         })?;
-        Ok(waypoint)
+        Ok(())
     }
 
     /// Starts an agent with identities from `pki` and waits until every

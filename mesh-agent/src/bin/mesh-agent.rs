@@ -220,8 +220,9 @@ struct MeshArgs {
     credentials: Option<PathBuf>,
     /// Kubernetes: a projected service-account token (audience
     /// nodemesh-ca), re-read at each use; the CA checks it with a
-    /// TokenReview and issues this node's credentials, renewed at half-life.
-    /// The agent waits for them at start.
+    /// TokenReview and issues this node's credentials (a waypoint: its own
+    /// pod's certificate), renewed at half-life. The agent waits for them at
+    /// start.
     #[arg(long, requires = "ca")]
     ca_token_file: Option<PathBuf>,
     /// With --ca-token-file: the CA's root certificate, which proves the CA
@@ -336,6 +337,11 @@ struct WaypointArgs {
     namespace: String,
     #[command(flatten)]
     mesh: MeshArgs,
+    /// The name of the waypoint's own pod, when several of its pods may run
+    /// on one node (on Kubernetes: `$(POD_NAME)` from the downward API). By
+    /// default, the one pod of this waypoint on --node.
+    #[arg(long)]
+    pod: Option<String>,
     /// Directory for its status file and admin socket
     /// [default: /run/nodemesh/waypoint-<namespace>-<name>].
     #[arg(long)]
@@ -497,7 +503,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         admin,
         socket,
         client,
-    } = serve(&args.mesh, &args.run_dir, Some(args.metrics_listen), true).await?;
+    } = serve(
+        &args.mesh,
+        &args.run_dir,
+        Some(args.metrics_listen),
+        Role::Node,
+    )
+    .await?;
     let enrolment = Enrolment::new(
         Arc::clone(&capture),
         Arc::clone(&mesh),
@@ -595,22 +607,30 @@ struct Served {
     client: Option<kube::Client>,
 }
 
-/// `node_scoped`: a node agent, which watches only its own node's pods on
-/// the API server when the CA can tell it about the others.
+/// Which role [`serve`] serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A node agent: with a CA, it watches only its own node's pods on the
+    /// API server (the CA tells it about the others).
+    Node,
+    /// A waypoint: in its own pod on Kubernetes, with that pod's identity.
+    Waypoint,
+}
+
 async fn serve(
     args: &MeshArgs,
     run_dir: &Path,
     metrics_listen: Option<std::net::SocketAddr>,
-    node_scoped: bool,
+    role: Role,
 ) -> anyhow::Result<Served> {
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let identity = mesh_identity(args).await?;
+    let identity = mesh_identity(args, role).await?;
     let scope = match &identity {
-        Some(identity) if node_scoped => Scope::Node {
+        Some(identity) if role == Role::Node => Scope::Node {
             node: args.node.clone(),
             others: identity::signing::directory::follow(identity.certs.source()),
         },
-        None if node_scoped && args.source.kubernetes => {
+        None if role == Role::Node && args.source.kubernetes => {
             tracing::warn!(
                 "no --ca: watching every pod of the cluster (with a CA, only this node's, and \
                  the others come from the CA's workload directory)"
@@ -669,14 +689,18 @@ async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
         admin,
         socket,
         ..
-    } = serve(&args.mesh, &run_dir, args.metrics_listen, false).await?;
+    } = serve(&args.mesh, &run_dir, args.metrics_listen, Role::Waypoint).await?;
     let workers = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, usize::from),
         usize::from,
     );
-    let serving =
-        mesh_agent::waypoint::start(me.clone(), &args.mesh.node, Arc::clone(&mesh), workers)
-            .await?;
+    let serving = mesh_agent::waypoint::start(
+        me.clone(),
+        (&args.mesh.node, args.pod.as_deref()),
+        Arc::clone(&mesh),
+        workers,
+    )
+    .await?;
     let wp = &serving.waypoint;
     admin
         .ready
@@ -753,8 +777,8 @@ fn after_enrolment(mesh: &Mesh, pods: &NodePods, loaded: &state::Loaded) {
 
 /// Pod certificates from the CA and the trust bundle, when the agent was
 /// given a CA.
-async fn mesh_identity(args: &MeshArgs) -> anyhow::Result<Option<MeshIdentity>> {
-    use identity::signing::bootstrap::{NodeAuth, node_cert};
+async fn mesh_identity(args: &MeshArgs, role: Role) -> anyhow::Result<Option<MeshIdentity>> {
+    use identity::signing::bootstrap::{NodeAuth, TokenFile, anonymous_to_ca, node_cert};
     let Some(ca) = &args.ca else {
         tracing::warn!(
             "no --ca: running without workload identities; traffic between enrolled pods is \
@@ -762,6 +786,19 @@ async fn mesh_identity(args: &MeshArgs) -> anyhow::Result<Option<MeshIdentity>> 
         );
         return Ok(None);
     };
+    if let (Role::Waypoint, Some(token_file)) = (role, &args.ca_token_file) {
+        // A waypoint in its own pod: that pod's token is worth that pod's
+        // certificate, and nothing of a node's.
+        let (root, tls) = anonymous_to_ca(&args.ca_root)?;
+        let token = TokenFile(token_file.clone());
+        token.read()?;
+        tracing::info!(%ca, "the waypoint's certificate comes from the CA for its pod's token");
+        let certs = CertStore::new(CertSource::workload(ca.clone(), token, tls));
+        return Ok(Some(MeshIdentity {
+            certs: Arc::new(certs),
+            bundle: Arc::new(root),
+        }));
+    }
     let auth = match (&args.credentials, &args.ca_token_file) {
         (Some(dir), _) => NodeAuth::Credentials(dir.clone()),
         (None, Some(token_file)) => NodeAuth::Token {

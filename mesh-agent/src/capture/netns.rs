@@ -103,23 +103,38 @@ pub struct NetnsWorker {
 }
 
 impl NetnsWorker {
+    /// A worker inside the namespace at `path` (entering it takes
+    /// CAP_SYS_ADMIN).
     pub fn spawn(path: &Path) -> Result<Self, NetnsError> {
         let ns = File::open(path).map_err(|source| NetnsError::Open {
             path: path.to_owned(),
             source,
         })?;
+        let owned = path.to_owned();
+        Self::start(path, move || {
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+                path: owned,
+                source,
+            })
+        })
+    }
+
+    /// A worker in the process's own namespace: for a process that runs in
+    /// its pod (a waypoint on Kubernetes), which has nothing to enter.
+    pub fn own() -> Result<Self, NetnsError> {
+        Self::start(Path::new("/proc/self/ns/net"), || Ok(()))
+    }
+
+    fn start(
+        path: &Path,
+        enter: impl FnOnce() -> Result<(), NetnsError> + Send + 'static,
+    ) -> Result<Self, NetnsError> {
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let (ready_tx, ready) = std::sync::mpsc::channel();
-        let owned = path.to_owned();
         std::thread::Builder::new()
             .name("netns-worker".into())
             .spawn(move || {
-                let entered = setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
-                    NetnsError::Enter {
-                        path: owned,
-                        source,
-                    }
-                });
+                let entered = enter();
                 let ok = entered.is_ok();
                 let _ = ready_tx.send(entered);
                 if ok {

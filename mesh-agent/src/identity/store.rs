@@ -16,8 +16,10 @@ use tokio::{sync::Notify, task::JoinHandle};
 use super::{
     SpiffeId, renew,
     signing::{
-        CaAddr, ca_identity,
-        client::{SigningError, issued, request_certificate},
+        CaAddr, SignResponse,
+        bootstrap::TokenFile,
+        ca_identity,
+        client::{SigningError, issued, request_certificate, request_workload_credentials},
         credentials::NodeCert,
     },
 };
@@ -27,34 +29,62 @@ use crate::tunnel::{
     tls::{WorkloadCert, client_config_resolving},
 };
 
-/// Where certificates come from: the CA's address, this node's
-/// credentials, and the mTLS client configuration made of them (which
-/// insists on the CA's identity).
+/// Where certificates come from: the CA's address, how this process proves
+/// who it is, and the TLS client configuration to the CA (which insists on
+/// the CA's identity).
 pub struct CertSource {
     pub ca: CaAddr,
-    pub node: Arc<NodeCert>,
+    auth: Auth,
     tls: Arc<ClientConfig>,
 }
 
+enum Auth {
+    /// A node agent: its node certificate on the connection, for the pods
+    /// of its node.
+    Node(Arc<NodeCert>),
+    /// A workload in its own pod (a waypoint on Kubernetes): its pod's
+    /// token in each request, for that pod only.
+    Workload(TokenFile),
+}
+
 impl CertSource {
+    /// As node agent `node`.
     pub fn new(ca: CaAddr, node: Arc<NodeCert>) -> Result<Self, rustls::Error> {
         let expected = ca_identity(node.identity().trust_domain())
             .expect("a parsed identity's trust domain makes a valid CA identity");
         let tls = client_config_resolving(node.resolver(), node.bundle(), Some(expected))?;
-        Ok(Self { ca, node, tls })
+        Ok(Self {
+            ca,
+            auth: Auth::Node(node),
+            tls,
+        })
+    }
+
+    /// As the workload whose pod's token is in `token`, over `tls` with no
+    /// client certificate ([`anonymous_to_ca`](super::signing::bootstrap::anonymous_to_ca)).
+    pub fn workload(ca: CaAddr, token: TokenFile, tls: Arc<ClientConfig>) -> Self {
+        Self {
+            ca,
+            auth: Auth::Workload(token),
+            tls,
+        }
     }
 
     /// The pooled connection to the CA, dialled when there is none: the
     /// CA's name is resolved each time, and a connection is retired when
     /// the node certificate it authenticated with expires (a renewed one
     /// is used by the next).
-    async fn connect(&self, pool: &Pool<Connection>) -> Result<Connection, SigningError> {
+    async fn connect(
+        &self,
+        node: &NodeCert,
+        pool: &Pool<Connection>,
+    ) -> Result<Connection, SigningError> {
         let addr = self.ca.resolve().await?;
         let key = Key {
-            source: self.node.identity().clone(),
+            source: node.identity().clone(),
             destination: addr,
         };
-        let retire_at = self.node.not_after();
+        let retire_at = node.not_after();
         Ok(pool
             .get(&key, || async {
                 Connection::dial(addr, Arc::clone(&self.tls))
@@ -64,11 +94,34 @@ impl CertSource {
             .await?)
     }
 
-    /// A connection to the CA of its own (for a long-lived stream), with
-    /// the node's current certificate.
+    /// A connection to the CA of its own (for a long-lived stream, or a
+    /// workload's rare requests), with the node's current certificate if
+    /// any.
     pub async fn dial(&self) -> Result<Connection, SigningError> {
         let addr = self.ca.resolve().await?;
         Ok(Connection::dial(addr, Arc::clone(&self.tls)).await?)
+    }
+
+    /// Asks the CA to sign `pod`'s certificate over `key`.
+    async fn request(
+        &self,
+        pod: &str,
+        key: &KeyPair,
+        pool: &Pool<Connection>,
+    ) -> Result<SignResponse, SigningError> {
+        match &self.auth {
+            Auth::Node(node) => {
+                let conn = self.connect(node, pool).await?;
+                request_certificate(&conn, pod, key).await
+            }
+            Auth::Workload(token) => {
+                let token = token
+                    .read()
+                    .map_err(|e| SigningError::Token(e.to_string()))?;
+                let conn = self.dial().await?;
+                request_workload_credentials(&conn, &token, pod, key).await
+            }
+        }
     }
 }
 
@@ -330,9 +383,8 @@ async fn fetch(
     source: &CertSource,
     pool: &Pool<Connection>,
 ) -> Result<PodCert, SigningError> {
-    let conn = source.connect(pool).await?;
     let private = KeyPair::generate()?;
-    let signed = request_certificate(&conn, pod, &private).await?;
+    let signed = source.request(pod, &private, pool).await?;
     let (identity, cert) = issued(&signed, &private)?;
     let (_, parsed) = x509_parser::parse_x509_certificate(&cert.chain[0])
         .map_err(|e| SigningError::Protocol(e.to_string()))?;

@@ -46,7 +46,7 @@ use crate::{
         hbone::accept_each,
         mesh::Mesh,
     },
-    state::{Loaded, Snapshot, WaypointRef, keys::WAYPOINT_POD_LABEL},
+    state::{Loaded, PodInfo, Snapshot, WaypointRef, keys::WAYPOINT_POD_LABEL},
     tunnel::{server::Peer, tls::server_config_resolving},
 };
 
@@ -60,7 +60,17 @@ pub enum WaypointError {
     )]
     NoPod { me: WaypointRef, node: String },
     #[error(
-        "waypoint {me}: a waypoint needs workload identities: run it with --ca and --credentials"
+        "waypoint {me}: several of its pods run on node {node} ({pods}): say which one this is \
+         with --pod (on Kubernetes, the pod's name from the downward API)"
+    )]
+    WhichPod {
+        me: WaypointRef,
+        node: String,
+        pods: String,
+    },
+    #[error(
+        "waypoint {me}: a waypoint needs workload identities: run it with --ca and \
+         --credentials (on Kubernetes, --ca-token-file)"
     )]
     NoIdentity { me: WaypointRef },
     #[error("waypoint {me}: pod {pod}: {source}")]
@@ -116,25 +126,37 @@ pub enum EndpointsError {
 }
 
 /// Starts waypoint `me` on `node` with `workers` worker threads: finds its
-/// pod in the config, opens port 15008 in the pod's network namespace and
-/// serves HBONE there with the pod's certificate.
+/// pod in the config (`own_pod` names it when several run on the node),
+/// opens port 15008 in the pod's network namespace and serves HBONE there
+/// with the pod's certificate.
 pub async fn start(
     me: WaypointRef,
-    node: &str,
+    (node, own_pod): (&str, Option<&str>),
     mesh: Arc<Mesh>,
     workers: usize,
 ) -> Result<Serving, WaypointError> {
     let loaded = mesh.snapshot();
-    let Some(pod) = loaded
+    let mine: Vec<&PodInfo> = loaded
         .snapshot
         .waypoint_pods(&me)
-        .find(|p| p.node == node)
-        .cloned()
-    else {
-        return Err(WaypointError::NoPod {
-            me,
-            node: node.to_owned(),
-        });
+        .filter(|p| p.node == node && own_pod.is_none_or(|name| p.name == name))
+        .collect();
+    let pod = match mine.as_slice() {
+        [pod] => (*pod).clone(),
+        [] => {
+            return Err(WaypointError::NoPod {
+                me,
+                node: node.to_owned(),
+            });
+        }
+        several => {
+            let pods: Vec<String> = several.iter().map(|p| p.key()).collect();
+            return Err(WaypointError::WhichPod {
+                me,
+                node: node.to_owned(),
+                pods: pods.join(", "),
+            });
+        }
     };
     let Some(identity) = mesh.identity.as_ref() else {
         return Err(WaypointError::NoIdentity { me });
@@ -145,7 +167,14 @@ pub async fn start(
         pod: key.clone(),
         source,
     };
-    let worker = NetnsWorker::spawn(&pod.netns).map_err(|e| netns_err(&me, e))?;
+    // On Kubernetes the waypoint runs in its pod (the API server's pod
+    // names no namespace file); locally it enters the one its pod names.
+    let worker = if pod.netns.as_os_str().is_empty() {
+        NetnsWorker::own()
+    } else {
+        NetnsWorker::spawn(&pod.netns)
+    }
+    .map_err(|e| netns_err(&me, e))?;
     let v6 = pod.ips.iter().any(IpAddr::is_ipv6);
     let listen_err = |me: &WaypointRef, source| WaypointError::Listen {
         me: me.clone(),

@@ -50,10 +50,12 @@ struct Args {
     config_dir: PathBuf,
     #[arg(long)]
     listen: SocketAddr,
-    /// A token TokenReview accepts: `TOKEN=USERNAME` or
+    /// A token TokenReview accepts: `TOKEN=USERNAME`,
     /// `TOKEN=USERNAME@NODE` (the node bound into it, as the
-    /// `authentication.kubernetes.io/node-name` extra). Other tokens are
-    /// not authenticated.
+    /// `authentication.kubernetes.io/node-name` extra) or
+    /// `TOKEN=USERNAME@NODE/POD` (and the pod's name, as
+    /// `authentication.kubernetes.io/pod-name`). Other tokens are not
+    /// authenticated.
     #[arg(long = "token", value_parser = parse_token)]
     tokens: Vec<(String, Known)>,
 }
@@ -63,21 +65,28 @@ struct Args {
 struct Known {
     username: String,
     node: Option<String>,
+    pod: Option<String>,
 }
 
 fn parse_token(text: &str) -> Result<(String, Known), String> {
     let (token, user) = text
         .split_once('=')
-        .ok_or("expected TOKEN=USERNAME[@NODE]")?;
-    let (username, node) = match user.split_once('@') {
-        Some((u, n)) => (u, Some(n.to_owned())),
+        .ok_or("expected TOKEN=USERNAME[@NODE[/POD]]")?;
+    let (username, bound) = match user.split_once('@') {
+        Some((u, b)) => (u, Some(b)),
         None => (user, None),
+    };
+    let (node, pod) = match bound.map(|b| b.split_once('/')) {
+        None => (None, None),
+        Some(None) => (bound.map(str::to_owned), None),
+        Some(Some((n, p))) => (Some(n.to_owned()), Some(p.to_owned())),
     };
     Ok((
         token.to_owned(),
         Known {
             username: username.to_owned(),
             node,
+            pod,
         },
     ))
 }
@@ -451,6 +460,9 @@ fn token_review(server: &Server, mut review: Value) -> Response<Body> {
             let mut extra = json!({});
             if let Some(node) = &known.node {
                 extra["authentication.kubernetes.io/node-name"] = json!([node]);
+            }
+            if let Some(pod) = &known.pod {
+                extra["authentication.kubernetes.io/pod-name"] = json!([pod]);
             }
             json!({"authenticated": true, "audiences": review["spec"]["audiences"],
                    "user": {"username": known.username, "extra": extra}})

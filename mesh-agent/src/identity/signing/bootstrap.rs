@@ -91,7 +91,7 @@ pub async fn node_cert(ca: &CaAddr, auth: &NodeAuth) -> Result<Arc<NodeCert>, Bo
     // CA says is retried (it may not be up yet, or not yet allowed to
     // review tokens).
     let exchange = Exchange::new(ca.clone(), token_file.clone(), ca_root)?;
-    exchange.token()?;
+    exchange.token.read()?;
     let first = renew::until_obtained(
         || exchange.run(),
         |e, retry| {
@@ -145,44 +145,19 @@ fn renewed_into(cert: &Weak<NodeCert>, renewed: &NodeCredentials) {
     }
 }
 
-/// One token-for-credentials exchange, repeatable.
-struct Exchange {
-    ca: CaAddr,
-    token_file: PathBuf,
-    root: TrustBundle,
-    tls: Arc<rustls::ClientConfig>,
-}
+/// A projected service-account token's file, re-read at every use (the
+/// kubelet rotates it).
+#[derive(Debug, Clone)]
+pub struct TokenFile(pub PathBuf);
 
-impl Exchange {
-    fn new(ca: CaAddr, token_file: PathBuf, ca_root: &Path) -> Result<Self, BootstrapError> {
-        let root_err = |reason: String| BootstrapError::Root {
-            path: ca_root.to_owned(),
-            reason,
-        };
-        let pem = std::fs::read_to_string(ca_root).map_err(|e| {
-            root_err(format!(
-                "{e} (on Kubernetes it is the nodemesh-ca-root ConfigMap, mounted into the agent)"
-            ))
-        })?;
-        let root = TrustBundle::from_root_pem(&pem).map_err(|e| root_err(e.to_string()))?;
-        let expected = ca_identity(root.trust_domain()).map_err(|e| root_err(e.to_string()))?;
-        let tls =
-            client_config_anonymous(&root, Some(expected)).map_err(|e| root_err(e.to_string()))?;
-        Ok(Self {
-            ca,
-            token_file,
-            root,
-            tls,
-        })
-    }
-
+impl TokenFile {
     /// The token as the kubelet last wrote it.
-    fn token(&self) -> Result<String, BootstrapError> {
+    pub fn read(&self) -> Result<String, BootstrapError> {
         let err = |reason: String| BootstrapError::Token {
-            path: self.token_file.clone(),
+            path: self.0.clone(),
             reason,
         };
-        let token = std::fs::read_to_string(&self.token_file).map_err(|e| {
+        let token = std::fs::read_to_string(&self.0).map_err(|e| {
             err(format!(
                 "{e} (a projected service-account token with audience nodemesh-ca)"
             ))
@@ -193,9 +168,50 @@ impl Exchange {
         }
         Ok(token.to_owned())
     }
+}
+
+/// The CA's root (`--ca-root`), and TLS to the CA proven by it, for a
+/// client that has no certificate yet.
+pub fn anonymous_to_ca(
+    ca_root: &Path,
+) -> Result<(TrustBundle, Arc<rustls::ClientConfig>), BootstrapError> {
+    let root_err = |reason: String| BootstrapError::Root {
+        path: ca_root.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read_to_string(ca_root).map_err(|e| {
+        root_err(format!(
+            "{e} (on Kubernetes it is the nodemesh-ca-root ConfigMap, mounted into the pod)"
+        ))
+    })?;
+    let root = TrustBundle::from_root_pem(&pem).map_err(|e| root_err(e.to_string()))?;
+    let expected = ca_identity(root.trust_domain()).map_err(|e| root_err(e.to_string()))?;
+    let tls =
+        client_config_anonymous(&root, Some(expected)).map_err(|e| root_err(e.to_string()))?;
+    Ok((root, tls))
+}
+
+/// One token-for-credentials exchange, repeatable.
+struct Exchange {
+    ca: CaAddr,
+    token: TokenFile,
+    root: TrustBundle,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Exchange {
+    fn new(ca: CaAddr, token_file: PathBuf, ca_root: &Path) -> Result<Self, BootstrapError> {
+        let (root, tls) = anonymous_to_ca(ca_root)?;
+        Ok(Self {
+            ca,
+            token: TokenFile(token_file),
+            root,
+            tls,
+        })
+    }
 
     async fn run(&self) -> Result<NodeCredentials, BootstrapError> {
-        let token = self.token()?;
+        let token = self.token.read()?;
         let addr = self.ca.resolve().await.map_err(SigningError::from)?;
         let conn = Connection::dial(addr, Arc::clone(&self.tls))
             .await

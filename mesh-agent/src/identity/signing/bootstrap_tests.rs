@@ -15,10 +15,14 @@ use super::{
     CaAddr,
     bootstrap::{NodeAuth, node_cert},
     ca_identity,
-    client::{SigningError, request_certificate, request_node_credentials},
+    client::{
+        SigningError, request_certificate, request_node_credentials, request_workload_credentials,
+    },
     node_identity,
     tests::{Setup, TD, ca_server_with, connect_as},
-    token_review::{AGENT_SERVICE_ACCOUNT, AUDIENCE, NODE_NAME_EXTRA, TokenReviewer},
+    token_review::{
+        AGENT_SERVICE_ACCOUNT, AUDIENCE, NODE_NAME_EXTRA, POD_NAME_EXTRA, TokenReviewer,
+    },
 };
 use crate::{
     identity::{ca::DEFAULT_LIFETIME, signing::credentials::NodeCert},
@@ -54,6 +58,24 @@ fn review_of(token: &str) -> Result<Json, StatusCode> {
             "audiences": ["https://kubernetes.default.svc"],
             "user": user(AGENT_SERVICE_ACCOUNT, Some("n1"))}),
         "forbidden-secret" => return Err(StatusCode::FORBIDDEN),
+        // Workloads' tokens: `pod/<ns>/<account>/<pod>/<node>`, bound to
+        // that pod (and node, unless `-`).
+        t if t.starts_with("pod/") => {
+            let parts: Vec<&str> = t.split('/').collect();
+            let [_, namespace, account, pod, node] = parts.as_slice() else {
+                panic!("a workload token is pod/<ns>/<account>/<pod>/<node>: {t}");
+            };
+            let mut user = user(
+                &format!("system:serviceaccount:{namespace}:{account}"),
+                (*node != "-").then_some(*node),
+            );
+            user["extra"][POD_NAME_EXTRA] = json!([pod]);
+            json!({"authenticated": true, "audiences": [AUDIENCE], "user": user})
+        }
+        "podless-secret" => json!({"authenticated": true, "audiences": [AUDIENCE],
+            "user": {"username": "system:serviceaccount:shop:cart"}}),
+        "node-secret" => json!({"authenticated": true, "audiences": [AUDIENCE],
+            "user": {"username": "system:node:n1"}}),
         _ => json!({"authenticated": false, "error": "invalid bearer token"}),
     };
     Ok(status)
@@ -155,6 +177,14 @@ async fn a_token_gets_its_nodes_credentials_which_serve_that_nodes_pods_only() {
     );
 }
 
+/// The CA's refusal of `token`'s request: its status and message.
+fn refusal(answer: Result<super::SignResponse, SigningError>, token: &str) -> (u16, String) {
+    match answer {
+        Err(SigningError::Refused { status, message }) => (status, message),
+        other => panic!("{token}: not refused: {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn refused_tokens_are_told_why_without_the_token() {
     let (tokens, _) = reviewer();
@@ -183,17 +213,8 @@ async fn refused_tokens_are_told_why_without_the_token() {
         ("forbidden-secret", 503, "cannot check the token now"),
         ("", 401, "no bearer token"),
     ] {
-        let err = request_node_credentials(&conn, token, &key)
-            .await
-            .unwrap_err();
-        let SigningError::Refused {
-            status: got,
-            message,
-        } = &err
-        else {
-            panic!("{token}: {err}");
-        };
-        assert_eq!(*got, status, "{token}: {message}");
+        let (got, message) = refusal(request_node_credentials(&conn, token, &key).await, token);
+        assert_eq!(got, status, "{token}: {message}");
         assert!(message.contains(why), "{token}: {message}");
         assert!(
             token.is_empty() || !message.contains(token),
@@ -274,4 +295,78 @@ async fn the_agents_own_mistakes_fail_at_once() {
         err.starts_with("--ca-root ") && err.contains("nodemesh-ca-root ConfigMap"),
         "{err}"
     );
+}
+
+/// A workload in its own pod (a waypoint) gets exactly its pod's identity
+/// for its pod's token: never another pod's, never one its service account
+/// does not give, never a reserved one, and only on the pod's node.
+#[tokio::test]
+async fn a_workloads_token_gets_its_own_pods_identity_only() {
+    let (tokens, _) = reviewer();
+    let setup = ca_server_with(Some(tokens), DEFAULT_LIFETIME).await;
+    let tls = client_config_anonymous(&setup.bundle, Some(ca_identity(TD).unwrap())).unwrap();
+    let conn = Connection::dial(setup.addr, tls).await.unwrap();
+    let key = KeyPair::generate().unwrap();
+    let own = request_workload_credentials(&conn, "pod/shop/cart/cart-1/n1", "shop/cart-1", &key)
+        .await
+        .unwrap();
+    assert_eq!(own.identity, "spiffe://cluster.local/ns/shop/sa/cart");
+    // A token that binds no node is judged by its pod alone.
+    request_workload_credentials(&conn, "pod/shop/cart/cart-1/-", "shop/cart-1", &key)
+        .await
+        .unwrap();
+    for (token, pod, status, why) in [
+        (
+            "pod/shop/cart/cart-1/n1",
+            "shop/pay-1",
+            403,
+            "the token is pod shop/cart-1's; it cannot obtain pod shop/pay-1's identity",
+        ),
+        (
+            "pod/shop/payments/cart-1/n1",
+            "shop/cart-1",
+            403,
+            "the token is service account shop/payments's, but the CA sees pod shop/cart-1 as \
+             spiffe://cluster.local/ns/shop/sa/cart",
+        ),
+        (
+            "pod/shop/cart/cart-1/n2",
+            "shop/cart-1",
+            403,
+            "bound on node n2, but the CA sees pod shop/cart-1 on node n1",
+        ),
+        (
+            "pod/nodemesh-system/node-n2/mimic-node/n1",
+            "nodemesh-system/mimic-node",
+            403,
+            "an identity reserved for the mesh's own node agents",
+        ),
+        (
+            "pod/shop/ghost/ghost/n1",
+            "shop/ghost",
+            404,
+            "pod shop/ghost is not known to the CA",
+        ),
+        ("podless-secret", "shop/cart-1", 403, "names no single pod"),
+        (
+            "node-secret",
+            "shop/cart-1",
+            403,
+            "not to a service account",
+        ),
+        (
+            "expired-secret",
+            "shop/cart-1",
+            401,
+            "the API server does not accept the token",
+        ),
+        ("", "shop/cart-1", 401, "no bearer token"),
+    ] {
+        let (got, message) = refusal(
+            request_workload_credentials(&conn, token, pod, &key).await,
+            token,
+        );
+        assert_eq!((got, token), (status, token), "{message}");
+        assert!(message.contains(why), "{token}: {message}");
+    }
 }

@@ -5,7 +5,7 @@ use rcgen::{CertificateParams, KeyPair};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::address::ResolveError;
-use super::{NODE_PATH, NodeRequest, PATH, SignError, SignRequest, SignResponse};
+use super::{NODE_PATH, NodeRequest, PATH, SignError, SignRequest, SignResponse, WORKLOAD_PATH};
 use crate::{
     identity::{IdentityError, SpiffeId, verify::TrustBundle},
     tunnel::{TunnelError, client::Connection, tls::WorkloadCert},
@@ -23,6 +23,8 @@ pub enum SigningError {
     Protocol(String),
     #[error("making the CSR: {0}")]
     Csr(#[from] rcgen::Error),
+    #[error("{0}")]
+    Token(String),
 }
 
 /// Asks the CA (over `conn`, authenticated as this node) for the certificate
@@ -32,11 +34,7 @@ pub async fn request_certificate(
     pod: &str,
     key: &KeyPair,
 ) -> Result<SignResponse, SigningError> {
-    let request = SignRequest {
-        pod: pod.to_owned(),
-        csr: csr(key)?,
-    };
-    post(conn, PATH, None, &request).await
+    pod_request(conn, PATH, None, pod, key).await
 }
 
 /// Asks the CA (over `conn`, which need not carry a client certificate)
@@ -54,6 +52,32 @@ pub async fn request_node_credentials(
         &NodeRequest { csr: csr(key)? },
     )
     .await
+}
+
+/// Asks the CA (over `conn`, which need not carry a client certificate)
+/// for the certificate of the workload's own `pod` over `key`'s public
+/// half, proving which pod it is with the pod's service-account `token`.
+pub async fn request_workload_credentials(
+    conn: &Connection,
+    token: &str,
+    pod: &str,
+    key: &KeyPair,
+) -> Result<SignResponse, SigningError> {
+    pod_request(conn, WORKLOAD_PATH, Some(token), pod, key).await
+}
+
+async fn pod_request(
+    conn: &Connection,
+    path: &str,
+    bearer: Option<&str>,
+    pod: &str,
+    key: &KeyPair,
+) -> Result<SignResponse, SigningError> {
+    let request = SignRequest {
+        pod: pod.to_owned(),
+        csr: csr(key)?,
+    };
+    post(conn, path, bearer, &request).await
 }
 
 /// The certificate of an answer, with the key it was requested over.

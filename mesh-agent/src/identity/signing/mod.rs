@@ -21,12 +21,17 @@
 //!   its node certificate;
 //! - `POST /v1/node-credentials` ([`NodeRequest`]) with
 //!   `Authorization: Bearer <token>`, no client certificate needed;
+//! - `POST /v1/workload-credentials` ([`SignRequest`]) with
+//!   `Authorization: Bearer <token>`, no client certificate needed: a
+//!   workload that runs in its own pod without a node agent's powers (a
+//!   waypoint) gets that pod's certificate, the pod being the one bound
+//!   into the token and its identity the one the CA's view gives it;
 //! - `GET /v1/workloads`, the client authenticated by its node certificate:
 //!   the workload directory ([`directory`]), a stream of JSON lines that
 //!   lasts until the CA ends it (at the latest after 30 minutes, and the
 //!   agent comes back for a fresh list);
 //!
-//! the first two answered `200` + [`SignResponse`], or `400` (bad request), `401` (no
+//! the first three answered `200` + [`SignResponse`], or `400` (bad request), `401` (no
 //! token, or the API server does not accept it), `403` (not a node agent,
 //! or the pod is on another node), `404` (pod unknown, or the CA takes no
 //! tokens), `503` (the CA cannot check a token now), each with a JSON
@@ -53,6 +58,7 @@ use crate::policy::ROOT_NAMESPACE;
 pub const PATH: &str = "/v1/certificates";
 pub const NODE_PATH: &str = "/v1/node-credentials";
 pub const DIRECTORY_PATH: &str = "/v1/workloads";
+pub const WORKLOAD_PATH: &str = "/v1/workload-credentials";
 const NODE_PREFIX: &str = "node-";
 const CA_SERVICE_ACCOUNT: &str = "ca";
 

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use super::{
     DIRECTORY_PATH, NODE_PATH, NodeRequest, PATH, SignError, SignRequest, SignResponse,
-    ca_identity, directory, node_identity, node_of, token_review::TokenReviewer,
+    WORKLOAD_PATH, ca_identity, directory, node_identity, node_of, token_review::TokenReviewer,
 };
 use crate::{
     identity::{SpiffeId, ca::MeshCa, verify::TrustBundle},
@@ -85,6 +85,7 @@ async fn handle(req: Request<Incoming>, peer: &Option<SpiffeId>, signer: &Signer
     match (req.method(), req.uri().path()) {
         (&Method::POST, PATH) => pod_certificate(req, peer.as_ref(), signer).await,
         (&Method::POST, NODE_PATH) => node_credentials(req, signer).await,
+        (&Method::POST, WORKLOAD_PATH) => workload_credentials(req, signer).await,
         (&Method::GET, DIRECTORY_PATH) => match node_agent(peer.as_ref(), "the workload directory")
         {
             Ok(node) => directory::serve(node, signer.model.clone()),
@@ -92,7 +93,10 @@ async fn handle(req: Request<Incoming>, peer: &Option<SpiffeId>, signer: &Signer
         },
         _ => refuse(
             StatusCode::NOT_FOUND,
-            format!("the CA serves only POST {PATH}, POST {NODE_PATH} and GET {DIRECTORY_PATH}"),
+            format!(
+                "the CA serves only POST {PATH}, POST {NODE_PATH}, POST {WORKLOAD_PATH} and GET \
+                 {DIRECTORY_PATH}"
+            ),
         ),
     }
 }
@@ -160,22 +164,8 @@ async fn pod_certificate(
             format!("pod {} is not known to the CA", request.pod),
         );
     };
-    // A pod whose service account makes it look like the mesh itself (a
-    // node agent, or the CA) never gets that identity: whoever may create
-    // such a service account in nodemesh-system must not gain a node's or
-    // the CA's powers through a pod.
-    let reserved =
-        node_of(&id).is_some() || ca_identity(signer.ca.trust_domain()).is_ok_and(|ca| ca == id);
-    if reserved {
-        tracing::warn!(node, pod = %request.pod, identity = %id, "certificate request refused: reserved identity");
-        return refuse(
-            StatusCode::FORBIDDEN,
-            format!(
-                "pod {} would be {id}, an identity reserved for the mesh's own node agents and \
-                 CA: give it another service account",
-                request.pod
-            ),
-        );
+    if let Err(why) = not_reserved(signer, &request.pod, &id) {
+        return refuse(StatusCode::FORBIDDEN, why);
     }
     if pod_node != node {
         tracing::warn!(
@@ -209,22 +199,8 @@ async fn node_credentials(req: Request<Incoming>, signer: &Signer) -> Reply {
                 .into(),
         );
     };
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned);
-    let Some(token) = token else {
-        tracing::warn!("node credentials refused: no bearer token");
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "no bearer token: node credentials are issued for a service-account token \
-             (--ca-token-file)"
-                .into(),
-        );
+    let Some(token) = bearer(&req, "node credentials") else {
+        return refuse(StatusCode::UNAUTHORIZED, NO_TOKEN.into());
     };
     let request: NodeRequest = match body(req, "NodeRequest").await {
         Ok(r) => r,
@@ -250,6 +226,115 @@ async fn node_credentials(req: Request<Incoming>, signer: &Signer) -> Reply {
     let answer = sign(signer, &id, &request.csr);
     if answer.status() == StatusCode::OK {
         tracing::info!(node, identity = %id, "node credentials issued");
+    }
+    answer
+}
+
+const NO_TOKEN: &str = "no bearer token: credentials are issued for a service-account token \
+                        (--ca-token-file)";
+
+/// The request's bearer token (`None`, logged as refusing `what`, when it
+/// has none).
+fn bearer(req: &Request<Incoming>, what: &str) -> Option<String> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    if token.is_none() {
+        tracing::warn!("{what} refused: no bearer token");
+    }
+    token
+}
+
+/// A pod whose service account makes it look like the mesh itself (a node
+/// agent, or the CA) never gets that identity: whoever may create such a
+/// service account in nodemesh-system must not gain a node's or the CA's
+/// powers through a pod.
+fn not_reserved(signer: &Signer, pod: &str, id: &SpiffeId) -> Result<(), String> {
+    let reserved =
+        node_of(id).is_some() || ca_identity(signer.ca.trust_domain()).is_ok_and(|ca| ca == *id);
+    if reserved {
+        tracing::warn!(pod, identity = %id, "certificate request refused: reserved identity");
+        return Err(format!(
+            "pod {pod} would be {id}, an identity reserved for the mesh's own node agents and \
+             CA: give it another service account"
+        ));
+    }
+    Ok(())
+}
+
+/// A workload's own certificate (a waypoint's, in its own pod), for the pod
+/// its token is bound to, with the identity the CA's view gives that pod.
+async fn workload_credentials(req: Request<Incoming>, signer: &Signer) -> Reply {
+    let Some(reviewer) = &signer.tokens else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            "this CA takes no tokens (it runs without --kubernetes): give the workload node \
+             credentials from `mesh-agent ca issue-node` (--credentials)"
+                .into(),
+        );
+    };
+    let Some(token) = bearer(&req, "workload credentials") else {
+        return refuse(StatusCode::UNAUTHORIZED, NO_TOKEN.into());
+    };
+    let request: SignRequest = match body(req, "SignRequest").await {
+        Ok(r) => r,
+        Err(refused) => return refused,
+    };
+    let workload = match reviewer.workload_of(&token).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(pod = %request.pod, "workload credentials refused: {e}");
+            return refuse(e.status(), e.to_string());
+        }
+    };
+    let forbid = |why: String| {
+        tracing::warn!(pod = %request.pod, "workload credentials refused: {why}");
+        refuse(StatusCode::FORBIDDEN, why)
+    };
+    let tokens_pod = format!("{}/{}", workload.namespace, workload.pod);
+    if tokens_pod != request.pod {
+        return forbid(format!(
+            "the token is pod {tokens_pod}'s; it cannot obtain pod {}'s identity",
+            request.pod
+        ));
+    }
+    let Some((pod_node, id)) = (signer.lookup)(&request.pod) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!(
+                "pod {} is not known to the CA (yet): it asks again",
+                request.pod
+            ),
+        );
+    };
+    if (id.namespace(), id.service_account())
+        != (
+            workload.namespace.as_str(),
+            workload.service_account.as_str(),
+        )
+    {
+        return forbid(format!(
+            "the token is service account {}/{}'s, but the CA sees pod {} as {id}",
+            workload.namespace, workload.service_account, request.pod
+        ));
+    }
+    if let Some(node) = workload.node.as_ref().filter(|n| **n != pod_node) {
+        return forbid(format!(
+            "the token was bound on node {node}, but the CA sees pod {} on node {pod_node}",
+            request.pod
+        ));
+    }
+    if let Err(why) = not_reserved(signer, &request.pod, &id) {
+        return refuse(StatusCode::FORBIDDEN, why);
+    }
+    let answer = sign(signer, &id, &request.csr);
+    if answer.status() == StatusCode::OK {
+        tracing::info!(pod = %request.pod, identity = %id, "workload credentials issued");
     }
     answer
 }

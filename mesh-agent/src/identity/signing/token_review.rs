@@ -1,14 +1,22 @@
-//! The CA's check of a node agent's service-account token: a TokenReview
+//! The CA's check of a service-account token: a TokenReview
 //! (`authentication.k8s.io/v1`) asks the API server whether the token is
-//! genuine and meant for the CA (audience `nodemesh-ca`); the user must be
-//! the node agents' service account, and the node is the one the kubelet
-//! bound into the token (`authentication.kubernetes.io/node-name`, in
-//! every projected token since Kubernetes 1.30). The node never comes from
-//! the request: a token is only ever worth its own node's identity.
+//! genuine and meant for the CA (audience `nodemesh-ca`).
+//!
+//! - A node agent's: the user must be the node agents' service account, and
+//!   the node is the one the kubelet bound into the token
+//!   (`authentication.kubernetes.io/node-name`, in every projected token
+//!   since Kubernetes 1.30). The node never comes from the request: a
+//!   token is only ever worth its own node's identity.
+//! - A workload's (a waypoint, which runs in its own pod with no node
+//!   agent's powers): the user is the pod's service account, and the pod is
+//!   the one bound into the token (`authentication.kubernetes.io/pod-name`),
+//!   so a token is only ever worth its own pod's identity.
 //!
 //! Messages name what was wrong, never the token.
 use http::StatusCode;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use k8s_openapi::api::authentication::v1::{
+    TokenReview, TokenReviewSpec, TokenReviewStatus, UserInfo,
+};
 use kube::{Api, Client, api::PostParams};
 
 /// The audience agents' projected tokens are minted for.
@@ -17,6 +25,9 @@ pub const AUDIENCE: &str = "nodemesh-ca";
 pub const AGENT_SERVICE_ACCOUNT: &str = "system:serviceaccount:nodemesh-system:nodemesh-agent";
 /// The user-info extra where bound tokens carry their pod's node.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+/// The user-info extra where bound tokens carry their pod's name.
+pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+const SERVICE_ACCOUNT_USER: &str = "system:serviceaccount:";
 
 /// Why a token was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +51,28 @@ pub enum TokenRefused {
     )]
     NoNode { got: Vec<String> },
     #[error(
+        "the token names no single pod ({POD_NAME_EXTRA} holds {got:?}): use a projected \
+         service-account token of the pod (the kubelet binds the pod into it)"
+    )]
+    NoPod { got: Vec<String> },
+    #[error("the token belongs to {got}, not to a service account")]
+    NotAServiceAccount { got: String },
+    #[error(
         "cannot check the token now: TokenReview failed: {0} (may the CA's service account \
          create tokenreviews?)"
     )]
     Review(#[source] kube::Error),
+}
+
+/// Who a workload's token says it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub service_account: String,
+    /// The pod bound into the token.
+    pub pod: String,
+    /// The node bound into the token, when the API server binds one.
+    pub node: Option<String>,
 }
 
 impl TokenRefused {
@@ -52,9 +81,11 @@ impl TokenRefused {
         match self {
             Self::NotAuthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Review(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::WrongAudience { .. } | Self::WrongUser { .. } | Self::NoNode { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            Self::WrongAudience { .. }
+            | Self::WrongUser { .. }
+            | Self::NoNode { .. }
+            | Self::NoPod { .. }
+            | Self::NotAServiceAccount { .. } => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -77,8 +108,17 @@ impl TokenReviewer {
         }
     }
 
-    /// The node `token` speaks for.
+    /// The node a node agent's `token` speaks for.
     pub async fn node_of(&self, token: &str) -> Result<String, TokenRefused> {
+        self.review(token).await.and_then(|s| self.node_agent(s))
+    }
+
+    /// The pod (and its service account) a workload's `token` speaks for.
+    pub async fn workload_of(&self, token: &str) -> Result<Workload, TokenRefused> {
+        self.review(token).await.and_then(|s| self.workload(s))
+    }
+
+    async fn review(&self, token: &str) -> Result<TokenReviewStatus, TokenRefused> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
@@ -87,16 +127,16 @@ impl TokenReviewer {
             ..TokenReview::default()
         };
         // The answer echoes the token in its spec: only its status is kept.
-        let status = Api::<TokenReview>::all(self.client.clone())
+        Ok(Api::<TokenReview>::all(self.client.clone())
             .create(&PostParams::default(), &review)
             .await
             .map_err(TokenRefused::Review)?
             .status
-            .unwrap_or_default();
-        self.judge(status)
+            .unwrap_or_default())
     }
 
-    fn judge(&self, status: TokenReviewStatus) -> Result<String, TokenRefused> {
+    /// The user of a genuine token meant for the CA.
+    fn genuine(&self, status: TokenReviewStatus) -> Result<UserInfo, TokenRefused> {
         if status.authenticated != Some(true) {
             return Err(TokenRefused::NotAuthenticated(
                 status
@@ -114,24 +154,58 @@ impl TokenReviewer {
                 want: self.audience.clone(),
             });
         }
-        let user = status.user.unwrap_or_default();
-        let username = user.username.unwrap_or_default();
+        Ok(status.user.unwrap_or_default())
+    }
+
+    fn node_agent(&self, status: TokenReviewStatus) -> Result<String, TokenRefused> {
+        let user = self.genuine(status)?;
+        let username = user.username.clone().unwrap_or_default();
         if username != self.service_account {
             return Err(TokenRefused::WrongUser {
                 got: username,
                 want: self.service_account.clone(),
             });
         }
-        match user
-            .extra
-            .and_then(|mut extra| extra.remove(NODE_NAME_EXTRA))
-            .unwrap_or_default()
-            .as_slice()
-        {
-            [node] if !node.is_empty() => Ok(node.clone()),
-            other => Err(TokenRefused::NoNode {
-                got: other.to_vec(),
-            }),
-        }
+        single(&user, NODE_NAME_EXTRA).ok_or_else(|| TokenRefused::NoNode {
+            got: all(&user, NODE_NAME_EXTRA),
+        })
+    }
+
+    fn workload(&self, status: TokenReviewStatus) -> Result<Workload, TokenRefused> {
+        let user = self.genuine(status)?;
+        let username = user.username.clone().unwrap_or_default();
+        let Some((namespace, service_account)) = username
+            .strip_prefix(SERVICE_ACCOUNT_USER)
+            .and_then(|rest| rest.split_once(':'))
+            .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty())
+        else {
+            return Err(TokenRefused::NotAServiceAccount { got: username });
+        };
+        let pod = single(&user, POD_NAME_EXTRA).ok_or_else(|| TokenRefused::NoPod {
+            got: all(&user, POD_NAME_EXTRA),
+        })?;
+        Ok(Workload {
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+            pod,
+            node: single(&user, NODE_NAME_EXTRA),
+        })
+    }
+}
+
+/// Every value of a user-info extra.
+fn all(user: &UserInfo, key: &str) -> Vec<String> {
+    user.extra
+        .as_ref()
+        .and_then(|extra| extra.get(key))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A user-info extra holding exactly one non-empty value.
+fn single(user: &UserInfo, key: &str) -> Option<String> {
+    match all(user, key).as_slice() {
+        [one] if !one.is_empty() => Some(one.clone()),
+        _ => None,
     }
 }
