@@ -1,7 +1,8 @@
 //! The Kubernetes manifests in `deploy/`, checked without an API server:
 //! every document read into its k8s-openapi type and written back (an
 //! unknown or misspelt field, which the typed parse drops, fails by name),
-//! the privileges the DaemonSet and the rest hold ([`privileges`]), and
+//! the privileges the DaemonSet and the rest hold ([`privileges`]), the
+//! admission policy's CEL evaluated on Node updates ([`admission`]), and
 //! `kubernetes-validate --strict` against the schemas of several Kubernetes
 //! versions (installed by `cargo xtask setup`; `cargo xtask test` runs it).
 use std::{
@@ -12,6 +13,7 @@ use std::{
 use k8s_openapi::{
     Resource,
     api::{
+        admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
         apps::v1::{DaemonSet, Deployment},
         core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount},
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
@@ -22,6 +24,7 @@ use mesh_agent::crd::typed_round_trip;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
+mod admission;
 mod privileges;
 
 /// Kubernetes versions the manifests must be valid for: the oldest the
@@ -118,6 +121,14 @@ fn read_yaml(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The one document of `kind` named `name`.
+pub fn find(kind: &str, name: &str) -> Document {
+    documents()
+        .into_iter()
+        .find(|d| d.kind() == kind && d.name() == name)
+        .unwrap_or_else(|| panic!("deploy/ has no {kind} {name}"))
+}
+
 /// Every document of every manifest.
 pub fn documents() -> Vec<Document> {
     let repo = repo();
@@ -164,6 +175,8 @@ fn round_trip(value: &Value) -> Result<(), String> {
         as_kind::<Deployment>,
         as_kind::<DaemonSet>,
         as_kind::<CustomResourceDefinition>,
+        as_kind::<ValidatingAdmissionPolicy>,
+        as_kind::<ValidatingAdmissionPolicyBinding>,
     ];
     kinds
         .iter()

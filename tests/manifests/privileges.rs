@@ -14,17 +14,10 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use super::{Document, documents, repo};
+use super::{documents, find, repo};
 
 const NAMESPACE: &str = "nodemesh-system";
 const IMAGE: &str = "ghcr.io/nodemesh/nodemesh";
-
-fn find(kind: &str, name: &str) -> Document {
-    documents()
-        .into_iter()
-        .find(|d| d.kind() == kind && d.name() == name)
-        .unwrap_or_else(|| panic!("deploy/ has no {kind} {name}"))
-}
 
 fn agent() -> DaemonSet {
     find("DaemonSet", "nodemesh-agent").typed()
