@@ -173,7 +173,8 @@ impl MeshConfig {
             writeln!(
                 pods,
                 "spec:\n  nodeName: {node}\n  serviceAccountName: {account}\n  containers:\n  - name: app\n    image: app\n\
-                 status:\n  podIP: {v4}\n  podIPs:\n  - ip: {v4}\n  - ip: {v6}",
+                 status:\n  podIP: {v4}\n  podIPs:\n  - ip: {v4}\n  - ip: {v6}\n  \
+                 conditions:\n  - type: Ready\n    status: \"True\"",
                 node = node.name,
                 v4 = host.ipv4,
                 v6 = host.ipv6,

@@ -142,6 +142,7 @@ mod tests {
             labels: BTreeMap::new(),
             netns: netns.into(),
             cgroup: PathBuf::new(),
+            ready: true,
         };
         s.pods = vec![
             pod("shop", "annotated", "n1", Some("10.0.0.1"), "/run/netns/a"),

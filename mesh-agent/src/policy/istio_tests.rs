@@ -309,6 +309,7 @@ fn pod(namespace: &str, app: &str) -> PodInfo {
         labels: [("app".to_owned(), app.to_owned())].into(),
         netns: "/run/netns/x".into(),
         cgroup: "/sys/fs/cgroup/x".into(),
+        ready: true,
     }
 }
 

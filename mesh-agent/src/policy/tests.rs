@@ -416,6 +416,7 @@ fn a_root_namespace_policy_applies_to_every_namespace() {
         labels: [("app".to_owned(), app.to_owned())].into(),
         netns: "/run/netns/p".into(),
         cgroup: "/sys/fs/cgroup/p".into(),
+        ready: true,
     };
     let in_namespace = |namespace: &str| {
         policy(&format!(

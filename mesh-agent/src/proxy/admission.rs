@@ -210,6 +210,7 @@ mod tests {
             labels: Default::default(),
             netns: "/run/netns/p".into(),
             cgroup: "/sys/fs/cgroup/p".into(),
+            ready: true,
         });
         if strict {
             snapshot.peer_auth.push(PeerAuth {

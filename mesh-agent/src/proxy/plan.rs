@@ -74,8 +74,8 @@ pub enum NoHop {
     WaypointWithoutCa { waypoint: WaypointRef },
     #[error(
         "waypoint {waypoint} (label {USE_WAYPOINT_LABEL} of the Service or its namespace) has no \
-         pod with an IPv{family} address: deploy it, or remove the label; the connection is \
-         refused rather than sent around the waypoint"
+         ready pod with an IPv{family} address: deploy it, or remove the label; the connection \
+         is refused rather than sent around the waypoint"
     )]
     WaypointHasNoPod { waypoint: WaypointRef, family: u8 },
 }
@@ -183,6 +183,7 @@ fn via_waypoint(
     };
     let hops: Vec<_> = snapshot
         .waypoint_pods(waypoint)
+        .filter(|p| p.ready)
         .filter_map(|p| {
             let ip = *same_family(p, orig.ip())?;
             let carry = match p.identity(td) {

@@ -19,7 +19,7 @@
 //! stream provably alive.
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodIP, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodIP, PodSpec, PodStatus};
 use kube::{api::DynamicObject, runtime::watcher};
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +95,7 @@ impl Publisher {
     }
 }
 
-/// The smallest Pod the model reads back as `pod`.
+/// The smallest Pod the model reads back as `pod` (readiness included).
 pub fn pod_object(pod: &PodInfo) -> serde_json::Value {
     let object = Pod {
         metadata: kube::api::ObjectMeta {
@@ -111,6 +111,11 @@ pub fn pod_object(pod: &PodInfo) -> serde_json::Value {
             ..Default::default()
         }),
         status: Some(PodStatus {
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: if pod.ready { "True" } else { "False" }.into(),
+                ..Default::default()
+            }]),
             pod_ips: (!pod.ips.is_empty()).then(|| {
                 pod.ips
                     .iter()

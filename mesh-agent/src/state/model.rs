@@ -50,6 +50,11 @@ pub struct PodInfo {
     pub labels: Labels,
     pub netns: PathBuf,
     pub cgroup: PathBuf,
+    /// Its `Ready` condition is `True` (local YAML without conditions:
+    /// ready). Only ready pods are a Service's endpoints, as kube-proxy
+    /// has it: a pod still starting, or failing its readiness probe, gets
+    /// no Service traffic.
+    pub ready: bool,
 }
 
 impl PodInfo {
@@ -211,9 +216,10 @@ impl Snapshot {
         self.pods.iter().find(|p| p.ips.contains(&ip))
     }
 
-    /// The pods a service's selector picks (none for a selector-less one).
+    /// The ready pods a service's selector picks (none for a selector-less
+    /// one).
     pub fn endpoints<'a>(&'a self, svc: &'a ServiceInfo) -> impl Iterator<Item = &'a PodInfo> + 'a {
-        self.pods.iter().filter(move |p| svc.selects(p))
+        self.pods.iter().filter(move |p| p.ready && svc.selects(p))
     }
 
     /// The waypoint `svc`'s traffic must go through: its own
@@ -287,6 +293,7 @@ mod tests {
             labels: pod_labels,
             netns: "/run/netns/p".into(),
             cgroup: "/sys/fs/cgroup/p".into(),
+            ready: true,
         }
     }
 

@@ -474,6 +474,16 @@ fn pod_info(pod: Pod, cluster: bool) -> Result<PodInfo, Vec<FieldError>> {
             "missing: a pod needs an address to be meshed".into(),
         ));
     }
+    // Local YAML declares running pods and may leave conditions out; the
+    // API server's pods have a Ready condition once the kubelet reports.
+    let ready = match status
+        .conditions
+        .as_ref()
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+    {
+        Some(condition) => condition.status == "True",
+        None => !cluster,
+    };
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -488,6 +498,7 @@ fn pod_info(pod: Pod, cluster: bool) -> Result<PodInfo, Vec<FieldError>> {
         labels: meta.labels.unwrap_or_default(),
         netns,
         cgroup,
+        ready,
     })
 }
 

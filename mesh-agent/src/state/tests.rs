@@ -465,10 +465,12 @@ fn meaning(loaded: &Loaded) -> (Snapshot, Vec<String>) {
 fn watched_objects_make_the_model_local_yaml_makes() {
     use index::{Change, Index};
     let d = Dir::new();
+    // Running and ready, as the API server holds running pods.
+    let ready = "  conditions:\n  - type: Ready\n    status: \"True\"\n";
     let pods = format!(
         "{}{}",
-        pod("a", "  podIP: 10.1.0.11\n"),
-        pod("b", "  podIP: 10.1.0.12\n")
+        pod("a", &format!("  podIP: 10.1.0.11\n{ready}")),
+        pod("b", &format!("  podIP: 10.1.0.12\n{ready}"))
     );
     let all = format!("{NAMESPACES}---\n{EVERY_KIND}{pods}");
     d.write("all.yaml", &all);
@@ -512,7 +514,7 @@ fn watched_objects_make_the_model_local_yaml_makes() {
         .find(|(r, _)| r.starts_with("Service."))
         .unwrap();
     index.change(&svc_resource, Change::Apply(svc));
-    let without_b = edited.replacen(&pod("b", "  podIP: 10.1.0.12\n"), "", 1);
+    let without_b = edited.replacen(&pod("b", &format!("  podIP: 10.1.0.12\n{ready}")), "", 1);
     d.write("all.yaml", &without_b);
     assert_eq!(meaning(&index.load()), meaning(&d.load()));
 
@@ -575,4 +577,56 @@ spec: {action: DENY, rules: [{from: [{source: {namespaces: [legacy]}}]}]}
     let pending = loaded.snapshot.pods.iter().find(|p| p.name == "pending");
     assert!(pending.is_some_and(|p| p.ips.is_empty()), "{pending:?}");
     assert_eq!(loaded.snapshot.policies["shop"].len(), 2);
+}
+
+/// Readiness: the API server's pods are ready when their Ready condition
+/// says so (none yet: not ready); local YAML's pods when it does not say
+/// otherwise.
+#[test]
+fn a_pod_is_ready_when_its_ready_condition_is_true_or_local_yaml_says_nothing() {
+    use index::{Change, Index};
+    let condition = |status: &str| {
+        format!("  podIP: 10.1.0.11\n  conditions:\n  - type: Ready\n    status: \"{status}\"\n")
+    };
+    let pods = format!(
+        "{}{}{}",
+        pod("up", &condition("True")),
+        pod("down", &condition("False")),
+        pod("silent", "  podIP: 10.1.0.12\n"),
+    );
+    let ready = |loaded: &Loaded| -> Vec<(String, bool)> {
+        loaded
+            .snapshot
+            .pods
+            .iter()
+            .map(|p| (p.name.clone(), p.ready))
+            .collect()
+    };
+    let mut index = Index::default();
+    for (resource, object) in watched(&pods, "/nonexistent") {
+        index.change(&resource, Change::Apply(object));
+    }
+    let cluster = index.load();
+    assert!(cluster.errors.is_empty(), "{:#?}", cluster.errors);
+    assert_eq!(
+        ready(&cluster),
+        [
+            ("down".into(), false),
+            ("silent".into(), false),
+            ("up".into(), true)
+        ]
+    );
+    let d = Dir::new();
+    d.write("00-ns.yaml", NAMESPACES);
+    d.write("pods.yaml", &pods);
+    let local = d.load();
+    assert!(local.errors.is_empty(), "{:#?}", local.errors);
+    assert_eq!(
+        ready(&local),
+        [
+            ("down".into(), false),
+            ("silent".into(), true),
+            ("up".into(), true)
+        ]
+    );
 }

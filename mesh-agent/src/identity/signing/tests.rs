@@ -288,6 +288,7 @@ async fn node_agents_follow_the_directory_of_other_nodes_pods() {
         labels: Default::default(),
         netns: Default::default(),
         cgroup: Default::default(),
+        ready: true,
     };
     let setup = ca_server().await;
     let loaded = |pods: Vec<PodInfo>| {

@@ -22,6 +22,7 @@ fn pod(namespace: &str, name: &str, node: &str, ip: &str, pod_labels: &[(&str, &
         labels: labels(pod_labels),
         netns: "/run/netns/x".into(),
         cgroup: "/sys/fs/cgroup/x".into(),
+        ready: true,
     }
 }
 
@@ -293,4 +294,35 @@ fn an_endpoint_without_an_address_of_the_family_uses_its_first() {
     let got = plan(&snapshot, NODE, v6, Some(TD)).hops.unwrap();
     let targets: Vec<_> = got.iter().map(|h| h.target).collect();
     assert_eq!(targets, [addr("10.1.0.12:8080"), addr("10.2.0.11:8080")]);
+}
+
+/// As kube-proxy: a pod that is not ready (starting, or failing its
+/// readiness probe) gets no Service traffic, and a waypoint's unready pod
+/// none either; with no ready one left the connection fails, naming why.
+#[test]
+fn pods_that_are_not_ready_get_no_service_traffic() {
+    let mut snapshot = cluster();
+    let not_ready = |s: &mut Snapshot, name: &str| {
+        s.pods.iter_mut().find(|p| p.name == name).unwrap().ready = false;
+    };
+    not_ready(&mut snapshot, "b1");
+    let got = plan(&snapshot, NODE, addr("10.96.0.20:80"), Some(TD));
+    let targets: Vec<_> = got.hops.unwrap().iter().map(|h| h.target).collect();
+    assert_eq!(targets, [addr("10.2.0.11:8080")], "b1 is not ready");
+    // Addressed directly, a pod is reached ready or not: readiness is about
+    // Services.
+    let direct = plan(&snapshot, NODE, addr("10.1.0.12:8080"), Some(TD));
+    assert_eq!(direct.hops.unwrap()[0].pod.as_deref(), Some("shop/b1"));
+
+    not_ready(&mut snapshot, "b2");
+    let none = plan(&snapshot, NODE, addr("10.96.0.20:80"), Some(TD)).hops;
+    assert!(
+        matches!(&none, Err(NoHop::NoEndpoints { service }) if service == "shop/b"),
+        "{none:?}"
+    );
+    not_ready(&mut snapshot, "wp");
+    let err = plan(&snapshot, NODE, addr("10.96.0.22:80"), Some(TD))
+        .hops
+        .unwrap_err();
+    assert!(err.to_string().contains("has no ready pod"), "{err}");
 }

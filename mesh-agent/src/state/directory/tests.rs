@@ -20,6 +20,7 @@ fn pod(name: &str, node: &str, ip: &str) -> PodInfo {
         labels: [("app".to_owned(), name.to_owned())].into(),
         netns: Default::default(),
         cgroup: Default::default(),
+        ready: true,
     }
 }
 
