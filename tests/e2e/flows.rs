@@ -151,13 +151,13 @@ fn records_are_exact() -> anyhow::Result<()> {
             && out
                 .tls
                 .as_ref()
-                .is_some_and(|t| t.peer_identity == PAYMENTS && t.version == "TLSv1.3")
+                .is_some_and(|t| &*t.peer_identity == PAYMENTS && &*t.version == "TLSv1.3")
             && out.service.is_none()
             && out.bytes_sent == 3000
             && out.bytes_received == 5000
             && out.state == State::Closed
             && out.end.as_deref() == Some("closed")
-            && out.node == "n1"
+            && &*out.node == "n1"
             && out.duration_ms().is_some(),
         "{out:#?}"
     );
@@ -174,7 +174,7 @@ fn records_are_exact() -> anyhow::Result<()> {
                 .verdict
                 .as_ref()
                 .is_some_and(|v| v.decision == Decision::Allow
-                    && v.reason == "allowed: no ALLOW policy selects the pod")
+                    && &*v.reason == "allowed: no ALLOW policy selects the pod")
             && inbound.bytes_sent == 3000
             && inbound.bytes_received == 5000,
         "{inbound:#?}"

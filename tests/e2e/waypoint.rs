@@ -293,7 +293,7 @@ fn canary_split() -> anyhow::Result<()> {
     let requests = shop.requests()?;
     let http2 = requests
         .iter()
-        .filter(|r| r.http.as_ref().is_some_and(|h| h.protocol == "HTTP/2"))
+        .filter(|r| r.http.as_ref().is_some_and(|h| &*h.protocol == "HTTP/2"))
         .count();
     ensure!(http2 >= 201, "HTTP/2 request records: {http2}");
     let grpc_record = requests
@@ -308,7 +308,7 @@ fn canary_split() -> anyhow::Result<()> {
     ensure!(
         http.route.as_deref() == Some("shop/cart-split#0")
             && http.status == 200
-            && http.method == "POST"
+            && &*http.method == "POST"
             && grpc_record.source.identity.as_deref() == Some(CLIENT)
             && grpc_record.service.as_deref() == Some("shop/cart")
             && grpc_record.path == Path::Waypoint
@@ -336,7 +336,7 @@ fn canary_split() -> anyhow::Result<()> {
             && to_waypoint
                 .tls
                 .as_ref()
-                .is_some_and(|t| t.peer_identity == WAYPOINT),
+                .is_some_and(|t| &*t.peer_identity == WAYPOINT),
         "{to_waypoint:#?}"
     );
     let inbound = shop.meshed.agent("n2").flow_records(&[])?;
@@ -363,7 +363,7 @@ fn canary_split() -> anyhow::Result<()> {
             && only.iter().all(|r| r
                 .http
                 .as_ref()
-                .is_some_and(|h| h.method == "POST" && h.path.starts_with("/grpc"))),
+                .is_some_and(|h| &*h.method == "POST" && h.path.starts_with("/grpc"))),
         "meshctl flows --method/--path/--http-status narrow to requests: {only:#?}"
     );
     Ok(())
@@ -1132,8 +1132,8 @@ fn grpc_routes() -> anyhow::Result<()> {
     let hello = grpc_record(&requests, "/nodemesh.test.Greeter/Hello", "0")?;
     let http = hello.http.as_ref().context("checked")?;
     ensure!(
-        http.method == "POST"
-            && http.protocol == "HTTP/2"
+        &*http.method == "POST"
+            && &*http.protocol == "HTTP/2"
             && http.status == 200
             && http.route.as_deref() == Some("shop/greeter#0")
             && http.backend.as_deref() == Some("shop/cart-v1")

@@ -8,7 +8,7 @@
 //! bytes from the server back to the client.
 use std::{
     collections::HashMap,
-    hash::{DefaultHasher, Hash, Hasher},
+    hash::Hash,
     sync::{Mutex, atomic::Ordering},
 };
 
@@ -84,9 +84,9 @@ impl RequestKey<'_> {
     }
 
     fn hash64(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        self.hash(&mut h);
-        h.finish()
+        // Per request: a fast hasher (collisions are told apart by the
+        // labels themselves).
+        std::hash::BuildHasher::hash_one(&foldhash::fast::FixedState::default(), self)
     }
 }
 
@@ -108,7 +108,8 @@ impl RequestLabels {
 
 /// The request counter and histogram of each label set seen, by the hash
 /// of its [`RequestKey`] (collisions share a bucket).
-type RequestHandles = HashMap<u64, Vec<(RequestLabels, Counter, Histogram)>>;
+type RequestHandles =
+    HashMap<u64, Vec<(RequestLabels, Counter, Histogram)>, foldhash::fast::RandomState>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyLabels {
@@ -338,8 +339,12 @@ impl FlowSubscriber for Metrics {
             let policy = v
                 .policy
                 .clone()
-                .unwrap_or_else(|| "(no ALLOW rule matched)".to_owned());
-            self.denials.get_or_create(&PolicyLabels { policy }).inc();
+                .unwrap_or_else(|| "(no ALLOW rule matched)".into());
+            self.denials
+                .get_or_create(&PolicyLabels {
+                    policy: policy.to_string(),
+                })
+                .inc();
         }
     }
 }

@@ -266,7 +266,7 @@ impl Criterion {
             }
             Self::Since(ms) => r.start_unix_ms >= *ms,
             Self::HttpStatus(m) => r.http.as_ref().is_some_and(|h| m.matches(h.status)),
-            Self::Method(method) => r.http.as_ref().is_some_and(|h| h.method == *method),
+            Self::Method(method) => r.http.as_ref().is_some_and(|h| *h.method == **method),
             Self::Path(prefix) => r.http.as_ref().is_some_and(|h| h.path.starts_with(prefix)),
             Self::Hook(m) => m.matches(r.hook),
         }
@@ -349,11 +349,11 @@ mod tests {
 
     fn record(id: u64, from: (&str, &str), to: (&str, &str, u16), state: State) -> FlowRecord {
         let end = |pod: &str, ip: &str, port| Endpoint {
-            pod: (!pod.is_empty()).then(|| pod.to_owned()),
+            pod: (!pod.is_empty()).then(|| pod.into()),
             ip: ip.parse().unwrap(),
             port,
             identity: pod.split_once('/').map(|(ns, _)| {
-                format!("spiffe://cluster.local/ns/{ns}/sa/{}", &pod[ns.len() + 1..])
+                format!("spiffe://cluster.local/ns/{ns}/sa/{}", &pod[ns.len() + 1..]).into()
             }),
         };
         FlowRecord {

@@ -84,16 +84,22 @@ names!(State {
     Error => "error",
 });
 
+/// Text a record shares with others: a waypoint's records of one stream's
+/// requests, and the flow they arrived on, name the same ends, identities
+/// and Service; cloning a record then counts references instead of
+/// copying a dozen strings per request.
+pub type Text = std::sync::Arc<str>;
+
 /// One end of a flow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// `namespace/name`, when the address is a known pod.
-    pub pod: Option<String>,
+    pub pod: Option<Text>,
     pub ip: IpAddr,
     pub port: u16,
     /// Its SPIFFE ID, when it proved one (or, for a destination, the one
     /// the tunnel insisted on).
-    pub identity: Option<String>,
+    pub identity: Option<Text>,
 }
 
 impl Endpoint {
@@ -120,9 +126,9 @@ impl Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tls {
     /// The far end's verified SPIFFE ID.
-    pub peer_identity: String,
+    pub peer_identity: Text,
     /// e.g. `TLSv1.3`.
-    pub version: String,
+    pub version: Text,
 }
 
 /// The policy decision, with the rule that made it.
@@ -130,10 +136,10 @@ pub struct Tls {
 pub struct FlowVerdict {
     pub decision: Decision,
     /// `namespace/name` of the deciding policy, when one decided.
-    pub policy: Option<String>,
+    pub policy: Option<Text>,
     pub rule: Option<usize>,
     /// The decision in words.
-    pub reason: String,
+    pub reason: Text,
     /// What dry-run policies would have done.
     pub dry_run: Vec<crate::policy::eval::DryRun>,
 }
@@ -142,7 +148,7 @@ impl From<&Verdict> for FlowVerdict {
     fn from(v: &Verdict) -> Self {
         let (policy, rule) = match &v.reason {
             Reason::AllowedBy { policy, rule } | Reason::DeniedBy { policy, rule } => {
-                (Some(policy.clone()), Some(*rule))
+                (Some(Text::from(policy.as_str())), Some(*rule))
             }
             Reason::NoAllowPolicy | Reason::NoAllowRuleMatched { .. } => (None, None),
         };
@@ -150,7 +156,7 @@ impl From<&Verdict> for FlowVerdict {
             decision: v.decision,
             policy,
             rule,
-            reason: v.to_string(),
+            reason: v.to_string().into(),
             dry_run: v.dry_run.clone(),
         }
     }
@@ -161,7 +167,7 @@ pub struct FlowRecord {
     /// Unique per agent run, increasing.
     pub id: u64,
     /// The node whose agent recorded it.
-    pub node: String,
+    pub node: Text,
     pub start_unix_ms: u64,
     pub end_unix_ms: Option<u64>,
     pub direction: Direction,
@@ -171,7 +177,7 @@ pub struct FlowRecord {
     /// The original destination (what the app connected to).
     pub destination: Endpoint,
     /// `namespace/name` when the original destination was a Service address.
-    pub service: Option<String>,
+    pub service: Option<Text>,
     /// The endpoint chosen for a Service address.
     pub endpoint: Option<SocketAddr>,
     pub tls: Option<Tls>,
@@ -189,7 +195,7 @@ pub struct FlowRecord {
     /// `namespace/name` of the waypoint the flow was sent through (or, when
     /// it failed for that reason, the one that was missing).
     #[serde(default)]
-    pub waypoint: Option<String>,
+    pub waypoint: Option<Text>,
     /// For one HTTP request at a waypoint: what it asked and got. Its L4
     /// flow is `parent`.
     #[serde(default)]
@@ -203,15 +209,15 @@ pub struct FlowRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpRecord {
     /// `HTTP/1.1` or `HTTP/2`.
-    pub protocol: String,
-    pub method: String,
-    pub authority: String,
+    pub protocol: Text,
+    pub method: Text,
+    pub authority: Text,
     /// The path as asked, query included.
     pub path: String,
     /// `namespace/name` and rule index of the route that matched.
-    pub route: Option<String>,
+    pub route: Option<Text>,
     /// `namespace/name` of the backend Service chosen.
-    pub backend: Option<String>,
+    pub backend: Option<Text>,
     /// The status the client got (the waypoint's own, e.g. 404, or the
     /// backend's).
     pub status: u16,

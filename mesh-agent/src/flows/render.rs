@@ -63,13 +63,13 @@ pub fn table(records: &[FlowRecord], wide: bool, colour: bool, layout: Layout) -
             if wide {
                 row.extend([
                     r.id.to_string(),
-                    r.node.clone(),
+                    r.node.to_string(),
                     r.hook.map_or("-", Hook::as_str).to_owned(),
-                    r.source.identity.clone().unwrap_or_else(|| "-".into()),
-                    r.destination.identity.clone().unwrap_or_else(|| "-".into()),
+                    r.source.identity.as_deref().unwrap_or("-").to_owned(),
+                    r.destination.identity.as_deref().unwrap_or("-").to_owned(),
                     r.tls
                         .as_ref()
-                        .map_or_else(|| "-".into(), |t| t.version.clone()),
+                        .map_or_else(|| "-".into(), |t| t.version.to_string()),
                     detail(r),
                 ]);
             }
@@ -195,7 +195,7 @@ fn destination(r: &FlowRecord) -> String {
 fn end_name(e: &Endpoint, with_port: bool) -> String {
     match (&e.pod, with_port) {
         (Some(pod), true) => format!("{pod}:{}", e.port),
-        (Some(pod), false) => pod.clone(),
+        (Some(pod), false) => pod.to_string(),
         (None, _) => e.addr().to_string(),
     }
 }
@@ -248,10 +248,10 @@ mod tests {
 
     fn records() -> Vec<FlowRecord> {
         let end = |pod: Option<&str>, ip: &str, port, id: Option<&str>| Endpoint {
-            pod: pod.map(str::to_owned),
+            pod: pod.map(Into::into),
             ip: ip.parse().unwrap(),
             port,
-            identity: id.map(str::to_owned),
+            identity: id.map(Into::into),
         };
         let base = FlowRecord {
             id: 7,

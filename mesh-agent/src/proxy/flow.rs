@@ -53,13 +53,13 @@ impl Flow {
     ) -> Self {
         let known = |addr: SocketAddr| {
             let mut end = Endpoint::new(addr);
-            end.pod = snapshot.pod_by_ip(addr.ip()).map(|p| p.key());
+            end.pod = snapshot.pod_by_ip(addr.ip()).map(|p| p.key().into());
             end
         };
         let (mut source, mut destination) = (known(src), known(orig_dst));
         match direction {
             Direction::Outbound => {
-                source.pod = Some(owner.pod.to_owned());
+                source.pod = Some(owner.pod[..].into());
                 // The app reached the agent's loopback listener, so the
                 // kernel gave it a loopback source; name the pod's address
                 // its connection would have left with.
@@ -72,13 +72,13 @@ impl Flow {
                     source.ip = *ip;
                 }
             }
-            Direction::Inbound => destination.pod = Some(owner.pod.to_owned()),
+            Direction::Inbound => destination.pod = Some(owner.pod[..].into()),
         }
         let store = Arc::clone(owner.store);
         Self {
             record: FlowRecord {
                 id: store.next_id(),
-                node: store.node().to_owned(),
+                node: store.node().into(),
                 start_unix_ms: unix_ms_now(),
                 end_unix_ms: None,
                 direction,
@@ -120,8 +120,8 @@ impl Flow {
     pub fn tunnelled(&mut self, path: Path, peer_identity: &str, version: &str) {
         self.record.path = path;
         self.record.tls = Some(Tls {
-            peer_identity: peer_identity.to_owned(),
-            version: version.to_owned(),
+            peer_identity: peer_identity.into(),
+            version: version.into(),
         });
     }
 
@@ -194,15 +194,15 @@ fn log(r: &FlowRecord) {
                 source_identity = source_identity.as_deref(),
                 peer_identity = peer_identity.as_deref(),
                 decision,
-                verdict = verdict.map(|v| v.reason.as_str()),
+                verdict = verdict.map(|v| &*v.reason),
                 dry_run = dry_run.as_deref(),
                 state = r.state.as_str(),
                 sent = relayed.then_some(r.bytes_sent),
                 received = relayed.then_some(r.bytes_received),
                 end = r.end.as_deref(),
                 error = r.error.as_deref(),
-                method = http.map(|h| h.method.as_str()),
-                authority = http.map(|h| h.authority.as_str()),
+                method = http.map(|h| &*h.method),
+                authority = http.map(|h| &*h.authority),
                 http_path = http.map(|h| h.path.as_str()),
                 status = http.map(|h| h.status),
                 route = http.and_then(|h| h.route.as_deref()),

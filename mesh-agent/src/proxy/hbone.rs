@@ -80,7 +80,7 @@ pub trait Site: Handler {
             local,
         );
         flow.record.path = self.path();
-        flow.record.source.identity = identity;
+        flow.record.source.identity = identity.map(Into::into);
         flow.failed(State::Refused, why);
     }
 
@@ -209,14 +209,14 @@ impl PodHandler {
             _ => Path::Tunnel,
         };
         flow.tunnelled(path, &identity, peer.tls_version);
-        flow.record.source.identity = Some(identity);
+        flow.record.source.identity = Some(identity.into());
         if let Some(me) = snapshot.pod(&pod.pod)
             && let Some(identity) = &pod.mesh.identity
         {
             flow.record.destination.identity = me
                 .identity(identity.bundle.trust_domain())
                 .ok()
-                .map(|id| id.to_string());
+                .map(|id| id.to_string().into());
         }
         flow
     }
@@ -258,8 +258,9 @@ impl Handler for PodHandler {
         let snapshot = &loaded.snapshot;
         let mut flow = self.flow(snapshot, &peer, target);
         // The source's claim, kept only if this config agrees.
-        flow.record.service =
-            service.filter(|s| snapshot.service_selects(s, &pod.pod, target.port()));
+        flow.record.service = service
+            .filter(|s| snapshot.service_selects(s, &pod.pod, target.port()))
+            .map(Into::into);
         if !self.serves(target) {
             let why = format!(
                 "CONNECT target {target} is not a workload port of {} on this node (no open relay)",

@@ -77,9 +77,9 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     let identity = pod.mesh.identity.as_ref();
     let trust_domain = identity.map(|i| i.bundle.trust_domain());
     let plan = plan(snapshot, pod.mesh.flows.node(), orig, trust_domain);
-    flow.record.service = plan.service;
+    flow.record.service = plan.service.map(Into::into);
     if let Some(waypoint) = &plan.waypoint {
-        flow.record.waypoint = Some(waypoint.to_string());
+        flow.record.waypoint = Some(waypoint.to_string().into());
         flow.record.path = Path::Waypoint;
     }
     let hops = match plan.hops {
@@ -104,7 +104,7 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             _ => hop.target,
         });
         if plan.waypoint.is_none() {
-            flow.record.destination.pod.clone_from(&hop.pod);
+            flow.record.destination.pod = hop.pod.as_deref().map(Into::into);
         }
     }
     match (&hop.carry, identity) {
@@ -121,7 +121,7 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             },
             Some(identity),
         ) => {
-            flow.record.destination.identity = Some(peer.to_string());
+            flow.record.destination.identity = Some(peer.to_string().into());
             let tunnel = open_tunnel(
                 &pod,
                 identity,
@@ -204,7 +204,7 @@ async fn open_tunnel(
             ),
         ));
     };
-    flow.record.source.identity = Some(cert.identity.to_string());
+    flow.record.source.identity = Some(cert.identity.to_string().into());
     let key = Key {
         source: cert.identity.clone(),
         destination: hbone,

@@ -12,7 +12,7 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -23,6 +23,10 @@ pub struct H2Stream {
     recv: RecvStream,
     /// Received bytes not yet read.
     pending: Bytes,
+    /// Where small writes are copied: each is split off and handed to h2,
+    /// and once h2 has sent it the buffer is reused, so a stream of
+    /// requests and responses does not allocate per write.
+    small: BytesMut,
     /// Set by `prepare_reset`: the drop resets the stream.
     reset: AtomicBool,
 }
@@ -33,6 +37,7 @@ impl H2Stream {
             send,
             recv,
             pending: Bytes::new(),
+            small: BytesMut::new(),
             reset: AtomicBool::new(false),
         }
     }
@@ -76,6 +81,24 @@ impl AsyncRead for H2Stream {
     }
 }
 
+/// Writes up to this size (request and response heads, small bodies) go
+/// through [`H2Stream::small`]; larger ones (bulk transfers) get a buffer
+/// of their own, so an idle stream holds at most this much.
+const SMALL_WRITE: usize = 1024;
+
+impl H2Stream {
+    /// `data` as an owned chunk for h2.
+    fn copy(&mut self, data: &[u8]) -> Bytes {
+        if data.len() > SMALL_WRITE {
+            return Bytes::copy_from_slice(data);
+        }
+        // Reclaims the buffer when h2 has dropped every chunk split off it.
+        self.small.reserve(SMALL_WRITE);
+        self.small.extend_from_slice(data);
+        self.small.split().freeze()
+    }
+}
+
 impl AsyncWrite for H2Stream {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -99,9 +122,8 @@ impl AsyncWrite for H2Stream {
                 Some(Ok(0)) => continue,
                 Some(Ok(n)) => {
                     let n = n.min(buf.len());
-                    self.send
-                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                        .map_err(h2_error)?;
+                    let chunk = self.copy(&buf[..n]);
+                    self.send.send_data(chunk, false).map_err(h2_error)?;
                     return Poll::Ready(Ok(n));
                 }
                 Some(Err(e)) => return Poll::Ready(Err(h2_error(e))),

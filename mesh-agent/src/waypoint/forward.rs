@@ -7,7 +7,6 @@
 //! Only requests without a body are retried: a streamed body is never held
 //! back to be replayed (nothing is buffered whole).
 use std::{
-    collections::HashMap,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -16,7 +15,7 @@ use http::{Request, Response, StatusCode, request::Parts};
 use hyper::body::Incoming;
 
 use super::{
-    Waypoint,
+    FastMap, Waypoint,
     body::{self, Body},
     route::{Retry, Timeouts},
     upstream::{Endpoint, UpstreamError},
@@ -47,7 +46,7 @@ pub struct Local {
 
 /// Retry budgets by backend Service.
 #[derive(Default)]
-pub struct Budgets(Mutex<HashMap<String, Window>>);
+pub struct Budgets(Mutex<FastMap<String, Window>>);
 
 struct Window {
     started: Instant,

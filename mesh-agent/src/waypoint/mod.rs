@@ -28,7 +28,6 @@ pub mod workers;
 mod body;
 
 use std::{
-    collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
 };
@@ -100,6 +99,10 @@ pub enum WaypointError {
         source: rustls::Error,
     },
 }
+
+/// The maps looked up per request: keyed by names and addresses from the
+/// model, hashed with a fast keyed hasher instead of SipHash.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A started waypoint; dropping it stops accepting and serving.
 pub struct Serving {
@@ -251,9 +254,9 @@ struct ConfigCache {
     config: Option<Arc<Loaded>>,
     /// By `namespace/name`, then port. Nested so that a lookup borrows its
     /// key instead of allocating one per request.
-    tables: HashMap<String, Vec<(u16, Arc<route::RouteTable>)>>,
+    tables: FastMap<String, Vec<(u16, Arc<route::RouteTable>)>>,
     /// By namespace, name, then (port, IPv4?).
-    endpoints: HashMap<String, HashMap<String, Vec<EndpointsEntry>>>,
+    endpoints: FastMap<String, FastMap<String, Vec<EndpointsEntry>>>,
 }
 
 type EndpointsEntry = ((u16, bool), Arc<[upstream::Endpoint]>);
@@ -311,9 +314,9 @@ impl Waypoint {
         );
         let identity = peer.identity.to_string();
         flow.tunnelled(Path::Waypoint, &identity, peer.tls_version);
-        flow.record.source.identity = Some(identity);
+        flow.record.source.identity = Some(identity.into());
         flow.record.destination.pod = None;
-        flow.record.waypoint = Some(self.me.to_string());
+        flow.record.waypoint = Some(self.me.to_string().into());
         flow
     }
 

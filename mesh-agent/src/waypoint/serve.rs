@@ -9,7 +9,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Mutex, atomic::Ordering},
     task::{Context, Poll},
     time::Duration,
 };
@@ -37,9 +37,11 @@ use super::{
 use crate::{
     flows::{
         FlowRecord, Progress,
-        record::{HttpRecord, State},
+        record::{FlowVerdict, HttpRecord, State, Text},
     },
-    policy::{Connection, Decision, Policy, Request as PolicyRequest, compile::Target, evaluate},
+    policy::{
+        Connection, Decision, Policy, Request as PolicyRequest, Verdict, compile::Target, evaluate,
+    },
     proxy::{
         flow::Flow,
         relay::{End, Relayed},
@@ -68,6 +70,8 @@ pub struct Downstream {
     /// Service itself, as if there were no waypoint (but with its records
     /// and policy). Built once per stream, not per request.
     fallback: Rule,
+    /// The last verdict of a request on this stream, as recorded.
+    last_verdict: Mutex<Option<(Verdict, FlowVerdict)>>,
 }
 
 impl Downstream {
@@ -79,7 +83,7 @@ impl Downstream {
         flow: &mut FlowRecord,
     ) -> Self {
         let name = format!("{}/{}", service.namespace, service.name);
-        flow.service = Some(name.clone());
+        flow.service = Some(name.as_str().into());
         let mut request = flow.clone();
         request.parent = Some(flow.id);
         Self {
@@ -90,19 +94,18 @@ impl Downstream {
             fallback: Rule {
                 name: None,
                 filters: Vec::new(),
-                backends: vec![Backend {
-                    namespace: service.namespace.clone(),
-                    name: service.name.clone(),
-                    port: Some(target.port()),
-                    weight: 1,
-                    filters: Vec::new(),
-                }],
+                backends: vec![Backend::new(
+                    &service.namespace,
+                    &service.name,
+                    Some(target.port()),
+                )],
                 timeouts: Timeouts {
                     request: None,
                     backend_request: None,
                 },
                 retry: None,
             },
+            last_verdict: Mutex::new(None),
         }
     }
 }
@@ -175,6 +178,53 @@ fn malformed(wp: &Waypoint, down: &Downstream, error: &(dyn std::error::Error + 
     flow.ended(State::Refused, Some(format!("malformed HTTP request: {e}")));
 }
 
+/// How records name `version`: shared, not allocated per request.
+fn protocol(version: Version) -> Text {
+    thread_local! {
+        static NAMES: [Text; 3] = ["HTTP/2".into(), "HTTP/1.0".into(), "HTTP/1.1".into()];
+    }
+    let index = match version {
+        Version::HTTP_2 => 0,
+        Version::HTTP_10 => 1,
+        _ => 2,
+    };
+    NAMES.with(|names| Text::clone(&names[index]))
+}
+
+/// How records name `method`: the common ones shared, not allocated per
+/// request.
+fn method(method: &http::Method) -> Text {
+    use http::Method;
+    const COMMON: [Method; 5] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+    ];
+    thread_local! {
+        static NAMES: [Text; 5] = COMMON.map(|m| Text::from(m.as_str()));
+    }
+    match COMMON.iter().position(|m| m == method) {
+        Some(index) => NAMES.with(|names| Text::clone(&names[index])),
+        None => method.as_str().into(),
+    }
+}
+
+/// The record's form of `verdict`: a stream's requests mostly get the same
+/// verdict, and formatting its reason anew cost allocations per request.
+fn recorded_verdict(down: &Downstream, verdict: &Verdict) -> FlowVerdict {
+    let mut last = down.last_verdict.lock().expect("verdict cache");
+    if let Some((seen, recorded)) = last.as_ref()
+        && seen == verdict
+    {
+        return recorded.clone();
+    }
+    let recorded = FlowVerdict::from(verdict);
+    *last = Some((verdict.clone(), recorded.clone()));
+    recorded
+}
+
 /// The flow record of one request, joined to its stream's L4 flow.
 fn request_flow(wp: &Waypoint, down: &Downstream, http: HttpRecord) -> Flow {
     let mut flow = Flow::like(&down.request, &wp.mesh.flows);
@@ -190,18 +240,14 @@ async fn handle(
     let loaded = wp.mesh.snapshot();
     let progress = Arc::new(Progress::default());
     let http = HttpRecord {
-        protocol: match req.version() {
-            Version::HTTP_2 => "HTTP/2",
-            Version::HTTP_10 => "HTTP/1.0",
-            _ => "HTTP/1.1",
-        }
-        .to_owned(),
-        method: req.method().to_string(),
+        protocol: protocol(req.version()),
+        method: method(req.method()),
         authority: authority(&req).unwrap_or_default(),
         path: req
             .uri()
             .path_and_query()
-            .map_or_else(|| "/".to_owned(), ToString::to_string),
+            .map_or("/", |pq| pq.as_str())
+            .to_owned(),
         ..HttpRecord::default()
     };
     let mut flow = request_flow(&wp, &down, http);
@@ -237,8 +283,8 @@ async fn handle(
 
 fn chosen(flow: &mut Flow, endpoint: &Endpoint) {
     flow.record.endpoint = Some(endpoint.addr);
-    flow.record.destination.pod = Some(endpoint.pod.clone());
-    flow.record.destination.identity = Some(endpoint.identity.to_string());
+    flow.record.destination.pod = Some(Text::clone(&endpoint.pod));
+    flow.record.destination.identity = Some(Text::clone(&endpoint.identity_name));
 }
 
 fn local(status: StatusCode, reason: impl Into<String>) -> Local {
@@ -295,11 +341,11 @@ fn grpc_message(text: &str) -> String {
 
 /// The authority the client asked for: `:authority` (HTTP/2, absolute
 /// URIs), else `Host`.
-fn authority<B>(req: &Request<B>) -> Option<String> {
+fn authority<B>(req: &Request<B>) -> Option<Text> {
     req.uri()
         .authority()
-        .map(ToString::to_string)
-        .or_else(|| Some(req.headers().get(HOST)?.to_str().ok()?.to_owned()))
+        .map(|a| a.as_str().into())
+        .or_else(|| Some(req.headers().get(HOST)?.to_str().ok()?.into()))
 }
 
 /// The host part of an authority, lower-cased, without the port (copied
@@ -324,10 +370,14 @@ async fn route_and_forward(
     progress: &Arc<Progress>,
     flow: &mut Flow,
 ) -> Result<Response<Body>, Local> {
-    let asked = authority(&req).unwrap_or_default();
+    let asked = flow
+        .record
+        .http
+        .as_ref()
+        .map_or_else(Text::default, |h| Text::clone(&h.authority));
     let host = host_of(&asked);
     let verdict = authorize(wp, loaded, down, &req, &host);
-    flow.set_verdict(&verdict);
+    flow.record.verdict = Some(recorded_verdict(down, &verdict));
     if verdict.decision == Decision::Deny {
         return Err(local(StatusCode::FORBIDDEN, format!("RBAC: {verdict}")));
     }
@@ -363,7 +413,7 @@ async fn route_and_forward(
             return Err(local(StatusCode::NOT_FOUND, why));
         };
         if let Some(http) = flow.record.http.as_mut() {
-            http.route = Some(format!("{}#{}", matched.route, matched.rule_index));
+            http.route = Some(format!("{}#{}", matched.route, matched.rule_index).into());
         }
         let source = down.peer.identity.to_string();
         match wp.limit(loaded, matched.route, matched.rule.name.as_deref(), &source) {
@@ -415,18 +465,19 @@ async fn route_and_forward(
         return Ok(answered(flow, answer));
     }
 
-    let backend_key = format!("{}/{}", backend.namespace, backend.name);
     if let Some(http) = flow.record.http.as_mut() {
-        http.backend = Some(backend_key.clone());
+        http.backend = Some(Text::clone(&backend.key));
     }
     let endpoints = backend_endpoints(wp, loaded, down, backend)?;
     let upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(UPGRADE);
     let on_client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let replayable = hyper::body::Body::is_end_stream(req.body());
     let (mut parts, incoming) = req.into_parts();
-    let authority = rewrites.host.map_or(asked, |h| match down.target.port() {
-        80 => h,
-        port => format!("{h}:{port}"),
+    let authority = rewrites.host.map_or(Cow::Borrowed(&*asked), |h| {
+        Cow::Owned(match down.target.port() {
+            80 => h,
+            port => format!("{h}:{port}"),
+        })
     });
     let path_and_query = match (rewrites.path, parts.uri.query()) {
         (Some(path), Some(query)) => Some(format!("{path}?{query}")),
@@ -459,7 +510,7 @@ async fn route_and_forward(
 
     let forwarded = forward::send(
         wp,
-        &backend_key,
+        &backend.key,
         &endpoints,
         parts,
         request_body,

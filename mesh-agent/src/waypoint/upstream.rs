@@ -5,7 +5,6 @@
 //! waypoint's own namespace with the waypoint's identity. HTTP/2 connections
 //! are shared by every request; idle HTTP/1.1 connections are reused.
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -19,8 +18,9 @@ use hyper::{body::Incoming, client::conn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_common::ports;
 
-use super::{Waypoint, body::Body};
+use super::{FastMap, Waypoint, body::Body};
 use crate::{
+    flows::record::Text,
     identity::SpiffeId,
     proxy::dial_hbone,
     state::{ServiceInfo, Snapshot},
@@ -51,9 +51,11 @@ pub struct Endpoint {
     /// The pod's address and the Service's target port.
     pub addr: SocketAddr,
     /// `namespace/name`.
-    pub pod: String,
+    pub pod: Text,
     /// What its agent must prove on the HBONE connection.
     pub identity: SpiffeId,
+    /// The same, as each request's record names it.
+    pub identity_name: Text,
     /// The Service it is an endpoint of, `namespace/name` (for the
     /// destination's records).
     pub service: String,
@@ -101,7 +103,8 @@ pub fn endpoints(
             let ip = p.ips.iter().find(|ip| ip.is_ipv4() == v4)?;
             Some(Endpoint {
                 addr: SocketAddr::new(*ip, target),
-                pod: p.key(),
+                pod: p.key().into(),
+                identity_name: p.identity(trust_domain).ok()?.to_string().into(),
                 identity: p.identity(trust_domain).ok()?,
                 service: name.clone(),
             })
@@ -136,7 +139,7 @@ impl Drop for InFlight {
 /// endpoints are per worker ([`Lane`]).
 pub struct Upstreams {
     pub budgets: super::forward::Budgets,
-    health: Mutex<HashMap<SocketAddr, Health>>,
+    health: Mutex<FastMap<SocketAddr, Health>>,
     lanes: Vec<Lane>,
 }
 
@@ -146,8 +149,8 @@ pub struct Upstreams {
 /// its own, as Envoy's workers keep their own pools.
 struct Lane {
     tunnels: Pool<Connection>,
-    http1: Mutex<HashMap<SocketAddr, Vec<conn::http1::SendRequest<Body>>>>,
-    http2: Mutex<HashMap<SocketAddr, conn::http2::SendRequest<Body>>>,
+    http1: Mutex<FastMap<SocketAddr, Vec<conn::http1::SendRequest<Body>>>>,
+    http2: Mutex<FastMap<SocketAddr, conn::http2::SendRequest<Body>>>,
 }
 
 thread_local! {
@@ -185,7 +188,7 @@ impl Upstreams {
     pub fn choose<'a>(&self, candidates: &'a [Endpoint]) -> (&'a Endpoint, InFlight) {
         let now = Instant::now();
         let mut health = self.health.lock().expect("endpoint health");
-        let ejected = |e: &Endpoint, health: &HashMap<SocketAddr, Health>| {
+        let ejected = |e: &Endpoint, health: &FastMap<SocketAddr, Health>| {
             health
                 .get(&e.addr)
                 .and_then(|h| h.ejected_until)
@@ -197,14 +200,14 @@ impl Upstreams {
             0 => (candidates.len(), true),
             n => (n, false),
         };
-        let nth = |i: usize, health: &HashMap<SocketAddr, Health>| -> &'a Endpoint {
+        let nth = |i: usize, health: &FastMap<SocketAddr, Health>| -> &'a Endpoint {
             candidates
                 .iter()
                 .filter(|e| any || !ejected(e, health))
                 .nth(i)
                 .expect("index below the pool's size")
         };
-        let load = |e: &Endpoint, health: &HashMap<SocketAddr, Health>| {
+        let load = |e: &Endpoint, health: &FastMap<SocketAddr, Health>| {
             health
                 .get(&e.addr)
                 .map_or(0, |h| h.in_flight.load(Ordering::Relaxed))

@@ -646,7 +646,7 @@ fn pair(
             || "no policy".to_owned(),
             |v| match (&v.policy, v.rule) {
                 (Some(p), Some(rule)) => format!("{p} rule {rule}"),
-                _ => v.reason.clone(),
+                _ => v.reason.to_string(),
             },
         ),
         bytes_sent: measured.iter().map(|r| r.bytes_sent).sum(),
@@ -654,12 +654,16 @@ fn pair(
         source_identity: inbound
             .iter()
             .chain(&outbound)
-            .find_map(|r| r.source.identity.clone())
+            .find_map(|r| r.source.identity.as_deref().map(str::to_owned))
             .unwrap_or_else(|| "-".into()),
         destination_identity: outbound
             .iter()
-            .find_map(|r| r.tls.as_ref().map(|t| t.peer_identity.clone()))
-            .or_else(|| inbound.iter().find_map(|r| r.destination.identity.clone()))
+            .find_map(|r| r.tls.as_ref().map(|t| t.peer_identity.to_string()))
+            .or_else(|| {
+                inbound
+                    .iter()
+                    .find_map(|r| r.destination.identity.as_deref().map(str::to_owned))
+            })
             .unwrap_or_else(|| "-".into()),
     }
 }
@@ -673,7 +677,7 @@ fn waypointed(requests: &[FlowRecord]) -> anyhow::Result<Waypointed> {
             && h.status == 200
             && let Some(pod) = &r.destination.pod
         {
-            *canary.entry(pod.clone()).or_default() += 1;
+            *canary.entry(pod.to_string()).or_default() += 1;
         }
     }
     let denied = requests
@@ -688,7 +692,7 @@ fn waypointed(requests: &[FlowRecord]) -> anyhow::Result<Waypointed> {
         denied_status: http.status,
         denied_rule: match (&verdict.policy, verdict.rule) {
             (Some(p), Some(rule)) => format!("{p} rule {rule}"),
-            _ => verdict.reason.clone(),
+            _ => verdict.reason.to_string(),
         },
     })
 }

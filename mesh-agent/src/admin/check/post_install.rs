@@ -391,7 +391,7 @@ fn traffic(node: &str, captured: Option<&FlowRecord>, enrolled: bool, now_ms: u6
             .source
             .pod
             .clone()
-            .unwrap_or_else(|| r.source.ip.to_string());
+            .unwrap_or_else(|| r.source.ip.to_string().into());
         let ago = render::duration(now_ms.saturating_sub(r.start_unix_ms));
         return Check::pass(
             "traffic",

@@ -419,13 +419,7 @@ pub(super) fn backend(
             "port 0 is not a port; use the Service port (1-65535)".to_owned(),
         );
     }
-    Backend {
-        namespace: namespace.unwrap_or(route_namespace).to_owned(),
-        name: name.to_owned(),
-        port,
-        weight: 1,
-        filters: Vec::new(),
-    }
+    Backend::new(namespace.unwrap_or(route_namespace), name, port)
 }
 
 fn timeouts(written: &HttpRouteTimeouts, at: &str, problems: &mut Problems) -> Timeouts {

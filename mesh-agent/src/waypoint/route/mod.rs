@@ -18,7 +18,10 @@
 //! - `duration`, `timestamp`: the two textual formats routes carry.
 use std::time::Duration;
 
-use crate::state::gateway::{GrpcRoute, HttpRoute};
+use crate::{
+    flows::record::Text,
+    state::gateway::{GrpcRoute, HttpRoute},
+};
 
 mod attach;
 mod compile;
@@ -135,11 +138,28 @@ pub struct Backend {
     pub namespace: String,
     /// A Service.
     pub name: String,
+    /// `namespace/name`, as records, budgets and logs name it (made once,
+    /// not per request).
+    pub key: Text,
     /// Absent: the port the request came in on.
     pub port: Option<u16>,
     /// Relative share (default 1, 0 = never chosen); meaningless for a mirror.
     pub weight: u32,
     pub filters: Vec<Filter>,
+}
+
+impl Backend {
+    /// Service `namespace/name` on `port`, weight 1, no filters.
+    pub fn new(namespace: &str, name: &str, port: Option<u16>) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            key: format!("{namespace}/{name}").into(),
+            port,
+            weight: 1,
+            filters: Vec::new(),
+        }
+    }
 }
 
 /// `None` = no timeout (absent or `0s`).
