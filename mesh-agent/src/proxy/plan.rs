@@ -94,6 +94,10 @@ pub fn plan(snapshot: &Snapshot, node: &str, orig: SocketAddr, trust_domain: Opt
     let waypoint = snapshot.waypoint_for(svc);
     let hops = match &waypoint {
         Some(w) => via_waypoint(snapshot, w, orig, trust_domain),
+        // A Service without a selector has its endpoints written by hand
+        // (EndpointSlices, often outside the cluster): not the mesh's to
+        // balance. Its own address is dialled, and kube-proxy sends it on.
+        None if svc.selector.is_empty() => Ok(vec![direct(snapshot, node, orig, trust_domain)]),
         None => endpoints(snapshot, svc, &service, orig).map(|targets| {
             targets
                 .into_iter()

@@ -326,3 +326,21 @@ fn pods_that_are_not_ready_get_no_service_traffic() {
         .unwrap_err();
     assert!(err.to_string().contains("has no ready pod"), "{err}");
 }
+
+/// A Service without a selector (endpoints written by hand, e.g. a
+/// database outside the cluster) is not the mesh's to balance: its address
+/// is dialled as is, for kube-proxy to send on, rather than refused.
+#[test]
+fn a_service_without_a_selector_is_dialled_as_is() {
+    let mut snapshot = cluster();
+    snapshot.services.push(ServiceInfo {
+        selector: Default::default(),
+        ..service("external-db", "10.96.0.25", "unused", &[])
+    });
+    let got = plan(&snapshot, NODE, addr("10.96.0.25:80"), Some(TD));
+    assert_eq!(got.service.as_deref(), Some("shop/external-db"));
+    assert_eq!(
+        got.hops.unwrap(),
+        [hop(None, "10.96.0.25:80", Carry::Plaintext)]
+    );
+}
