@@ -626,7 +626,7 @@ async fn serve(
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let identity = mesh_identity(args, role).await?;
     let scope = match &identity {
-        Some(identity) if role == Role::Node => Scope::Node {
+        Some(identity) if role == Role::Node && args.source.kubernetes => Scope::Node {
             node: args.node.clone(),
             others: identity::signing::directory::follow(identity.certs.source()),
         },

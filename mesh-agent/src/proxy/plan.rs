@@ -65,7 +65,7 @@ pub enum Carry {
 pub enum NoHop {
     #[error("service {service} has no port {port}")]
     NoPort { service: String, port: u16 },
-    #[error("service {service} has no endpoints (no pod matches its selector)")]
+    #[error("service {service} has no endpoints (no ready pod matches its selector)")]
     NoEndpoints { service: String },
     #[error(
         "waypoint {waypoint}: the agent runs without --ca, and a waypoint is reached only over \

@@ -17,13 +17,13 @@
 //! full list (`Init`, `InitApply`…, `InitDone`), so a reconnecting agent
 //! prunes what was deleted while it was away; `Bookmark`s keep a quiet
 //! stream provably alive.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use k8s_openapi::api::core::v1::{Pod, PodCondition, PodIP, PodSpec, PodStatus};
 use kube::{api::DynamicObject, runtime::watcher};
 use serde::{Deserialize, Serialize};
 
-use super::{PodInfo, Snapshot};
+use super::{Loaded, PodInfo, Snapshot};
 
 /// One event of the stream, as a JSON line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,10 +41,11 @@ pub enum Line {
 }
 
 /// What one reader (the agent of `node`) has been sent, to send it only
-/// what changes.
+/// what changes: the model it was last sent from, shared with the CA (a
+/// copy per reader would cost pods × nodes).
 pub struct Publisher {
     node: String,
-    sent: BTreeMap<String, PodInfo>,
+    sent: Arc<Loaded>,
 }
 
 impl Publisher {
@@ -53,46 +54,52 @@ impl Publisher {
     pub fn new(node: &str) -> Self {
         Self {
             node: node.to_owned(),
-            sent: BTreeMap::new(),
+            sent: Arc::default(),
         }
     }
 
-    /// Every other node's pod in `snapshot`, as a list.
-    pub fn list(&mut self, snapshot: &Snapshot) -> Vec<Line> {
-        self.sent = self.others(snapshot);
+    /// Every other node's pod in `model`, as a list.
+    pub fn list(&mut self, model: &Arc<Loaded>) -> Vec<Line> {
+        self.sent = Arc::clone(model);
         let mut lines = vec![Line::Init];
-        lines.extend(self.sent.values().map(|p| Line::InitApply(pod_object(p))));
+        lines.extend(
+            others(&self.sent.snapshot, &self.node)
+                .values()
+                .map(|p| Line::InitApply(pod_object(p))),
+        );
         lines.push(Line::InitDone);
         lines
     }
 
-    /// What changed between what was sent and `snapshot` (empty when
-    /// nothing did).
-    pub fn update(&mut self, snapshot: &Snapshot) -> Vec<Line> {
-        let now = self.others(snapshot);
+    /// What changed between what was sent and `model` (empty when nothing
+    /// did).
+    pub fn update(&mut self, model: &Arc<Loaded>) -> Vec<Line> {
+        let before = others(&self.sent.snapshot, &self.node);
+        let now = others(&model.snapshot, &self.node);
         let mut lines = Vec::new();
         for (key, pod) in &now {
-            if self.sent.get(key) != Some(pod) {
+            if before.get(key) != Some(pod) {
                 lines.push(Line::Apply(pod_object(pod)));
             }
         }
-        for (key, pod) in &self.sent {
+        for (key, pod) in &before {
             if !now.contains_key(key) {
                 lines.push(Line::Delete(pod_object(pod)));
             }
         }
-        self.sent = now;
+        self.sent = Arc::clone(model);
         lines
     }
+}
 
-    fn others(&self, snapshot: &Snapshot) -> BTreeMap<String, PodInfo> {
-        snapshot
-            .pods
-            .iter()
-            .filter(|p| p.node != self.node)
-            .map(|p| (p.key(), p.clone()))
-            .collect()
-    }
+/// The pods of `snapshot` on nodes other than `node`, by key.
+fn others<'a>(snapshot: &'a Snapshot, node: &str) -> BTreeMap<(&'a str, &'a str), &'a PodInfo> {
+    snapshot
+        .pods
+        .iter()
+        .filter(|p| p.node != node)
+        .map(|p| ((p.namespace.as_str(), p.name.as_str()), p))
+        .collect()
 }
 
 /// The smallest Pod the model reads back as `pod` (readiness included).

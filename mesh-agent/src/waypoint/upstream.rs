@@ -112,7 +112,7 @@ pub fn endpoints(
         .collect();
     if found.is_empty() {
         return Err(format!(
-            "service {name} has no enrolled endpoint (no meshed pod matches its selector)"
+            "service {name} has no enrolled endpoint (no ready meshed pod matches its selector)"
         ));
     }
     Ok(found)

@@ -26,7 +26,11 @@ use super::{
 };
 use crate::{
     identity::{ca::DEFAULT_LIFETIME, signing::credentials::NodeCert},
-    state::cluster::mock::{self, Seen},
+    state::{
+        Loaded, PodInfo, Snapshot,
+        cluster::mock::{self, Seen},
+        keys::WAYPOINT_POD_LABEL,
+    },
     tunnel::{
         client::Connection,
         tls::{client_config_anonymous, client_config_resolving},
@@ -297,13 +301,42 @@ async fn the_agents_own_mistakes_fail_at_once() {
     );
 }
 
-/// A workload in its own pod (a waypoint) gets exactly its pod's identity
-/// for its pod's token: never another pod's, never one its service account
-/// does not give, never a reserved one, and only on the pod's node.
+/// A waypoint in its own pod gets exactly its pod's identity for its pod's
+/// token: never another pod's, never one its service account does not
+/// give, never a reserved one, only on the pod's node, and only a
+/// waypoint's pod (other pods' keys stay with their node agent).
 #[tokio::test]
 async fn a_workloads_token_gets_its_own_pods_identity_only() {
     let (tokens, _) = reviewer();
     let setup = ca_server_with(Some(tokens), DEFAULT_LIFETIME).await;
+    // The CA's view: cart-1 (on n1) is a waypoint's pod, pay-1 (on n2) an
+    // ordinary one; the mimic of a node agent carries the label too.
+    let pod = |namespace: &str, name: &str, node: &str, waypoint: bool| PodInfo {
+        namespace: namespace.into(),
+        name: name.into(),
+        node: node.into(),
+        service_account: String::new(),
+        ips: Vec::new(),
+        labels: if waypoint {
+            [(WAYPOINT_POD_LABEL.to_owned(), "cart".to_owned())].into()
+        } else {
+            Default::default()
+        },
+        netns: Default::default(),
+        cgroup: Default::default(),
+        ready: true,
+    };
+    setup.model.send_replace(Arc::new(Loaded {
+        snapshot: Snapshot {
+            pods: vec![
+                pod("shop", "cart-1", "n1", true),
+                pod("shop", "pay-1", "n2", false),
+                pod("nodemesh-system", "mimic-node", "n1", true),
+            ],
+            ..Default::default()
+        },
+        ..Default::default()
+    }));
     let tls = client_config_anonymous(&setup.bundle, Some(ca_identity(TD).unwrap())).unwrap();
     let conn = Connection::dial(setup.addr, tls).await.unwrap();
     let key = KeyPair::generate().unwrap();
@@ -346,6 +379,12 @@ async fn a_workloads_token_gets_its_own_pods_identity_only() {
             "shop/ghost",
             404,
             "pod shop/ghost is not known to the CA",
+        ),
+        (
+            "pod/shop/payments/pay-1/n2",
+            "shop/pay-1",
+            403,
+            "pod shop/pay-1 is not a waypoint's",
         ),
         ("podless-secret", "shop/cart-1", 403, "names no single pod"),
         (

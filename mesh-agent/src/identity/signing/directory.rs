@@ -47,20 +47,39 @@ pub fn serve(node: &str, mut model: watch::Receiver<Arc<Loaded>>) -> Reply {
     let mut publisher = Publisher::new(node);
     let node = node.to_owned();
     tokio::spawn(async move {
-        let ends = tokio::time::Instant::now() + STREAM_LIFETIME;
-        let mut lines = publisher.list(&model.borrow_and_update().snapshot);
+        // Streams end spread over a minute, so that agents that connected
+        // together (after a CA restart) do not all list again together.
+        let ends = tokio::time::Instant::now()
+            + STREAM_LIFETIME
+            + Duration::from_millis(fastrand::u64(..60_000));
+        let latest = Arc::clone(&model.borrow_and_update());
+        let mut lines = publisher.list(&latest);
         tracing::debug!(node, pods = lines.len() - 2, "workload directory sent");
+        let mut last_write = tokio::time::Instant::now();
         loop {
-            if !lines.is_empty() && tx.send_data(encode(&lines)).await.is_err() {
-                // The agent has gone.
-                return;
+            if !lines.is_empty() {
+                tokio::select! {
+                    sent = tx.send_data(encode(&lines)) => if sent.is_err() {
+                        // The agent has gone.
+                        return;
+                    },
+                    // An agent that stops reading is not waited for
+                    // beyond the stream's end.
+                    () = tokio::time::sleep_until(ends) => return,
+                }
+                last_write = tokio::time::Instant::now();
             }
             lines = tokio::select! {
                 changed = model.changed() => match changed {
-                    Ok(()) => publisher.update(&model.borrow_and_update().snapshot),
+                    Ok(()) => {
+                        let latest = Arc::clone(&model.borrow_and_update());
+                        publisher.update(&latest)
+                    }
                     Err(_) => return,
                 },
-                () = tokio::time::sleep(BOOKMARK_EVERY) => vec![Line::Bookmark],
+                // Changes that concern no other node's pod send nothing:
+                // the bookmark counts from the last write.
+                () = tokio::time::sleep_until(last_write + BOOKMARK_EVERY) => vec![Line::Bookmark],
                 () = tokio::time::sleep_until(ends) => return,
             };
         }
@@ -100,6 +119,8 @@ pub enum DirectoryError {
     TooLong,
     #[error("workload directory: no word from the CA for {}s", SILENCE.as_secs())]
     Silent,
+    #[error("workload directory: the CA ended the stream as soon as it began")]
+    EndedEarly,
 }
 
 /// The other nodes' pods as watch events, for as long as the returned
@@ -113,6 +134,9 @@ pub fn follow(source: Arc<CertSource>) -> Feed {
         loop {
             let began = Instant::now();
             let failure = match once(&source, &mut tx).await {
+                // The CA ends streams after a long while; one ended soon
+                // after it began is a CA in trouble, not to be hammered.
+                Ok(()) if began.elapsed() < MAX_RETRY => Some(DirectoryError::EndedEarly),
                 Ok(()) => None,
                 Err(Stop::ReaderGone) => return,
                 Err(Stop::Failed(e)) => Some(e),

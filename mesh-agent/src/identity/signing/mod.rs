@@ -23,9 +23,10 @@
 //!   `Authorization: Bearer <token>`, no client certificate needed;
 //! - `POST /v1/workload-credentials` ([`SignRequest`]) with
 //!   `Authorization: Bearer <token>`, no client certificate needed: a
-//!   workload that runs in its own pod without a node agent's powers (a
-//!   waypoint) gets that pod's certificate, the pod being the one bound
-//!   into the token and its identity the one the CA's view gives it;
+//!   waypoint, which runs in its own pod without a node agent's powers,
+//!   gets that pod's certificate: the pod is the one bound into the token,
+//!   must carry the waypoint label, and its identity is the one the CA's
+//!   view gives it;
 //! - `GET /v1/workloads`, the client authenticated by its node certificate:
 //!   the workload directory ([`directory`]), a stream of JSON lines that
 //!   lasts until the CA ends it (at the latest after 30 minutes, and the

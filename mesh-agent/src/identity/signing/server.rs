@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     identity::{SpiffeId, ca::MeshCa, verify::TrustBundle},
-    state::Loaded,
+    state::{Loaded, keys::WAYPOINT_POD_LABEL},
     tunnel::{TunnelError, tls},
 };
 
@@ -331,6 +331,22 @@ async fn workload_credentials(req: Request<Incoming>, signer: &Signer) -> Reply 
     }
     if let Err(why) = not_reserved(signer, &request.pod, &id) {
         return refuse(StatusCode::FORBIDDEN, why);
+    }
+    // Other pods' keys stay with their node agent: a pod holding its own
+    // could speak HBONE to any pod directly, around its agent's plan and
+    // any waypoint's L7 policy.
+    let waypoint = signer
+        .model
+        .borrow()
+        .snapshot
+        .pod(&request.pod)
+        .is_some_and(|p| p.labels.contains_key(WAYPOINT_POD_LABEL));
+    if !waypoint {
+        return forbid(format!(
+            "pod {} is not a waypoint's (no label {WAYPOINT_POD_LABEL}): only waypoints get \
+             their own certificate; other pods' certificates stay with their node agent",
+            request.pod
+        ));
     }
     let answer = sign(signer, &id, &request.csr);
     if answer.status() == StatusCode::OK {

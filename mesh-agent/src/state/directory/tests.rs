@@ -1,11 +1,11 @@
 //! The directory's lines carry exactly what the model needs: an agent that
 //! watches its own node's pods and reads the others from the directory has
 //! the model of one that watches every pod.
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use super::{Line, Publisher, event, pod_object};
 use crate::state::{
-    PodInfo, Snapshot,
+    Loaded, PodInfo, Snapshot,
     cluster::DIRECTORY,
     index::{Change, Index},
 };
@@ -52,6 +52,13 @@ fn a_pod_object_reads_back_as_the_same_pod() {
     }
 }
 
+fn loaded(snapshot: &Snapshot) -> Arc<Loaded> {
+    Arc::new(Loaded {
+        snapshot: snapshot.clone(),
+        ..Default::default()
+    })
+}
+
 #[test]
 fn the_node_agent_is_sent_the_other_nodes_pods_then_their_changes() {
     let mut snapshot = Snapshot {
@@ -60,7 +67,7 @@ fn the_node_agent_is_sent_the_other_nodes_pods_then_their_changes() {
     };
     let mut publisher = Publisher::new("n1");
     assert_eq!(
-        publisher.list(&snapshot),
+        publisher.list(&loaded(&snapshot)),
         [
             Line::Init,
             Line::InitApply(pod_object(&snapshot.pods[1])),
@@ -68,7 +75,10 @@ fn the_node_agent_is_sent_the_other_nodes_pods_then_their_changes() {
         ],
         "only b: n1 watches its own pods"
     );
-    assert!(publisher.update(&snapshot).is_empty(), "nothing changed");
+    assert!(
+        publisher.update(&loaded(&snapshot)).is_empty(),
+        "nothing changed"
+    );
     // b is relabelled, c appears on n3, a (n1's) changes: b and c only.
     snapshot.pods[1]
         .labels
@@ -76,14 +86,17 @@ fn the_node_agent_is_sent_the_other_nodes_pods_then_their_changes() {
     snapshot.pods.push(pod("c", "n3", "10.1.0.13"));
     snapshot.pods[0].labels.clear();
     assert_eq!(
-        publisher.update(&snapshot),
+        publisher.update(&loaded(&snapshot)),
         [
             Line::Apply(pod_object(&snapshot.pods[1])),
             Line::Apply(pod_object(&snapshot.pods[2])),
         ]
     );
     let b = snapshot.pods.remove(1);
-    assert_eq!(publisher.update(&snapshot), [Line::Delete(pod_object(&b))]);
+    assert_eq!(
+        publisher.update(&loaded(&snapshot)),
+        [Line::Delete(pod_object(&b))]
+    );
 }
 
 /// One model, two ways of watching pods.
@@ -100,7 +113,7 @@ fn node_pods_and_the_directory_make_the_model_every_pod_makes() {
     let everything: Vec<(&str, serde_json::Value)> =
         all.pods.iter().map(|p| ("pods", pod_object(p))).collect();
     let mut scoped: Vec<(&str, serde_json::Value)> = vec![("pods", pod_object(&all.pods[0]))];
-    for line in Publisher::new("n1").list(&all) {
+    for line in Publisher::new("n1").list(&loaded(&all)) {
         let text = serde_json::to_vec(&line).unwrap();
         if let Some(kube::runtime::watcher::Event::InitApply(object)) = event(&text).unwrap() {
             scoped.push((DIRECTORY, serde_json::to_value(object).unwrap()));
