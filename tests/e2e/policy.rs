@@ -667,7 +667,9 @@ fn why_for_a_service() -> anyhow::Result<()> {
         "the table names the Service and its endpoint:\n{table}"
     );
 
-    let source = shop.last_flow("n1", "a", PAYMENTS_VIP, |f| f.direction == "outbound")?;
+    let source = shop.last_flow("n1", "a", PAYMENTS_VIP, |f| {
+        f.direction == "outbound" && f.decision.is_some()
+    })?;
     let destination = shop.last_flow("n2", "a", &b, |f| f.decision.is_some())?;
     for (side, flow) in [("source", &source), ("destination", &destination)] {
         ensure!(
@@ -724,7 +726,12 @@ fn both_ends_name_the_rule() -> anyhow::Result<()> {
     let shop = Shop::start()?;
     shop.policies(DENY_FRONTEND, ("a", 8080, false))?;
     let b = shop.b(8080).to_string();
-    let source = shop.last_flow("n1", "a", &b, |f| f.direction == "outbound")?;
+    // The source records the refused connection a moment after the client
+    // saw it refused, and earlier probes (allowed, before the policy took)
+    // are recorded too: wait for the one that carries a decision.
+    let source = shop.last_flow("n1", "a", &b, |f| {
+        f.direction == "outbound" && f.decision.is_some()
+    })?;
     let destination = shop.last_flow("n2", "a", &b, |f| f.decision.is_some())?;
     ensure!(
         source.state == "denied"
