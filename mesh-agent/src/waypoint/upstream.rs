@@ -101,11 +101,12 @@ pub fn endpoints(
         .filter(|p| snapshot.enrolled(p))
         .filter_map(|p| {
             let ip = p.ips.iter().find(|ip| ip.is_ipv4() == v4)?;
+            let identity = p.identity(trust_domain).ok()?;
             Some(Endpoint {
                 addr: SocketAddr::new(*ip, target),
                 pod: p.key().into(),
-                identity_name: p.identity(trust_domain).ok()?.to_string().into(),
-                identity: p.identity(trust_domain).ok()?,
+                identity_name: identity.to_string().into(),
+                identity,
                 service: name.clone(),
             })
         })

@@ -191,21 +191,11 @@ async fn pod_certificate(
 
 /// A node agent's own credentials, for the node its token is bound to.
 async fn node_credentials(req: Request<Incoming>, signer: &Signer) -> Reply {
-    let Some(reviewer) = &signer.tokens else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "this CA takes no tokens (it runs without --kubernetes): give the agent credentials \
-             from `mesh-agent ca issue-node` (--credentials)"
-                .into(),
-        );
-    };
-    let Some(token) = bearer(&req, "node credentials") else {
-        return refuse(StatusCode::UNAUTHORIZED, NO_TOKEN.into());
-    };
-    let request: NodeRequest = match body(req, "NodeRequest").await {
-        Ok(r) => r,
-        Err(refused) => return refused,
-    };
+    let (reviewer, token, request) =
+        match token_request::<NodeRequest>(req, signer, "node credentials", "NodeRequest").await {
+            Ok(parts) => parts,
+            Err(refused) => return refused,
+        };
     let node = match reviewer.node_of(&token).await {
         Ok(node) => node,
         Err(e) => {
@@ -230,12 +220,22 @@ async fn node_credentials(req: Request<Incoming>, signer: &Signer) -> Reply {
     answer
 }
 
-const NO_TOKEN: &str = "no bearer token: credentials are issued for a service-account token \
-                        (--ca-token-file)";
-
-/// The request's bearer token (`None`, logged as refusing `what`, when it
-/// has none).
-fn bearer(req: &Request<Incoming>, what: &str) -> Option<String> {
+/// What a token-authenticated request (`what`) brings: the CA's reviewer,
+/// the bearer token and the JSON body (`kind`), or the answer refusing it.
+async fn token_request<'a, T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    signer: &'a Signer,
+    what: &str,
+    kind: &str,
+) -> Result<(&'a TokenReviewer, String, T), Reply> {
+    let Some(reviewer) = &signer.tokens else {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            "this CA takes no tokens (it runs without --kubernetes): give credentials from \
+             `mesh-agent ca issue-node` (--credentials)"
+                .into(),
+        ));
+    };
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -244,10 +244,16 @@ fn bearer(req: &Request<Incoming>, what: &str) -> Option<String> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(str::to_owned);
-    if token.is_none() {
+    let Some(token) = token else {
         tracing::warn!("{what} refused: no bearer token");
-    }
-    token
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "no bearer token: credentials are issued for a service-account token \
+             (--ca-token-file)"
+                .into(),
+        ));
+    };
+    Ok((reviewer, token, body(req, kind).await?))
 }
 
 /// A pod whose service account makes it look like the mesh itself (a node
@@ -270,19 +276,15 @@ fn not_reserved(signer: &Signer, pod: &str, id: &SpiffeId) -> Result<(), String>
 /// A workload's own certificate (a waypoint's, in its own pod), for the pod
 /// its token is bound to, with the identity the CA's view gives that pod.
 async fn workload_credentials(req: Request<Incoming>, signer: &Signer) -> Reply {
-    let Some(reviewer) = &signer.tokens else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "this CA takes no tokens (it runs without --kubernetes): give the workload node \
-             credentials from `mesh-agent ca issue-node` (--credentials)"
-                .into(),
-        );
-    };
-    let Some(token) = bearer(&req, "workload credentials") else {
-        return refuse(StatusCode::UNAUTHORIZED, NO_TOKEN.into());
-    };
-    let request: SignRequest = match body(req, "SignRequest").await {
-        Ok(r) => r,
+    let (reviewer, token, request) = match token_request::<SignRequest>(
+        req,
+        signer,
+        "workload credentials",
+        "SignRequest",
+    )
+    .await
+    {
+        Ok(parts) => parts,
         Err(refused) => return refused,
     };
     let workload = match reviewer.workload_of(&token).await {
