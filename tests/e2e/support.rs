@@ -91,6 +91,35 @@ fn expect_done(line: &str) -> anyhow::Result<Exchange> {
     }
 }
 
+/// Takes `count` finished connections from `server` and checks each one
+/// matches one of `clients` byte for byte, both ways (parallel clients
+/// finish in any order).
+pub fn assert_all_intact(
+    server: &mut PodChild,
+    results: Vec<anyhow::Result<Exchange>>,
+    count: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        results.len() == count,
+        "{} reports of {count}",
+        results.len()
+    );
+    let clients = results
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("a connection through the tunnel failed")?;
+    for _ in 0..count {
+        let server_side = next_done(server)?;
+        anyhow::ensure!(
+            clients
+                .iter()
+                .any(|c| assert_intact(c, &server_side).is_ok()),
+            "a server-side exchange matches no client: {server_side:?}"
+        );
+    }
+    Ok(())
+}
+
 /// Checks that what each side sent is exactly what the other received.
 pub fn assert_intact(client: &Exchange, server: &Exchange) -> anyhow::Result<()> {
     if client.sent != server.received || client.sent_sha256 != server.received_sha256 {

@@ -11,8 +11,8 @@ use libtest_mimic::Trial;
 use nodemesh_tests::{ClusterSpec, mesh::MeshConfig, traffic::marker};
 
 use crate::support::{
-    MIB, Meshed, assert_intact, connect, connect_parallel, connect_paused, finished, next_done,
-    serve, trial, tunnel_counter,
+    MIB, Meshed, assert_all_intact, assert_intact, connect, connect_parallel, connect_paused,
+    finished, next_done, serve, trial, tunnel_counter,
 };
 
 pub fn trials() -> Vec<Trial> {
@@ -22,8 +22,12 @@ pub fn trials() -> Vec<Trial> {
             cross_node_encrypted,
         ),
         trial(
-            "tunnel::hundred_connections_share_one_tunnel_and_same_node",
+            "tunnel::hundred_concurrent_connections_share_the_pooled_tunnels_and_same_node",
             hundred_connections_one_tunnel,
+        ),
+        trial(
+            "tunnel::eight_busy_streams_spread_over_pooled_connections_64mib_both_ways",
+            busy_streams_spread,
         ),
         trial(
             "tunnel::rotation_during_a_long_transfer",
@@ -202,37 +206,15 @@ fn hundred_connections_one_tunnel() -> anyhow::Result<()> {
     let mut server = serve(cluster, &b, "0.0.0.0:8080", 64 * 1024, 3)?;
 
     let results = connect_parallel(cluster, &a, addr(b.ipv4, 8080), 64 * 1024, 4, 100)?;
-    ensure!(results.len() == 100, "{} reports", results.len());
-    let mut clients = Vec::new();
-    for result in results {
-        clients.push(result.context("a connection through the shared tunnel failed")?);
-    }
-    for _ in 0..100 {
-        let server_side = next_done(&mut server)?;
-        ensure!(
-            clients
-                .iter()
-                .any(|c| c.sent_sha256 == server_side.received_sha256
-                    && c.received_sha256 == server_side.sent_sha256
-                    && c.received == 64 * 1024),
-            "a server-side exchange matches no client: {server_side:?}"
-        );
-    }
-    // The status is refreshed every 2 s: wait for the first handshake to
-    // show, then check there was only one.
-    let handshakes = |agent: &nodemesh_tests::mesh::Agent, counter: &str| {
-        agent.wait_status(&format!("tunnel.{counter} ≥ 1"), |s| {
-            s["tunnel"][counter].as_u64() >= Some(1)
-        })?;
-        tunnel_counter(agent, counter)
-    };
+    assert_all_intact(&mut server, results, 100)?;
     let (dialled, accepted) = (
         handshakes(n1, "handshakes_dialled")?,
         handshakes(n2, "handshakes_accepted")?,
     );
     ensure!(
-        dialled == 1 && accepted == 1,
-        "100 connections took {dialled} TLS handshakes on n1 and {accepted} on n2, not 1"
+        dialled == accepted && dialled <= POOL_PER_DESTINATION,
+        "100 concurrent connections took {dialled} TLS handshakes on n1 and {accepted} on n2, \
+         not at most the pool's {POOL_PER_DESTINATION}"
     );
 
     // Same node: a2 → a never leaves n1, and still carries identities.
@@ -249,6 +231,77 @@ fn hundred_connections_one_tunnel() -> anyhow::Result<()> {
             && flow.src.starts_with(&a2.ipv4.to_string()),
         "{flow:?}"
     );
+    Ok(())
+}
+
+/// The agents' defaults (`--tunnel-streams-per-connection 4`,
+/// `--tunnel-connections-per-destination 4`).
+const STREAMS_PER_CONNECTION: u64 = 4;
+const POOL_PER_DESTINATION: u64 = 4;
+
+/// Handshakes an agent's status counts (`handshakes_dialled`, …), once the
+/// first has shown (the status is refreshed every 2 s).
+fn handshakes(agent: &nodemesh_tests::mesh::Agent, counter: &str) -> anyhow::Result<u64> {
+    agent.wait_status(&format!("tunnel.{counter} ≥ 1"), |s| {
+        s["tunnel"][counter].as_u64() >= Some(1)
+    })?;
+    tunnel_counter(agent, counter)
+}
+
+/// Eight long streams at once from one pod to another: more than one
+/// pooled connection may carry, so they spread over several, each byte
+/// intact and every record naming both identities.
+fn busy_streams_spread() -> anyhow::Result<()> {
+    let cluster = ClusterSpec::cross_node_pair().build()?;
+    let config = MeshConfig::new()
+        .namespace("shop", true)
+        .pod(cluster.pod("a"), "shop")
+        .pod(cluster.pod("b"), "shop")
+        .service_account("b", "payments");
+    let meshed = Meshed::start(cluster, config, 3600)?;
+    let cluster = &meshed.cluster;
+    let [a, b] = ["a", "b"].map(|p| cluster.pod(p).clone());
+    let (n1, n2) = (meshed.agent("n1"), meshed.agent("n2"));
+    const STREAMS: u32 = 8;
+    let each = 8 * MIB;
+    let mut server = serve(cluster, &b, "0.0.0.0:8080", each, 5)?;
+    let results = connect_parallel(cluster, &a, addr(b.ipv4, 8080), each, 6, STREAMS)?;
+    assert_all_intact(&mut server, results, STREAMS as usize)?;
+
+    let dialled = handshakes(n1, "handshakes_dialled")?;
+    ensure!(
+        (2..=POOL_PER_DESTINATION).contains(&dialled)
+            && handshakes(n2, "handshakes_accepted")? == dialled,
+        "{STREAMS} concurrent streams at {STREAMS_PER_CONNECTION} per connection took {dialled} \
+         connections, not 2 to {POOL_PER_DESTINATION}"
+    );
+    let status = n1.wait_status("the pooled connections", |s| {
+        s["tunnel"]["pooled_connections"].as_u64() == Some(dialled)
+    })?;
+    ensure!(
+        status["tunnel"]["spread"]["streams_per_connection"] == STREAMS_PER_CONNECTION,
+        "the status does not show the pool's policy: {}",
+        status["tunnel"]
+    );
+
+    let target = addr(b.ipv4, 8080).to_string();
+    let payments = "spiffe://cluster.local/ns/shop/sa/payments";
+    for (agent, direction, peer) in [(n1, "outbound", payments), (n2, "inbound", SHOP_DEFAULT)] {
+        let records = agent.wait_flows("every stream's record", STREAMS as usize, |f| {
+            f.direction == direction && f.orig_dst == target && f.end.is_some()
+        })?;
+        for flow in &records {
+            ensure!(
+                flow.path == "tunnel"
+                    && flow.peer_identity.as_deref() == Some(peer)
+                    && (direction == "inbound"
+                        || flow.source_identity.as_deref() == Some(SHOP_DEFAULT))
+                    && flow.sent == each
+                    && flow.received == each,
+                "{flow:?}"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -652,10 +652,22 @@ impl Agent {
         what: &str,
         wanted: impl Fn(&FlowLog) -> bool,
     ) -> anyhow::Result<FlowLog> {
+        Ok(self.wait_flows(what, 1, wanted)?.remove(0))
+    }
+
+    /// Waits (bounded) until `count` flow records match `wanted`; returns
+    /// every match so far.
+    pub fn wait_flows(
+        &self,
+        what: &str,
+        count: usize,
+        wanted: impl Fn(&FlowLog) -> bool,
+    ) -> anyhow::Result<Vec<FlowLog>> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(flow) = self.flows().into_iter().find(|f| wanted(f)) {
-                return Ok(flow);
+            let found: Vec<FlowLog> = self.flows().into_iter().filter(|f| wanted(f)).collect();
+            if found.len() >= count {
+                return Ok(found);
             }
             if std::time::Instant::now() > deadline {
                 bail!(

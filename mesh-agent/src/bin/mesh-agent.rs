@@ -25,6 +25,7 @@ use mesh_agent::{
     node::{cni, discover::Places, enrol::Enrolment, owner::Ownership, pods::NodePods},
     proxy::mesh::{Mesh, MeshIdentity},
     state::{self, WaypointRef, cluster::Scope},
+    tunnel::pool::Spread,
 };
 
 const DEFAULT_BPFFS_DIR: &str = object::DEFAULT_DIR;
@@ -323,6 +324,32 @@ struct RunArgs {
     /// <host-proc>/sys/net; no hostPID needed.
     #[arg(long, default_value = "/proc")]
     host_proc: PathBuf,
+    #[command(flatten)]
+    tunnels: TunnelArgs,
+}
+
+/// How pods' outbound HBONE connections are pooled.
+#[derive(clap::Args)]
+struct TunnelArgs {
+    /// Application connections one pooled HBONE connection carries before
+    /// another is dialled to the same destination for the same pod
+    /// identity. One core encrypts everything a connection carries, so busy
+    /// streams spread over connections (and cores); idle ones are shared.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    tunnel_streams_per_connection: u32,
+    /// At most this many pooled HBONE connections per (pod identity,
+    /// destination); past that, the least busy takes new streams.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    tunnel_connections_per_destination: u32,
+}
+
+impl TunnelArgs {
+    fn spread(&self) -> Spread {
+        Spread {
+            streams_per_connection: self.tunnel_streams_per_connection as usize,
+            connections_per_key: self.tunnel_connections_per_destination as usize,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -508,6 +535,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &args.run_dir,
         Some(args.metrics_listen),
         Role::Node,
+        args.tunnels.spread(),
     )
     .await?;
     let enrolment = Enrolment::new(
@@ -622,6 +650,7 @@ async fn serve(
     run_dir: &Path,
     metrics_listen: Option<std::net::SocketAddr>,
     role: Role,
+    spread: Spread,
 ) -> anyhow::Result<Served> {
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let identity = mesh_identity(args, role).await?;
@@ -648,7 +677,7 @@ async fn serve(
     let metrics = Arc::new(Metrics::new());
     let flows = FlowStore::new(&args.node, args.flow_capacity)
         .with_subscriber(Arc::clone(&metrics) as Arc<dyn FlowSubscriber>);
-    let mesh = Arc::new(Mesh::new(config.clone(), identity, flows));
+    let mesh = Arc::new(Mesh::new(config.clone(), identity, flows, spread));
     let admin = Arc::new(Admin::new(Arc::clone(&mesh), metrics, cluster));
     let socket = run_dir.join(api::SOCKET_NAME);
     api::serve_unix(Arc::clone(&admin), &socket)
@@ -689,7 +718,15 @@ async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
         admin,
         socket,
         ..
-    } = serve(&args.mesh, &run_dir, args.metrics_listen, Role::Waypoint).await?;
+    } = serve(
+        &args.mesh,
+        &run_dir,
+        args.metrics_listen,
+        Role::Waypoint,
+        // Its workers keep a pool each: spread already.
+        Spread::ONE,
+    )
+    .await?;
     let workers = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, usize::from),
         usize::from,
@@ -731,12 +768,12 @@ async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
                     counters: Vec::new(),
                     config_errors: config_errors.clone(),
                     certs: mesh.identity.as_ref().map(|i| i.certs.status()).unwrap_or_default(),
-                    tunnel: mesh.tunnel_status(),
+                    tunnel: mesh.tunnel_status(wp.upstream.pooled_tunnels()),
                     api_server: admin.source_status(),
                     ca: mesh.identity.as_ref().map(|i| i.certs.ca_status()),
                 };
                 status.write(&run_dir)?;
-                refresh_metrics(&admin, &status, wp.upstream.pooled_tunnels());
+                refresh_metrics(&admin, &status);
                 *admin.status.lock().expect("status") = Some(status);
             }
             _ = shutdown_signal() => {
@@ -972,18 +1009,18 @@ fn write_status(
             .as_ref()
             .map(|i| i.certs.status())
             .unwrap_or_default(),
-        tunnel: mesh.tunnel_status(),
+        tunnel: mesh.tunnel_status(pods.enrolment().pooled_tunnels()),
         api_server: admin.source_status(),
         ca: mesh.identity.as_ref().map(|i| i.certs.ca_status()),
     };
     status.write(&args.run_dir)?;
-    refresh_metrics(admin, &status, pods.enrolment().pooled_tunnels());
+    refresh_metrics(admin, &status);
     *admin.status.lock().expect("status") = Some(status);
     Ok(())
 }
 
 /// Copies the gauges and totals kept elsewhere into the metrics.
-fn refresh_metrics(admin: &Admin, status: &Status, pooled_tunnels: usize) {
+fn refresh_metrics(admin: &Admin, status: &Status) {
     let t = &status.tunnel;
     admin.metrics.refresh(&metrics::Snapshot {
         handshakes: [
@@ -991,7 +1028,7 @@ fn refresh_metrics(admin: &Admin, status: &Status, pooled_tunnels: usize) {
             ("accepted", t.handshakes_accepted),
             ("rejected", t.handshakes_rejected),
         ],
-        pooled_connections: pooled_tunnels as u64,
+        pooled_connections: t.pooled_connections,
         flow_records: admin.mesh.flows.sizes(),
         certs: &status.certs,
         capture: &status.counters,

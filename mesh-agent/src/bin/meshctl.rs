@@ -720,6 +720,9 @@ fn print_status(status: &Status, colour: bool) {
         t.hbone_connections_open,
         t.inbound_connections_open
     );
+    if let Some(spread) = t.spread {
+        println!("{}", pool_line(t.pooled_connections, spread));
+    }
     println!();
     println!(
         "{:<28} {:>10} {:>10}  PROBLEMS",
@@ -765,4 +768,16 @@ fn print_status(status: &Status, colour: bool) {
     for error in &status.config_errors {
         println!("{}", red(&format!("config error: {error}")));
     }
+}
+
+/// How `meshctl status` explains the outbound pool.
+fn pool_line(pooled: u64, spread: mesh_agent::tunnel::pool::Spread) -> String {
+    if spread.connections_per_key <= 1 {
+        return format!("pool: {pooled} outbound HBONE connections, one per destination");
+    }
+    format!(
+        "pool: {pooled} outbound HBONE connections; a destination gets another connection once \
+         each has {} open streams, up to {} (then the least busy takes them)",
+        spread.streams_per_connection, spread.connections_per_key
+    )
 }

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::tunnel::{
     client::Connection,
-    pool::{Key, Pool},
+    pool::{Key, Pool, Spread},
     tls::{WorkloadCert, client_config_resolving},
 };
 
@@ -189,7 +189,7 @@ impl CertStore {
     pub fn new(source: CertSource) -> Self {
         Self {
             source: Arc::new(source),
-            pool: Arc::new(Pool::new(1)),
+            pool: Arc::new(Pool::new(1, Spread::ONE)),
             entries: Arc::default(),
             updated: Arc::new(Notify::new()),
             tasks: Mutex::default(),

@@ -13,6 +13,7 @@ use crate::{
     flows::FlowStore,
     identity::{store::CertStore, verify::TrustBundle},
     state::Loaded,
+    tunnel::pool::Spread,
 };
 
 pub struct Mesh {
@@ -25,6 +26,8 @@ pub struct Mesh {
     pub live: Arc<Live>,
     pub tunnels: TunnelCounters,
     pub flows: Arc<FlowStore>,
+    /// How each pod's pool spreads streams over connections.
+    pub spread: Spread,
     /// Round-robin position for Service endpoints.
     endpoint_cursor: AtomicU64,
 }
@@ -57,6 +60,12 @@ pub struct TunnelStatus {
     pub hbone_connections_open: u64,
     /// Inbound connections being relayed to apps (plaintext and tunnelled).
     pub inbound_connections_open: u64,
+    /// Outbound HBONE connections pooled, over all pods.
+    #[serde(default)]
+    pub pooled_connections: u64,
+    /// When a destination gets more than one pooled connection.
+    #[serde(default)]
+    pub spread: Option<Spread>,
 }
 
 impl Mesh {
@@ -64,6 +73,7 @@ impl Mesh {
         config: watch::Receiver<Arc<Loaded>>,
         identity: Option<MeshIdentity>,
         flows: FlowStore,
+        spread: Spread,
     ) -> Self {
         Self {
             config,
@@ -71,6 +81,7 @@ impl Mesh {
             live: Arc::default(),
             tunnels: TunnelCounters::default(),
             flows: Arc::new(flows),
+            spread,
             endpoint_cursor: AtomicU64::new(0),
         }
     }
@@ -85,7 +96,8 @@ impl Mesh {
         Arc::clone(&self.config.borrow())
     }
 
-    pub fn tunnel_status(&self) -> TunnelStatus {
+    /// `pooled` is the number of pooled connections, which the pods hold.
+    pub fn tunnel_status(&self, pooled: usize) -> TunnelStatus {
         let t = &self.tunnels;
         TunnelStatus {
             handshakes_dialled: t.dialled.load(Ordering::Relaxed),
@@ -93,6 +105,8 @@ impl Mesh {
             handshakes_rejected: t.rejected.load(Ordering::Relaxed),
             hbone_connections_open: t.open.load(Ordering::Relaxed),
             inbound_connections_open: self.live.len() as u64,
+            pooled_connections: pooled as u64,
+            spread: Some(self.spread),
         }
     }
 }

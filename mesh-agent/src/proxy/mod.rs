@@ -72,8 +72,8 @@ impl PodContext {
             netns_cookie,
             worker,
             capture,
+            tunnels: Pool::new(POOL_PER_POD, mesh.spread),
             mesh,
-            tunnels: Pool::new(POOL_PER_POD),
         }
     }
 }

@@ -1,7 +1,13 @@
 //! The sending end of HBONE: one mutually authenticated TLS + HTTP/2
 //! connection to a peer agent, carrying one CONNECT stream per application
 //! connection (and, to the CA, plain requests).
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -29,6 +35,24 @@ pub struct Connection {
     /// authenticated with expires then, and a new stream must not ride on
     /// an identity that is no longer valid.
     retire_at: Option<std::time::SystemTime>,
+    /// CONNECT streams open on it (the pool's load signal).
+    streams: Arc<AtomicUsize>,
+}
+
+/// One open CONNECT stream of a [`Connection`], counted while it lives.
+pub struct Ticket(Arc<AtomicUsize>);
+
+impl Ticket {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Connection {
@@ -71,6 +95,7 @@ impl Connection {
             tls_version,
             server,
             retire_at: None,
+            streams: Arc::default(),
         })
     }
 
@@ -135,6 +160,9 @@ impl Connection {
         let request = request
             .body(())
             .expect("a CONNECT to a socket address is a valid request");
+        // Counted from now, so callers choosing a connection meanwhile see
+        // this one as busier.
+        let ticket = Ticket::new(&self.streams);
         let (response, send) = self.open(request, false).await?;
         let response = response.await?;
         if response.status() != StatusCode::OK {
@@ -154,7 +182,7 @@ impl Connection {
                 reported,
             });
         }
-        Ok(H2Stream::new(send, response.into_body()))
+        Ok(H2Stream::new(send, response.into_body()).counted(ticket))
     }
 
     /// The negotiated TLS version, e.g. `TLSv1.3`.
@@ -167,6 +195,11 @@ impl Connection {
     pub fn retire_at(mut self, when: std::time::SystemTime) -> Self {
         self.retire_at = Some(when);
         self
+    }
+
+    /// CONNECT streams open on it now.
+    pub fn streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
     }
 
     /// False once the peer has gone away or the connection is retired (the

@@ -5,7 +5,12 @@
 //! END_STREAM, and a reset is RST_STREAM(CONNECT_ERROR) — never a clean end.
 //! Any reset the peer sends (also CANCEL, which is what dropping an
 //! unfinished stream sends) reads as `ConnectionReset`.
+//!
+//! Two ways in: the relay's owned chunks ([`Stream`]), which HTTP/2 sends
+//! and receives without a copy, and `AsyncRead`/`AsyncWrite` for HTTP
+//! servers and clients (the waypoint's hyper).
 use std::{
+    future::poll_fn,
     io,
     pin::Pin,
     sync::atomic::{AtomicBool, Ordering},
@@ -16,7 +21,8 @@ use bytes::{Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::proxy::relay::Stream;
+use super::client::Ticket;
+use crate::proxy::relay::{Reader, Stream, Writer};
 
 pub struct H2Stream {
     send: SendStream<Bytes>,
@@ -29,6 +35,8 @@ pub struct H2Stream {
     small: BytesMut,
     /// Set by `prepare_reset`: the drop resets the stream.
     reset: AtomicBool,
+    /// Counts the stream on its pooled connection while it lives.
+    _ticket: Option<Ticket>,
 }
 
 impl H2Stream {
@@ -39,7 +47,14 @@ impl H2Stream {
             pending: Bytes::new(),
             small: BytesMut::new(),
             reset: AtomicBool::new(false),
+            _ticket: None,
         }
+    }
+
+    /// This stream, counted on its connection until dropped.
+    pub fn counted(mut self, ticket: Ticket) -> Self {
+        self._ticket = Some(ticket);
+        self
     }
 }
 
@@ -55,22 +70,66 @@ fn h2_error(e: h2::Error) -> io::Error {
     }
 }
 
+/// The next received chunk (window given back at once: the bytes are
+/// ours), or `None` at the peer's END_STREAM. An empty DATA frame is skipped, so an empty chunk never reads as the end.
+fn poll_chunk(recv: &mut RecvStream, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+    loop {
+        return Poll::Ready(match ready!(recv.poll_data(cx)) {
+            Some(Ok(data)) if data.is_empty() => continue,
+            Some(Ok(data)) => {
+                let _ = recv.flow_control().release_capacity(data.len());
+                Ok(Some(data))
+            }
+            Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => Ok(None),
+            Some(Err(e)) => Err(h2_error(e)),
+            None => Ok(None),
+        });
+    }
+}
+
+/// How many of `want` bytes flow control lets `send` send now.
+fn poll_send_capacity(
+    send: &mut SendStream<Bytes>,
+    cx: &mut Context<'_>,
+    want: usize,
+) -> Poll<io::Result<usize>> {
+    send.reserve_capacity(want);
+    loop {
+        // A reset from the peer ends writing at once.
+        if let Poll::Ready(reason) = send.poll_reset(cx) {
+            let reason = reason.map_err(h2_error)?;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                format!("the tunnel stream was reset ({reason})"),
+            )));
+        }
+        match ready!(send.poll_capacity(cx)) {
+            Some(Ok(0)) => continue,
+            Some(Ok(n)) => return Poll::Ready(Ok(n.min(want))),
+            Some(Err(e)) => return Poll::Ready(Err(h2_error(e))),
+            None => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the tunnel stream is closed",
+                )));
+            }
+        }
+    }
+}
+
+fn finish(send: &mut SendStream<Bytes>) -> io::Result<()> {
+    send.send_data(Bytes::new(), true).map_err(h2_error)
+}
+
 impl AsyncRead for H2Stream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        while self.pending.is_empty() {
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Give the window back as soon as the bytes are ours.
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    self.pending = data;
-                }
-                Some(Err(e)) if e.reason() == Some(Reason::NO_ERROR) => return Poll::Ready(Ok(())),
-                Some(Err(e)) => return Poll::Ready(Err(h2_error(e))),
-                // END_STREAM: the peer half-closed.
+        if self.pending.is_empty() {
+            match ready!(poll_chunk(&mut self.recv, cx))? {
+                Some(data) => self.pending = data,
                 None => return Poll::Ready(Ok(())),
             }
         }
@@ -108,33 +167,10 @@ impl AsyncWrite for H2Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        self.send.reserve_capacity(buf.len());
-        loop {
-            // A reset from the peer ends writing at once.
-            if let Poll::Ready(reason) = self.send.poll_reset(cx) {
-                let reason = reason.map_err(h2_error)?;
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    format!("the tunnel stream was reset ({reason})"),
-                )));
-            }
-            match ready!(self.send.poll_capacity(cx)) {
-                Some(Ok(0)) => continue,
-                Some(Ok(n)) => {
-                    let n = n.min(buf.len());
-                    let chunk = self.copy(&buf[..n]);
-                    self.send.send_data(chunk, false).map_err(h2_error)?;
-                    return Poll::Ready(Ok(n));
-                }
-                Some(Err(e)) => return Poll::Ready(Err(h2_error(e))),
-                None => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the tunnel stream is closed",
-                    )));
-                }
-            }
-        }
+        let n = ready!(poll_send_capacity(&mut self.send, cx, buf.len()))?;
+        let chunk = self.copy(&buf[..n]);
+        self.send.send_data(chunk, false).map_err(h2_error)?;
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -142,11 +178,62 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.send.send_data(Bytes::new(), true).map_err(h2_error))
+        Poll::Ready(finish(&mut self.send))
+    }
+}
+
+/// The receiving half, for the relay.
+pub struct H2Reader<'a> {
+    recv: &'a mut RecvStream,
+    pending: &'a mut Bytes,
+}
+
+impl Reader for H2Reader<'_> {
+    async fn read(&mut self) -> io::Result<Option<Bytes>> {
+        if !self.pending.is_empty() {
+            return Ok(Some(std::mem::take(self.pending)));
+        }
+        poll_fn(|cx| poll_chunk(self.recv, cx)).await
+    }
+}
+
+/// The sending half, for the relay.
+pub struct H2Writer<'a> {
+    send: &'a mut SendStream<Bytes>,
+}
+
+impl Writer for H2Writer<'_> {
+    async fn write(&mut self, mut chunk: Bytes) -> io::Result<()> {
+        while !chunk.is_empty() {
+            let n = poll_fn(|cx| poll_send_capacity(self.send, cx, chunk.len())).await?;
+            self.send
+                .send_data(chunk.split_to(n), false)
+                .map_err(h2_error)?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> io::Result<()> {
+        finish(self.send)
     }
 }
 
 impl Stream for H2Stream {
+    type Reader<'a> = H2Reader<'a>;
+    type Writer<'a> = H2Writer<'a>;
+
+    fn halves(&mut self) -> (H2Reader<'_>, H2Writer<'_>) {
+        (
+            H2Reader {
+                recv: &mut self.recv,
+                pending: &mut self.pending,
+            },
+            H2Writer {
+                send: &mut self.send,
+            },
+        )
+    }
+
     fn prepare_reset(&self) {
         self.reset.store(true, Ordering::Relaxed);
     }

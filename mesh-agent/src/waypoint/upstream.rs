@@ -27,7 +27,7 @@ use crate::{
     tunnel::{
         TunnelError,
         client::Connection,
-        pool::{Key, Pool},
+        pool::{Key, Pool, Spread},
         server::Tunnel,
     },
 };
@@ -172,7 +172,7 @@ impl Upstreams {
             health: Mutex::default(),
             lanes: (0..workers.max(1))
                 .map(|_| Lane {
-                    tunnels: Pool::new(TUNNELS),
+                    tunnels: Pool::new(TUNNELS, Spread::ONE),
                     http1: Mutex::default(),
                     http2: Mutex::default(),
                 })
