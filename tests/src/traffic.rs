@@ -7,6 +7,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpStream},
+    time::Instant,
 };
 
 use rand::{RngCore as _, SeedableRng as _, rngs::SmallRng};
@@ -72,8 +73,19 @@ pub fn exchange(
     stream: &TcpStream,
     send_bytes: u64,
     seed: u64,
-    mut pause: Option<Pause>,
+    pause: Option<Pause>,
 ) -> std::io::Result<Exchange> {
+    exchange_timed(stream, send_bytes, seed, pause).map(|(done, _)| done)
+}
+
+/// [`exchange`], and when the peer's first byte was read (`None` if it
+/// sent nothing): the benchmark's connect-to-first-byte time.
+pub fn exchange_timed(
+    stream: &TcpStream,
+    send_bytes: u64,
+    seed: u64,
+    mut pause: Option<Pause>,
+) -> std::io::Result<(Exchange, Option<Instant>)> {
     let local = stream.local_addr()?;
     let peer = stream.peer_addr()?;
     let mut writer = stream.try_clone()?;
@@ -100,10 +112,12 @@ pub fn exchange(
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut received = 0u64;
+    let mut first_byte = None;
     let read_result = loop {
         match reader.read(&mut buf) {
             Ok(0) => break Ok(()),
             Ok(n) => {
+                first_byte.get_or_insert_with(Instant::now);
                 hash.update(&buf[..n]);
                 received += n as u64;
             }
@@ -116,12 +130,13 @@ pub fn exchange(
         .map_err(|_| std::io::Error::other("sender thread panicked"))?;
     read_result?;
     let (sent, sent_sha256) = sent?;
-    Ok(Exchange {
+    let done = Exchange {
         local,
         peer,
         sent,
         sent_sha256,
         received,
         received_sha256: hex::encode(hash.finalize()),
-    })
+    };
+    Ok((done, first_byte))
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use nodemesh_tests::traffic::{Event, Pause, exchange};
+use nodemesh_tests::traffic::{Event, Pause, exchange, exchange_timed};
 
 #[derive(Parser)]
 #[command(about = "Send and check seeded traffic: a server and a client that hash every byte")]
@@ -29,7 +29,9 @@ enum Command {
     },
     /// Measure connection churn: `--count` times in a row, connect, send 100
     /// bytes, read the reply to EOF, close; prints one JSON line with
-    /// percentiles of the whole cycle in microseconds.
+    /// percentiles in microseconds of the whole cycle and of the time from
+    /// starting `connect()` to the reply's first byte (the server must send
+    /// one: `serve --reply-bytes`).
     Churn {
         #[arg(long)]
         to: SocketAddr,
@@ -378,13 +380,25 @@ fn connect(
 
 fn churn(to: SocketAddr, count: u32) -> bool {
     let started = std::time::Instant::now();
-    let mut micros = Vec::with_capacity(count as usize);
+    let mut cycle = Vec::with_capacity(count as usize);
+    let mut first_byte = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let started = std::time::Instant::now();
         let done = TcpStream::connect_timeout(&to, Duration::from_secs(5))
-            .and_then(|stream| exchange(&stream, 100, 1, None));
+            .and_then(|stream| exchange_timed(&stream, 100, 1, None));
         match done {
-            Ok(_) => micros.push(started.elapsed().as_secs_f64() * 1e6),
+            Ok((_, Some(first))) => {
+                cycle.push(started.elapsed().as_secs_f64() * 1e6);
+                first_byte.push((first - started).as_secs_f64() * 1e6);
+            }
+            Ok((_, None)) => {
+                emit(&Event::Error {
+                    error: format!(
+                        "churn to {to}: the server sent nothing (run it with --reply-bytes)"
+                    ),
+                });
+                return false;
+            }
             Err(e) => {
                 emit(&Event::Error {
                     error: format!("churn to {to}: {e}"),
@@ -393,14 +407,23 @@ fn churn(to: SocketAddr, count: u32) -> bool {
             }
         }
     }
-    micros.sort_by(f64::total_cmp);
-    let pct = |p: f64| micros[((micros.len() as f64 - 1.0) * p) as usize];
+    let per_second = f64::from(count) / started.elapsed().as_secs_f64();
+    let (cycle, first_byte) = (percentiles(cycle), percentiles(first_byte));
     println!(
         "{}",
-        serde_json::json!({"count": count, "p50_us": pct(0.5), "p90_us": pct(0.9), "p99_us": pct(0.99),
-            "per_second": f64::from(count) / started.elapsed().as_secs_f64()})
+        serde_json::json!({"count": count, "p50_us": cycle(0.5), "p90_us": cycle(0.9),
+            "p99_us": cycle(0.99), "per_second": per_second,
+            "connect_to_first_byte_p50_us": first_byte(0.5),
+            "connect_to_first_byte_p99_us": first_byte(0.99)})
     );
     true
+}
+
+/// The `p` quantile (0.0–1.0) of `samples`, its rank rounded down;
+/// `samples` must not be empty.
+fn percentiles(mut samples: Vec<f64>) -> impl Fn(f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    move |p| samples[((samples.len() as f64 - 1.0) * p) as usize]
 }
 
 fn report(result: std::io::Result<nodemesh_tests::traffic::Exchange>) -> bool {

@@ -4,10 +4,11 @@
 //! cluster, with the same load generator (`mesh-traffic`). The waypoint
 //! scenarios run three ways instead: direct, through nginx (the reverse
 //! proxy to beat) and through the waypoint (`mesh-http` as client and
-//! backend). Reports absolute figures and ratios as markdown tables and as
-//! JSON.
+//! backend). Reports absolute figures and ratios as markdown tables, as
+//! JSON with a chart of the ratios beside it (SVG), and as a line of history.
 use std::{
     collections::BTreeMap,
+    io::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
@@ -24,6 +25,9 @@ use nodemesh_tests::{
 };
 use serde_json::{Value, json};
 
+#[path = "nodemesh-bench/chart.rs"]
+mod chart;
+
 #[derive(Parser)]
 #[command(about = "Measure nodemesh against direct connections, side by side (root)")]
 struct Cli {
@@ -36,9 +40,15 @@ struct Cli {
     /// Print the scenarios and exit.
     #[arg(long)]
     list: bool,
-    /// Write every figure, the ratios, the commit and the machine here.
+    /// Write every figure, the ratios, the commit and the machine here, and
+    /// a chart of the ratios beside it (the same name, ending `.svg`).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Append one JSON line to this file: commit, date, the machine and
+    /// every scenario's ratios (`cargo xtask bench` passes
+    /// `bench-history.jsonl` on full runs).
+    #[arg(long)]
+    history: Option<PathBuf>,
     /// Repetitions of each scenario (default 3; 1 with --quick).
     #[arg(long)]
     reps: Option<u32>,
@@ -48,6 +58,10 @@ struct Cli {
 const SCENARIOS: &[(&str, &str)] = &[
     ("throughput-1", "cross-node bulk transfer, 1 stream"),
     ("throughput-8", "cross-node bulk transfer, 8 streams"),
+    (
+        "throughput-8-pairs",
+        "cross-node bulk transfer, 8 streams: 4 each between two pairs of pods of other identities",
+    ),
     (
         "latency-1",
         "cross-node 1 KiB request/response, 1 persistent connection",
@@ -226,6 +240,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .collect();
     let load = if cli.quick { &QUICK } else { &FULL };
     let reps = cli.reps.unwrap_or(if cli.quick { 1 } else { 3 });
+    let date = utc_now();
 
     let mut samples = Samples::new();
     // One cluster at a time: an idle one would still take its share of the
@@ -275,6 +290,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     let report = json!({
         "commit": git_commit(),
+        "date": date,
         "machine": machine(),
         "quick": cli.quick,
         "reps": reps,
@@ -284,14 +300,80 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     if let Some(path) = &cli.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("--json {}", path.display()))?;
+        let chart = path.with_extension("svg");
+        let order: Vec<&str> = SCENARIOS.iter().map(|(name, _)| *name).collect();
+        std::fs::write(&chart, chart::svg(&report, &order))
+            .with_context(|| format!("writing the chart {}", chart.display()))?;
+        eprintln!("wrote {} and {}", path.display(), chart.display());
+    }
+    if let Some(path) = &cli.history {
+        let line = serde_json::to_string(&history(&report))?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| writeln!(f, "{line}"))
+            .with_context(|| format!("--history {}", path.display()))?;
+        eprintln!("appended this run to {}", path.display());
     }
     Ok(())
 }
 
-/// The cluster every traffic scenario runs on: n1 holds a, a2 (enrolled) and
-/// c, c2 (not); n2 holds b (enrolled) and d (not). Direct pairs are c → d
-/// and c → c2, mesh pairs a → b and a → a2: the same paths between the
-/// same nodes.
+/// The run in one line for the history file: what ran where, and every
+/// scenario's ratios (its `ratio*` keys), or its mesh figures where it has no
+/// direct side to compare with (footprint).
+fn history(report: &Value) -> Value {
+    let scenarios: serde_json::Map<String, Value> = report["scenarios"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, s)| {
+            let mut kept: serde_json::Map<String, Value> = s
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(key, v)| key.starts_with("ratio") && !v.is_null())
+                .map(|(key, v)| (key.clone(), v.clone()))
+                .collect();
+            if kept.is_empty() {
+                kept.insert("mesh".into(), s["mesh"].clone());
+            }
+            (name.clone(), Value::Object(kept))
+        })
+        .collect();
+    json!({
+        "commit": report["commit"],
+        "date": report["date"],
+        "quick": report["quick"],
+        "reps": report["reps"],
+        "machine": {
+            "cores": report["machine"]["cores"],
+            "kernel": report["machine"]["kernel"],
+        },
+        "scenarios": scenarios,
+    })
+}
+
+/// Now, UTC, to the second: `2026-12-07T09:00:00Z`.
+fn utc_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
+}
+
+/// The cluster every traffic scenario runs on: n1 holds a, a2, e (enrolled)
+/// and c, c2, g (not); n2 holds b, f (enrolled) and d, h (not). Direct pairs
+/// are c → d, g → h and c → c2, mesh pairs a → b, e → f and a → a2: the
+/// same paths between the same nodes. e and f have service accounts of their
+/// own, so e → f is a second pair of identities beside a → b (its own HBONE
+/// connection between the nodes).
 struct Lab {
     agents: Vec<Agent>,
     _servers: Vec<PodChild>,
@@ -308,9 +390,13 @@ impl Lab {
     fn start() -> anyhow::Result<Self> {
         let cluster = ClusterSpec::cross_node_pair()
             .pod("a2", "n1")
+            .pod("e", "n1")
             .pod("c", "n1")
             .pod("c2", "n1")
+            .pod("g", "n1")
             .pod("d", "n2")
+            .pod("f", "n2")
+            .pod("h", "n2")
             .build()?;
         let mut config = MeshConfig::new()
             .namespace("shop", true)
@@ -319,22 +405,31 @@ impl Lab {
             ("a", "shop"),
             ("a2", "shop"),
             ("b", "shop"),
+            ("e", "shop"),
+            ("f", "shop"),
             ("c", "legacy"),
             ("c2", "legacy"),
             ("d", "legacy"),
+            ("g", "legacy"),
+            ("h", "legacy"),
         ] {
             config = config.pod(cluster.pod(pod), ns);
         }
+        config = config
+            .service_account("e", "loader")
+            .service_account("f", "archive");
         let (_, pki, agents) = start_mesh(&cluster, &config, &["n1", "n2"])?;
         let traffic = workspace_binary("mesh-traffic")?;
-        let mut servers = Vec::new();
-        for pod in ["b", "d", "a2", "c2"] {
-            for args in [
-                vec![
-                    "sink".to_owned(),
-                    "--listen".into(),
-                    format!("0.0.0.0:{SINK}"),
-                ],
+        let sink = || {
+            vec![
+                "sink".to_owned(),
+                "--listen".into(),
+                format!("0.0.0.0:{SINK}"),
+            ]
+        };
+        let every = || {
+            vec![
+                sink(),
                 vec![
                     "echo".to_owned(),
                     "--listen".into(),
@@ -347,7 +442,19 @@ impl Lab {
                     "--reply-bytes".into(),
                     "100".into(),
                 ],
-            ] {
+            ]
+        };
+        let mut servers = Vec::new();
+        // The second pairs' servers only take bulk transfers.
+        for (pod, serve) in [
+            ("b", every()),
+            ("d", every()),
+            ("a2", every()),
+            ("c2", every()),
+            ("f", vec![sink()]),
+            ("h", vec![sink()]),
+        ] {
+            for args in serve {
                 let mut cmd = Command::new(&traffic);
                 cmd.args(args);
                 let mut child = cluster.spawn(cluster.pod(pod), cmd)?;
@@ -364,51 +471,49 @@ impl Lab {
         })
     }
 
-    /// (client, server) for a scenario in a mode.
-    fn pair(&self, same_node: bool, mode: Mode) -> (&Host, &Host) {
-        let (from, to) = match (same_node, mode) {
-            (false, Mode::Direct) => ("c", "d"),
-            (false, Mode::Mesh) => ("a", "b"),
-            (true, Mode::Direct) => ("c", "c2"),
-            (true, Mode::Mesh) => ("a", "a2"),
+    /// The (client, server) pairs of a scenario in a mode: one, or two for
+    /// `throughput-8-pairs`.
+    fn pairs(&self, scenario: &str, mode: Mode) -> Vec<(&Host, &Host)> {
+        let names: &[(&str, &str)] = match (scenario, mode) {
+            ("throughput-8-pairs", Mode::Direct) => &[("c", "d"), ("g", "h")],
+            ("throughput-8-pairs", Mode::Mesh) => &[("a", "b"), ("e", "f")],
+            (s, Mode::Direct) if s.starts_with("same-node") => &[("c", "c2")],
+            (s, Mode::Mesh) if s.starts_with("same-node") => &[("a", "a2")],
+            (_, Mode::Direct) => &[("c", "d")],
+            (_, Mode::Mesh) => &[("a", "b")],
             (_, Mode::Nginx | Mode::Waypoint) => {
                 unreachable!("the waypoint scenarios run on their own cluster")
             }
         };
-        (self.cluster.pod(from), self.cluster.pod(to))
+        names
+            .iter()
+            .map(|(from, to)| (self.cluster.pod(from), self.cluster.pod(to)))
+            .collect()
     }
 
     /// CPU seconds both agents have used so far.
     fn agent_cpu(&self) -> anyhow::Result<f64> {
         cpu_seconds_of(self.agents.iter().map(|a| a.process.pid()))
     }
-}
 
-impl Measure for Lab {
-    fn measure(&self, scenario: &str, mode: Mode, load: &Load) -> anyhow::Result<Value> {
-        let same_node = scenario.starts_with("same-node");
-        let (from, to) = self.pair(same_node, mode);
+    /// `mesh-traffic`'s arguments for `scenario` against the server `to`;
+    /// `pairs` pairs share the scenario's streams.
+    fn args(scenario: &str, to: &Host, pairs: usize, load: &Load) -> anyhow::Result<Vec<String>> {
         let at = |port| SocketAddr::new(to.ipv4.into(), port).to_string();
-        let seconds = load.bulk_seconds.to_string();
-        let args: Vec<String> = match scenario {
-            "throughput-1" | "same-node-throughput" => {
-                vec![
-                    "bulk".into(),
-                    "--to".into(),
-                    at(SINK),
-                    "--seconds".into(),
-                    seconds,
-                ]
-            }
-            "throughput-8" => vec![
+        let bulk = |streams: usize| {
+            vec![
                 "bulk".into(),
                 "--to".into(),
                 at(SINK),
                 "--streams".into(),
-                "8".into(),
+                (streams / pairs).to_string(),
                 "--seconds".into(),
-                seconds,
-            ],
+                load.bulk_seconds.to_string(),
+            ]
+        };
+        Ok(match scenario {
+            "throughput-1" | "same-node-throughput" => bulk(1),
+            "throughput-8" | "throughput-8-pairs" => bulk(8),
             "latency-1" | "same-node-latency" => vec![
                 "rr".into(),
                 "--to".into(),
@@ -433,43 +538,59 @@ impl Measure for Lab {
                 load.churn.to_string(),
             ],
             other => bail!("no scenario {other}"),
-        };
+        })
+    }
+}
+
+impl Measure for Lab {
+    fn measure(&self, scenario: &str, mode: Mode, load: &Load) -> anyhow::Result<Value> {
+        let pairs = self.pairs(scenario, mode);
         let cpu_before = self.agent_cpu()?;
-        let mut cmd = Command::new(&self.traffic);
-        cmd.args(&args);
-        let out = self.cluster.run(from, cmd, Duration::from_secs(600))?;
+        // Every pair's client at once, then each one's summary.
+        let mut clients = Vec::new();
+        for (from, to) in &pairs {
+            let args = Self::args(scenario, to, pairs.len(), load)?;
+            let mut cmd = Command::new(&self.traffic);
+            cmd.args(&args);
+            clients.push((self.cluster.spawn(from, cmd)?, args));
+        }
+        let mut raws = Vec::new();
+        for (client, args) in clients {
+            let out = client.wait_success(Duration::from_secs(600))?;
+            raws.push(
+                serde_json::from_str::<Value>(out.trim())
+                    .with_context(|| format!("mesh-traffic {args:?} printed {out:?}"))?,
+            );
+        }
         let cpu = self.agent_cpu()? - cpu_before;
-        let raw: Value = serde_json::from_str(out.trim())
-            .with_context(|| format!("mesh-traffic {args:?} printed {out:?}"))?;
+        // Agent CPU seconds per `unit` of what the clients count by `key`.
+        let total = |key: &str| raws.iter().filter_map(|r| r[key].as_f64()).sum::<f64>();
+        let cpu_per = |key: &str, unit: f64| json!(cpu / (total(key) / unit).max(f64::EPSILON));
         let mut figures = serde_json::Map::new();
-        let pick = |keys: &[&str], figures: &mut serde_json::Map<String, Value>| {
+        let mut pick = |keys: &[&str]| {
             for k in keys {
-                figures.insert((*k).to_owned(), raw[*k].clone());
+                figures.insert((*k).to_owned(), raws[0][*k].clone());
             }
         };
-        if scenario.contains("throughput") {
-            pick(&["mib_per_s"], &mut figures);
-            if mode == Mode::Mesh {
-                let gb = raw["bytes"].as_f64().unwrap_or(0.0) / 1e9;
-                figures.insert(
-                    "agent_cpu_s_per_gb".into(),
-                    json!(cpu / gb.max(f64::EPSILON)),
-                );
-            }
+        let agent_cpu = if scenario.contains("throughput") {
+            // Pairs run side by side: their rates add up.
+            figures.insert("mib_per_s".into(), json!(total("mib_per_s")));
+            ("agent_cpu_s_per_gb", cpu_per("bytes", 1e9))
         } else if scenario.contains("latency") {
-            pick(
-                &["p50_us", "p90_us", "p99_us", "p999_us", "rps"],
-                &mut figures,
-            );
-            if mode == Mode::Mesh {
-                let thousands = raw["requests"].as_f64().unwrap_or(0.0) / 1000.0;
-                figures.insert(
-                    "agent_cpu_s_per_1000_requests".into(),
-                    json!(cpu / thousands.max(f64::EPSILON)),
-                );
-            }
+            pick(&["p50_us", "p90_us", "p99_us", "p999_us", "rps"]);
+            ("agent_cpu_s_per_1000_requests", cpu_per("requests", 1000.0))
         } else {
-            pick(&["per_second", "p50_us", "p99_us"], &mut figures);
+            pick(&[
+                "per_second",
+                "p50_us",
+                "p99_us",
+                "connect_to_first_byte_p50_us",
+                "connect_to_first_byte_p99_us",
+            ]);
+            ("agent_cpu_s_per_1000_connections", cpu_per("count", 1000.0))
+        };
+        if mode == Mode::Mesh {
+            figures.insert(agent_cpu.0.into(), agent_cpu.1);
         }
         Ok(Value::Object(figures))
     }
@@ -996,4 +1117,35 @@ fn machine() -> Value {
         "kernel": kernel,
         "cpu": cpu,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_keeps_every_ratio_and_figures_without_one() {
+        let report = json!({
+            "commit": "abc1234", "date": "2026-12-07T09:00:00Z", "quick": false, "reps": 3,
+            "machine": {"cores": 2, "kernel": "6.1", "cpu": "left out"},
+            "scenarios": {
+                "churn": {"direct": {"per_second": 10.0}, "mesh": {"per_second": 5.0},
+                    "ratio": {"per_second": 0.5}},
+                "waypoint-h2": {"ratio": {"p50_us": 3.0}, "ratio_nginx": {"p50_us": 1.5}},
+                "footprint": {"direct": null, "mesh": {"pods": 100}, "ratio": null},
+            },
+        });
+        assert_eq!(
+            history(&report),
+            json!({
+                "commit": "abc1234", "date": "2026-12-07T09:00:00Z", "quick": false, "reps": 3,
+                "machine": {"cores": 2, "kernel": "6.1"},
+                "scenarios": {
+                    "churn": {"ratio": {"per_second": 0.5}},
+                    "waypoint-h2": {"ratio": {"p50_us": 3.0}, "ratio_nginx": {"p50_us": 1.5}},
+                    "footprint": {"mesh": {"pods": 100}},
+                },
+            })
+        );
+    }
 }
