@@ -99,8 +99,18 @@ pub fn hbone_listeners(v6: bool) -> io::Result<Vec<std::net::TcpListener>> {
     Ok(listeners)
 }
 
+/// A non-blocking TCP socket for `addr`'s family: one `socket(2)`, no
+/// `fcntl`s after it (connections are made at churn rates).
+fn tcp_socket(addr: SocketAddr) -> io::Result<Socket> {
+    Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )
+}
+
 fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = tcp_socket(addr)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -109,7 +119,6 @@ fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     // the old agent's, which keeps serving until it stops: the kernel spreads
     // new connections over both meanwhile. Only root's sockets can join.
     socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
     socket
         .bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
@@ -121,17 +130,16 @@ fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// pod's address and the agent mark (so capture never takes it).
 /// Must run inside the pod's namespace.
 pub fn upstream_socket(dst: SocketAddr) -> io::Result<std::net::TcpStream> {
-    let socket = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = tcp_socket(dst)?;
     socket.set_mark(AGENT_MARK)?;
     socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 
 /// A socket for delivering an inbound connection to the app from the
 /// client's own address. Must run inside the pod's namespace.
 pub fn delivery_socket(client: IpAddr, app: SocketAddr) -> io::Result<std::net::TcpStream> {
-    let socket = Socket::new(Domain::for_address(app), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = tcp_socket(app)?;
     match client {
         IpAddr::V4(_) => socket.set_ip_transparent_v4(true)?,
         IpAddr::V6(_) => socket.set_ip_transparent_v6(true)?,
@@ -143,7 +151,6 @@ pub fn delivery_socket(client: IpAddr, app: SocketAddr) -> io::Result<std::net::
     // ports to bind (see `prepare_delivery_routing` for the other half).
     socket.set_reuse_address(true)?;
     socket.bind(&SockAddr::from(SocketAddr::new(client, 0)))?;
-    socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 

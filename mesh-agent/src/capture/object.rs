@@ -17,7 +17,8 @@
 use std::{
     collections::HashMap as StdHashMap,
     fs::File,
-    os::fd::AsRawFd,
+    io,
+    os::fd::{AsFd as _, AsRawFd},
     path::{Path, PathBuf},
 };
 
@@ -486,14 +487,18 @@ impl Capture {
         &mut self,
         key: &TupleKey,
     ) -> Result<Option<OrigDst>, CaptureError> {
-        let mut map = self.hash_mut::<TupleKey, OrigDst>(maps::ORIG_DST_BY_TUPLE)?;
-        let found = match map.get(key, 0) {
-            Ok(dst) => dst,
-            Err(MapError::KeyNotFound) => return Ok(None),
-            Err(e) => return Err(map_err(maps::ORIG_DST_BY_TUPLE)(e)),
+        let name = maps::ORIG_DST_BY_TUPLE;
+        // Typed first: aya checks the key and value sizes against the map's.
+        let _: HashMap<&MapData, TupleKey, OrigDst> = self.map(name)?;
+        let Some(aya::maps::Map::LruHashMap(map)) = self.ebpf.map(name) else {
+            return Err(CaptureError::MissingMap(name));
         };
-        ignore_missing(map.remove(key), maps::ORIG_DST_BY_TUPLE)?;
-        Ok(Some(found))
+        lookup_and_delete(map, key).map_err(|io_error| {
+            map_err(name)(MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_and_delete_elem",
+                io_error,
+            }))
+        })
     }
 
     /// Every original destination recorded by socket cookie.
@@ -624,6 +629,50 @@ fn link_err(pin: &str) -> impl Fn(LinkError) -> CaptureError + '_ {
     move |source| CaptureError::Link {
         path: pin.into(),
         source,
+    }
+}
+
+/// Reads and removes `key`'s value in one `bpf(2)` call (what aya offers
+/// for hash maps takes two), or `None` if it is not there. `K` and `V`
+/// must be the map's key and value sizes.
+fn lookup_and_delete<K: aya::Pod, V: aya::Pod>(map: &MapData, key: &K) -> io::Result<Option<V>> {
+    /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (hash maps: Linux 5.14+).
+    const LOOKUP_AND_DELETE: libc::c_long = 21;
+    /// The map element commands' part of `union bpf_attr`.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut value = std::mem::MaybeUninit::<V>::uninit();
+    let attr = ElemAttr {
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed; its
+    // key points to a live `K` and its value to room for a `V`, which the
+    // caller checked are the map's key and value sizes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            LOOKUP_AND_DELETE,
+            &raw const attr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if rc == 0 {
+        // SAFETY: the kernel wrote a whole value on success.
+        return Ok(Some(unsafe { value.assume_init() }));
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        e => Err(e),
     }
 }
 
