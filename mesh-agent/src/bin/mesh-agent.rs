@@ -23,7 +23,10 @@ use mesh_agent::{
         store::{CertSource, CertStore},
     },
     node::{cni, discover::Places, enrol::Enrolment, owner::Ownership, pods::NodePods},
-    proxy::mesh::{Mesh, MeshIdentity},
+    proxy::{
+        mesh::{Mesh, MeshIdentity},
+        workers::{self, Workers},
+    },
     state::{self, WaypointRef, cluster::Scope},
     tunnel::pool::Spread,
 };
@@ -239,6 +242,11 @@ struct MeshArgs {
     /// it has no authentication). It is always on `<run-dir>/admin.sock`.
     #[arg(long)]
     admin_listen: Option<std::net::SocketAddr>,
+    /// Data-plane threads, each a single-threaded event loop serving whole
+    /// connections with its own pooled tunnels (as Envoy's
+    /// `--concurrency`) [default: the CPUs this process may use].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: Option<u16>,
 }
 
 /// Where the model (namespaces, pods, services, policies, routes) comes
@@ -377,11 +385,6 @@ struct WaypointArgs {
     /// socket).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
-    /// Worker threads serving requests, each a single-threaded event loop
-    /// with its own connections to the backends (as Envoy's `--concurrency`)
-    /// [default: the CPUs this process may use].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
-    workers: Option<u16>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -677,7 +680,16 @@ async fn serve(
     let metrics = Arc::new(Metrics::new());
     let flows = FlowStore::new(&args.node, args.flow_capacity)
         .with_subscriber(Arc::clone(&metrics) as Arc<dyn FlowSubscriber>);
-    let mesh = Arc::new(Mesh::new(config.clone(), identity, flows, spread));
+    let count = args
+        .workers
+        .map_or_else(workers::default_count, usize::from);
+    let name = match role {
+        Role::Node => "dataplane",
+        Role::Waypoint => "waypoint",
+    };
+    let workers = Workers::spawn(count, name)
+        .with_context(|| format!("starting {count} data-plane threads (--workers)"))?;
+    let mesh = Arc::new(Mesh::new(config.clone(), identity, flows, spread, workers));
     let admin = Arc::new(Admin::new(Arc::clone(&mesh), metrics, cluster));
     let socket = run_dir.join(api::SOCKET_NAME);
     api::serve_unix(Arc::clone(&admin), &socket)
@@ -727,17 +739,13 @@ async fn waypoint(args: WaypointArgs) -> anyhow::Result<()> {
         Spread::ONE,
     )
     .await?;
-    let workers = args.workers.map_or_else(
-        || std::thread::available_parallelism().map_or(1, usize::from),
-        usize::from,
-    );
     let serving = mesh_agent::waypoint::start(
         me.clone(),
         (&args.mesh.node, args.pod.as_deref()),
         Arc::clone(&mesh),
-        workers,
     )
     .await?;
+    let workers = mesh.workers.count();
     let wp = &serving.waypoint;
     admin
         .ready

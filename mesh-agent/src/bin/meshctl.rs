@@ -721,7 +721,7 @@ fn print_status(status: &Status, colour: bool) {
         t.inbound_connections_open
     );
     if let Some(spread) = t.spread {
-        println!("{}", pool_line(t.pooled_connections, spread));
+        println!("{}", pool_line(t.pooled_connections, spread, t.workers));
     }
     println!();
     println!(
@@ -771,13 +771,17 @@ fn print_status(status: &Status, colour: bool) {
 }
 
 /// How `meshctl status` explains the outbound pool.
-fn pool_line(pooled: u64, spread: mesh_agent::tunnel::pool::Spread) -> String {
-    if spread.connections_per_key <= 1 {
-        return format!("pool: {pooled} outbound HBONE connections, one per destination");
-    }
+fn pool_line(pooled: u64, spread: mesh_agent::tunnel::pool::Spread, workers: u64) -> String {
+    let each = if spread.connections_per_key <= 1 {
+        "one per destination".to_owned()
+    } else {
+        format!(
+            "a destination gets another connection once each has {} open streams, up to {} \
+             (then the least busy takes them)",
+            spread.streams_per_connection, spread.connections_per_key
+        )
+    };
     format!(
-        "pool: {pooled} outbound HBONE connections; a destination gets another connection once \
-         each has {} open streams, up to {} (then the least busy takes them)",
-        spread.streams_per_connection, spread.connections_per_key
+        "pool: {pooled} outbound HBONE connections; on each of {workers} data-plane threads, {each}"
     )
 }

@@ -344,7 +344,7 @@ impl Enrolment {
 
     /// Pooled outbound tunnels held by every enrolled pod.
     pub fn pooled_tunnels(&self) -> usize {
-        self.pods.values().map(|e| e.context.tunnels.len()).sum()
+        self.pods.values().map(|e| e.context.pooled_tunnels()).sum()
     }
 
     /// Capture proof for every enrolled pod.

@@ -108,7 +108,9 @@ pub fn accept_loop<S: Site>(
 ) -> tokio::task::JoinHandle<()> {
     let name = site.name().to_owned();
     accept_each(listener, name, move |tcp, peer| {
-        tokio::spawn(connection(tcp, peer, Arc::clone(&tls), Arc::clone(&site)));
+        let (tls, site) = (Arc::clone(&tls), Arc::clone(&site));
+        let workers = Arc::clone(&site.mesh().workers);
+        workers.dispatch(tcp, peer, move |tcp, peer| connection(tcp, peer, tls, site));
     })
 }
 

@@ -16,6 +16,8 @@ use crate::{
     tunnel::pool::Spread,
 };
 
+use super::workers::Workers;
+
 pub struct Mesh {
     /// The newest config; handlers read it per connection, so a change
     /// applies to the next connection without a restart.
@@ -28,6 +30,8 @@ pub struct Mesh {
     pub flows: Arc<FlowStore>,
     /// How each pod's pool spreads streams over connections.
     pub spread: Spread,
+    /// The data plane's threads: every accepted connection is served on one.
+    pub workers: Arc<Workers>,
     /// Round-robin position for Service endpoints.
     endpoint_cursor: AtomicU64,
 }
@@ -63,9 +67,13 @@ pub struct TunnelStatus {
     /// Outbound HBONE connections pooled, over all pods.
     #[serde(default)]
     pub pooled_connections: u64,
-    /// When a destination gets more than one pooled connection.
+    /// When a destination gets more than one pooled connection (per
+    /// worker: each keeps its own pool).
     #[serde(default)]
     pub spread: Option<Spread>,
+    /// Data-plane threads.
+    #[serde(default)]
+    pub workers: u64,
 }
 
 impl Mesh {
@@ -74,6 +82,7 @@ impl Mesh {
         identity: Option<MeshIdentity>,
         flows: FlowStore,
         spread: Spread,
+        workers: Workers,
     ) -> Self {
         Self {
             config,
@@ -82,6 +91,7 @@ impl Mesh {
             tunnels: TunnelCounters::default(),
             flows: Arc::new(flows),
             spread,
+            workers: Arc::new(workers),
             endpoint_cursor: AtomicU64::new(0),
         }
     }
@@ -107,6 +117,7 @@ impl Mesh {
             inbound_connections_open: self.live.len() as u64,
             pooled_connections: pooled as u64,
             spread: Some(self.spread),
+            workers: self.workers.count() as u64,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod outbound;
 pub mod plan;
 pub mod relay;
 pub mod reported;
+pub mod workers;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -44,8 +45,10 @@ pub struct PodContext {
     pub mesh: Arc<mesh::Mesh>,
     /// This pod's tunnels, by (its identity, destination): they leave from
     /// its namespace with its address, so they are never shared with
-    /// another pod.
-    pub tunnels: Pool<Connection>,
+    /// another pod. One pool per worker: a connection is driven by the
+    /// worker that dialled it, and streams from another would wake it on
+    /// every frame.
+    tunnels: Vec<Pool<Connection>>,
 }
 
 impl PodContext {
@@ -56,6 +59,16 @@ impl PodContext {
             ips: &self.ips,
             store: &self.mesh.flows,
         }
+    }
+
+    /// This worker's pool of the pod's tunnels.
+    pub fn tunnels(&self) -> &Pool<Connection> {
+        &self.tunnels[workers::lane() % self.tunnels.len()]
+    }
+
+    /// Pooled tunnels over all workers.
+    pub fn pooled_tunnels(&self) -> usize {
+        self.tunnels.iter().map(Pool::len).sum()
     }
 
     pub fn new(
@@ -72,22 +85,24 @@ impl PodContext {
             netns_cookie,
             worker,
             capture,
-            tunnels: Pool::new(POOL_PER_POD, mesh.spread),
+            tunnels: (0..mesh.workers.count())
+                .map(|_| Pool::new(POOL_PER_POD, mesh.spread))
+                .collect(),
             mesh,
         }
     }
 }
 
-/// Accepts on `listener` forever, handling each connection on its own task.
-/// Aborting the returned task closes the listener; connections already
-/// accepted carry on.
+/// Accepts on `listener` forever, handling each connection on its own task
+/// on the mesh's workers, in turn. Aborting the returned task closes the
+/// listener; connections already accepted carry on.
 pub fn serve<F, Fut>(
     listener: TcpListener,
     pod: Arc<PodContext>,
     handle: F,
 ) -> tokio::task::JoinHandle<()>
 where
-    F: Fn(Arc<PodContext>, TcpStream, SocketAddr) -> Fut + Send + 'static,
+    F: Fn(Arc<PodContext>, TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     tokio::spawn(async move {
@@ -95,7 +110,9 @@ where
             match listener.accept().await {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(handle(Arc::clone(&pod), stream, peer));
+                    let (pod, handle) = (Arc::clone(&pod), handle.clone());
+                    let workers = Arc::clone(&pod.mesh.workers);
+                    workers.dispatch(stream, peer, move |stream, peer| handle(pod, stream, peer));
                 }
                 Err(e) => {
                     tracing::warn!(pod = %pod.pod, error = %e, "accept failed");

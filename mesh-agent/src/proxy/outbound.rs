@@ -218,7 +218,7 @@ async fn open_tunnel(
         Ok::<_, TunnelError>(conn)
     };
     let conn = pod
-        .tunnels
+        .tunnels()
         .get(&key, dial)
         .await
         .map_err(|e| (State::Error, format!("tunnel to {hbone}: {e}")))?;

@@ -5,8 +5,9 @@
 //! HBONE stream to the chosen endpoint.
 //!
 //! A request's path through the folder, top to bottom:
-//! - [`workers`]: one single-threaded runtime per worker thread, each
-//!   serving whole HBONE connections;
+//! - the data plane's workers ([`crate::proxy::workers`]): one
+//!   single-threaded runtime per thread, each serving whole HBONE
+//!   connections;
 //! - [`site`]: the HBONE CONNECTs it accepts (only for Services it serves);
 //! - [`serve`]: HTTP/1.1 or HTTP/2 on each CONNECT stream, one L7 record
 //!   per request;
@@ -23,7 +24,6 @@ pub mod route;
 pub mod serve;
 pub mod site;
 pub mod upstream;
-pub mod workers;
 
 mod body;
 
@@ -42,7 +42,7 @@ use crate::{
     flows::record::{Direction, Path},
     proxy::{
         flow::{Flow, Owner},
-        hbone::accept_each,
+        hbone::{accept_each, connection},
         mesh::Mesh,
     },
     state::{Loaded, PodInfo, Snapshot, WaypointRef, keys::WAYPOINT_POD_LABEL},
@@ -86,12 +86,6 @@ pub enum WaypointError {
         #[source]
         source: std::io::Error,
     },
-    #[error("waypoint {me}: starting its worker threads: {source}")]
-    Workers {
-        me: WaypointRef,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("waypoint {me}: HBONE TLS configuration: {source}")]
     Tls {
         me: WaypointRef,
@@ -108,7 +102,6 @@ pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomS
 pub struct Serving {
     pub waypoint: Arc<Waypoint>,
     _accept: Vec<AbortOnDrop>,
-    _workers: Arc<workers::Workers>,
 }
 
 struct AbortOnDrop(JoinHandle<()>);
@@ -128,7 +121,7 @@ pub enum EndpointsError {
     NoEndpoint(String),
 }
 
-/// Starts waypoint `me` on `node` with `workers` worker threads: finds its
+/// Starts waypoint `me` on `node`, served by the mesh's workers: finds its
 /// pod in the config (`own_pod` names it when several run on the node),
 /// opens port 15008 in the pod's network namespace and serves HBONE there
 /// with the pod's certificate.
@@ -136,7 +129,6 @@ pub async fn start(
     me: WaypointRef,
     (node, own_pod): (&str, Option<&str>),
     mesh: Arc<Mesh>,
-    workers: usize,
 ) -> Result<Serving, WaypointError> {
     let loaded = mesh.snapshot();
     let mine: Vec<&PodInfo> = loaded
@@ -202,32 +194,26 @@ pub async fn start(
         pod.ips.clone(),
         worker,
         Arc::clone(&mesh),
-        workers,
     ));
     let site = Arc::new(site::Site(Arc::clone(&wp)));
-    let workers = Arc::new(
-        workers::Workers::spawn(workers, tls, site).map_err(|source| WaypointError::Workers {
-            me: me.clone(),
-            source,
-        })?,
-    );
     let mut accept = Vec::new();
     for listener in listeners {
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|e| listen_err(&me, e))?;
-        let to = Arc::clone(&workers);
+        let (mesh, tls, site) = (Arc::clone(&mesh), Arc::clone(&tls), Arc::clone(&site));
         accept.push(AbortOnDrop(accept_each(
             listener,
             me.to_string(),
             move |tcp, peer| {
-                to.dispatch(tcp, peer);
+                let (tls, site) = (Arc::clone(&tls), Arc::clone(&site));
+                mesh.workers
+                    .dispatch(tcp, peer, move |tcp, peer| connection(tcp, peer, tls, site));
             },
         )));
     }
     Ok(Serving {
         waypoint: wp,
         _accept: accept,
-        _workers: workers,
     })
 }
 
@@ -286,15 +272,14 @@ impl Waypoint {
         ips: Vec<IpAddr>,
         worker: NetnsWorker,
         mesh: Arc<Mesh>,
-        workers: usize,
     ) -> Self {
         Self {
             me,
             pod,
             ips,
             worker,
+            upstream: upstream::Upstreams::new(mesh.workers.count()),
             mesh,
-            upstream: upstream::Upstreams::new(workers),
             cache: Mutex::default(),
             limits: std::sync::RwLock::default(),
         }

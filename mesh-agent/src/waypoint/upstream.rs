@@ -22,7 +22,7 @@ use super::{FastMap, Waypoint, body::Body};
 use crate::{
     flows::record::Text,
     identity::SpiffeId,
-    proxy::dial_hbone,
+    proxy::{dial_hbone, workers::lane},
     state::{ServiceInfo, Snapshot},
     tunnel::{
         TunnelError,
@@ -154,16 +154,6 @@ struct Lane {
     http2: Mutex<FastMap<SocketAddr, conn::http2::SendRequest<Body>>>,
 }
 
-thread_local! {
-    /// The worker this thread runs (see [`super::workers`]); 0 elsewhere.
-    static LANE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks the calling thread as worker `index`'s.
-pub fn enter_lane(index: usize) {
-    LANE.with(|lane| lane.set(index));
-}
-
 impl Upstreams {
     /// For `workers` workers (at least one).
     pub fn new(workers: usize) -> Self {
@@ -181,7 +171,7 @@ impl Upstreams {
     }
 
     fn lane(&self) -> &Lane {
-        &self.lanes[LANE.with(std::cell::Cell::get) % self.lanes.len()]
+        &self.lanes[lane() % self.lanes.len()]
     }
 
     /// Power of two choices among the endpoints not ejected (all of them
