@@ -1,20 +1,35 @@
 //! Capture, hook by hook: first the agent's embedded eBPF object driven
 //! directly (no agent process), then real agents on a simulated cluster.
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    os::unix::fs::MetadataExt as _,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::ensure;
 use libtest_mimic::Trial;
-use mesh_agent::capture::{Capture, object::ip_key};
+use mesh_agent::capture::{
+    Capture,
+    netns::{NETNS_THREADS, NetnsWorker, socket_netns_cookie},
+    object::ip_key,
+};
 use mesh_common::{Counter, Hook, TupleKey, ports};
 use nodemesh_tests::ClusterSpec;
 
 use crate::support::{assert_intact, connect, next_done, serve, trial};
 
 pub fn trials() -> Vec<Trial> {
-    vec![trial(
-        "capture::kernel_connect4_captures_only_the_attached_pod",
-        connect4_captures_only_the_attached_pod,
-    )]
+    vec![
+        trial(
+            "capture::kernel_connect4_captures_only_the_attached_pod",
+            connect4_captures_only_the_attached_pod,
+        ),
+        trial(
+            "capture::netns_threads_shared_by_pods_make_each_pods_sockets_in_its_namespace",
+            netns_threads_shared_by_pods_make_each_pods_sockets_in_its_namespace,
+        ),
+    ]
 }
 
 fn connect4_captures_only_the_attached_pod() -> anyhow::Result<()> {
@@ -115,4 +130,80 @@ fn connect4_captures_only_the_attached_pod() -> anyhow::Result<()> {
         "the server received a connection that should have been captured"
     );
     Ok(())
+}
+
+/// The agent's few namespace threads serve every pod: jobs for several pods,
+/// all in flight at once, each make their socket in their own pod's
+/// namespace; and once idle the threads are back in the process's own
+/// namespace, so none keeps a deleted pod's namespace alive.
+fn netns_threads_shared_by_pods_make_each_pods_sockets_in_its_namespace() -> anyhow::Result<()> {
+    let names = ["a", "b", "c"];
+    let mut spec = ClusterSpec::new().node("n1");
+    for name in names {
+        spec = spec.pod(name, "n1");
+    }
+    let cluster = spec.build()?;
+    let mut pods = Vec::new();
+    for name in names {
+        let pod = cluster.pod(name);
+        let worker = Arc::new(NetnsWorker::open(&pod.netns_path())?);
+        pods.push((name, cluster.netns_cookie(pod)?, worker));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let jobs: Vec<_> = (0..60)
+            .map(|i| {
+                let (name, cookie, worker) = pods[i % pods.len()].clone();
+                let made = tokio::spawn(async move {
+                    worker
+                        .run(|| {
+                            let socket = std::net::TcpListener::bind("0.0.0.0:0")?;
+                            Ok::<_, anyhow::Error>(socket_netns_cookie(&socket)?)
+                        })
+                        .await
+                });
+                (name, cookie, made)
+            })
+            .collect();
+        for (name, cookie, made) in jobs {
+            let made = made.await???;
+            ensure!(
+                made == cookie,
+                "a socket made for pod {name} is in namespace {made}, not the pod's {cookie}"
+            );
+        }
+        anyhow::Ok(())
+    })?;
+
+    let own = std::fs::metadata("/proc/self/ns/net")?.ino();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut threads = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task")? {
+            let task = task?.path();
+            let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+            if name.starts_with("netns-") {
+                threads.push((
+                    name.trim().to_owned(),
+                    std::fs::metadata(task.join("ns/net"))?.ino(),
+                ));
+            }
+        }
+        ensure!(
+            threads.len() == NETNS_THREADS,
+            "{} namespace threads for {} pods, expected {NETNS_THREADS}: {threads:?}",
+            threads.len(),
+            names.len()
+        );
+        if threads.iter().all(|(_, ns)| *ns == own) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "idle namespace threads are still in a pod's namespace (ours is {own}): {threads:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -31,6 +31,10 @@ pub fn set_suite_prefix(name: &str) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the name prefix is already in use"))
 }
 
+/// Pods one node can hold: its bridge takes at most 1024 ports (the
+/// kernel's `BR_MAX_PORTS`).
+pub const MAX_PODS_PER_NODE: usize = 1000;
+
 /// What to build: nodes, and pods placed on them.
 #[derive(Default, Clone)]
 pub struct ClusterSpec {
@@ -54,13 +58,14 @@ impl ClusterSpec {
             .pod("b", "n2")
     }
 
-    /// Adds a node; node `i` (from 1, in order) gets pod subnet `10.i.0.0/24`.
+    /// Adds a node; node `i` (from 1, in order) gets pod subnet `10.i.0.0/16`.
     pub fn node(mut self, name: &str) -> Self {
         self.nodes.push(name.to_owned());
         self
     }
 
-    /// Adds a pod on `node`; pods get `.11`, `.12`, … of their node's subnet.
+    /// Adds a pod on `node`; pods get `10.i.0.11`, `10.i.0.12`, … `10.i.0.250`
+    /// of their node's subnet, then `10.i.1.11`… (up to [`MAX_PODS_PER_NODE`]).
     pub fn pod(mut self, name: &str, node: &str) -> Self {
         self.pods.push((name.to_owned(), node.to_owned()));
         self
@@ -282,7 +287,7 @@ impl Cluster {
         plug(&self.underlay(), &format!("n{index}"), &ns, ipv4, ipv6)?;
         // The node's bridge is its pods' gateway.
         ip_in(&ns, "link add br0 type bridge")?;
-        ip_in(&ns, &format!("addr add 10.{index}.0.1/24 dev br0"))?;
+        ip_in(&ns, &format!("addr add 10.{index}.0.1/16 dev br0"))?;
         ip_in(
             &ns,
             &format!("addr add fd00:10:{index:x}::1/64 dev br0 nodad"),
@@ -314,7 +319,7 @@ impl Cluster {
                 let j = to.node;
                 ip_in(
                     &from.netns,
-                    &format!("route add 10.{j}.0.0/24 via {}", to.ipv4),
+                    &format!("route add 10.{j}.0.0/16 via {}", to.ipv4),
                 )?;
                 ip_in(
                     &from.netns,
@@ -332,13 +337,17 @@ impl Cluster {
         if self.pods.iter().any(|p| p.name == name) {
             bail!("pod name {name:?} is used twice in the spec");
         }
-        let host_id = 11 + self.pods.iter().filter(|p| p.node == node.node).count();
-        let host_id = u8::try_from(host_id).context("too many pods on one node (max 240)")?;
+        let nth = self.pods.iter().filter(|p| p.node == node.node).count();
+        if nth >= MAX_PODS_PER_NODE {
+            bail!("too many pods on node {node_name:?} (max {MAX_PODS_PER_NODE})");
+        }
+        // Both < 256: nth < MAX_PODS_PER_NODE.
+        let (hi, lo) = ((nth / 240) as u8, (11 + nth % 240) as u8);
         let ns = self.add_netns(&format!("pod-{name}"))?;
         let i = node.node;
-        let ipv4 = Ipv4Addr::new(10, i, 0, host_id);
-        let ipv6: Ipv6Addr = format!("fd00:10:{i:x}::{host_id:x}").parse()?;
-        plug(&node.netns, &format!("p{host_id}"), &ns, ipv4, ipv6)?;
+        let ipv4 = Ipv4Addr::new(10, i, hi, lo);
+        let ipv6: Ipv6Addr = format!("fd00:10:{i:x}::{hi:x}:{lo:x}").parse()?;
+        plug(&node.netns, &format!("p{}", 11 + nth), &ns, ipv4, ipv6)?;
         ip_in(&ns, &format!("route add default via 10.{i}.0.1"))?;
         ip_in(&ns, &format!("-6 route add default via fd00:10:{i:x}::1"))?;
         let cgroup = self.pods_cgroup().join(name);
@@ -470,7 +479,7 @@ fn plug(
         &format!("link add {port} type veth peer name eth0 netns {ns}"),
     )?;
     ip_in(bridge_ns, &format!("link set {port} master br0 up"))?;
-    ip_in(ns, &format!("addr add {ipv4}/24 dev eth0"))?;
+    ip_in(ns, &format!("addr add {ipv4}/16 dev eth0"))?;
     ip_in(ns, &format!("addr add {ipv6}/64 dev eth0 nodad"))?;
     ip_in(ns, "link set eth0 up")
 }

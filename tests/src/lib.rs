@@ -6,7 +6,7 @@
 //!            underlay namespace: bridge br0  (172.30.0.0/24, fd00:30::/64)
 //!             │ veth                     │ veth
 //!   node n1: eth0 172.30.0.1          node n2: eth0 172.30.0.2
-//!            br0  10.1.0.1/24                  br0  10.2.0.1/24
+//!            br0  10.1.0.1/16                  br0  10.2.0.1/16
 //!             │ veth                              │ veth
 //!   pod a: eth0 10.1.0.11, default via 10.1.0.1    pod b: eth0 10.2.0.11 …
 //! ```

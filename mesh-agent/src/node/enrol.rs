@@ -171,7 +171,7 @@ impl Enrolment {
             pod: pod.clone(),
             source,
         };
-        let worker = NetnsWorker::spawn(&placement.netns).map_err(netns_err)?;
+        let worker = NetnsWorker::open(&placement.netns).map_err(netns_err)?;
         let hbone = self.mesh.identity.is_some();
         let listeners = worker
             .run(move || open_listeners(hbone))

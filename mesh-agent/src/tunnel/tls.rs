@@ -104,6 +104,13 @@ fn server_config_with(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No resumption. rustls's default keeps up to 256 sessions per
+    // configuration (≈30 KiB reserved up front, more with each handshake),
+    // and every pod has a configuration per HBONE listener; yet HBONE
+    // clients build a fresh configuration, so an empty session cache, for
+    // each connection they dial, and the CA's clients keep theirs open.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 

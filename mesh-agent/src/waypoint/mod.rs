@@ -167,7 +167,7 @@ pub async fn start(
     let worker = if pod.netns.as_os_str().is_empty() {
         NetnsWorker::own()
     } else {
-        NetnsWorker::spawn(&pod.netns)
+        NetnsWorker::open(&pod.netns)
     }
     .map_err(|e| netns_err(&me, e))?;
     let v6 = pod.ips.iter().any(IpAddr::is_ipv6);

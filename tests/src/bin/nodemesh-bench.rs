@@ -111,8 +111,8 @@ const FULL: Load = Load {
     rr_requests: 10_000,
     rr32_requests: 1_000,
     churn: 2_000,
-    pods: 100,
-    held: 1_000,
+    pods: 1_000,
+    held: 10_000,
     http_requests: 20_000,
 };
 const QUICK: Load = Load {
@@ -899,56 +899,175 @@ fn memory(pid: u32) -> anyhow::Result<(f64, f64)> {
     ))
 }
 
-/// Agent memory: at rest with `load.pods` enrolled pods, then while
-/// `load.held` connections are open through it (mesh only: there is no
-/// agent on the direct path).
+/// Agent memory (mesh only: there is no agent on the direct path). The
+/// agent of node n1, which has `load.pods` pods, enrols none, a tenth, then
+/// all of them as its config grows; then `load.held` connections are held
+/// open from one of them to a pod on n2. Per pod and per connection are
+/// slopes of anonymous memory (`RssAnon`, the agents' own allocations; the
+/// rest of their RSS is the mapped binary); a connection's cost is the sum
+/// of its two agents' (the outbound relay on n1, the inbound one on n2, as
+/// one agent carries both for a same-node connection).
+///
+/// Cross-node because of file descriptors: an agent holds two sockets for
+/// each same-node connection, and without CAP_SYS_RESOURCE a process cannot
+/// raise its limit above the hard one it was given (20 000 on the machine
+/// these figures come from).
 fn footprint(load: &Load) -> anyhow::Result<Value> {
-    let names: Vec<String> = (0..load.pods).map(|i| format!("p{i:03}")).collect();
-    let mut spec = ClusterSpec::new().node("n1");
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    // The most any process needs: n1's agent, with a socket per connection
+    // and a few listeners per pod.
+    let needed = u64::from(load.held) + u64::from(load.pods) * 8 + 1024;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if needed > hard {
+        bail!(
+            "footprint needs {needed} open files per process, the hard limit is {hard} (raise it \
+             with `ulimit -Hn`, which takes CAP_SYS_RESOURCE)"
+        );
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    let names: Vec<String> = (0..load.pods.max(1)).map(|i| format!("p{i:04}")).collect();
+    let started = std::time::Instant::now();
+    let mut spec = ClusterSpec::new().node("n1").node("n2").pod("sink", "n2");
     for name in &names {
         spec = spec.pod(name, "n1");
     }
     let cluster = spec.build()?;
-    let mut config = MeshConfig::new().namespace("shop", true);
-    for name in &names {
-        config = config.pod(cluster.pod(name), "shop");
+    let build_seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "footprint: cluster of {} pods built in {build_seconds:.1} s",
+        names.len() + 1
+    );
+    let sink = cluster.pod("sink");
+    let enrolling = |count: usize| {
+        let mut config = MeshConfig::new().namespace("shop", true).pod(sink, "shop");
+        for name in &names[..count] {
+            config = config.pod(cluster.pod(name), "shop");
+        }
+        config
+    };
+    let (config_dir, _pki, agents) = start_mesh(&cluster, &enrolling(0), &["n1", "n2"])?;
+    let (near, far) = (agents[0].process.pid(), agents[1].process.pid());
+    let mut steps = Vec::new();
+    let mut enrol_seconds = 0.0;
+    for count in [0, load.pods as usize / 10, load.pods as usize] {
+        let started = std::time::Instant::now();
+        enrolling(count).write(&cluster, &config_dir)?;
+        // Adding 900 pods took ≈3 s here; the bound leaves room for a slower
+        // machine (or a debug build).
+        let deadline =
+            started + Duration::from_secs(30) + Duration::from_millis(100) * count as u32;
+        loop {
+            let status = agents[0].status()?;
+            let len = |k: &str| status[k].as_array().map_or(0, Vec::len);
+            if len("pods") == count && len("certs") == count {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "the agent enrolled {} of {count} pods ({} certificates) in {:.0} s",
+                    len("pods"),
+                    len("certs"),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        enrol_seconds = started.elapsed().as_secs_f64();
+        eprintln!("footprint: {count} pods enrolled in {enrol_seconds:.1} s");
+        std::thread::sleep(Duration::from_secs(1));
+        steps.push((count, memory(near)?));
     }
-    let (_, _pki, mut agents) = start_mesh(&cluster, &config, &["n1"])?;
-    let agent = agents.remove(0);
-    std::thread::sleep(Duration::from_secs(2));
-    let at_rest = memory(agent.process.pid())?;
     let traffic = workspace_binary("mesh-traffic")?;
-    let server_pod = cluster.pod(&names[1]);
     let mut serve = Command::new(&traffic);
     serve.args(["sink", "--listen", &format!("0.0.0.0:{SINK}")]);
-    let mut server = cluster.spawn(server_pod, serve)?;
+    let mut server = cluster.spawn(sink, serve)?;
     server.next_line(Duration::from_secs(10))?;
+    let far_at_rest = memory(far)?;
+    let fds_before = [open_sockets(near)?, open_sockets(far)?];
     let mut hold = Command::new(&traffic);
     hold.args([
         "hold",
         "--to",
-        &SocketAddr::new(server_pod.ipv4.into(), SINK).to_string(),
+        &SocketAddr::new(sink.ipv4.into(), SINK).to_string(),
     ])
-    .args(["--count", &load.held.to_string(), "--seconds", "60"]);
+    .args(["--count", &load.held.to_string(), "--seconds", "120"]);
     let mut holder = cluster.spawn(cluster.pod(&names[0]), hold)?;
     let line = holder.next_line(Duration::from_secs(120))?;
     if !line.contains("held") {
         bail!("holding connections failed: {line}");
     }
+    // The client's connects complete at the agent's in-pod listener; wait
+    // until both agents hold a socket for each (give or take 1%: a socket
+    // counted before, such as a certificate request's, may have closed
+    // since), and no more arrive.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for (pid, before) in [(near, fds_before[0]), (far, fds_before[1])] {
+        let mut last = 0;
+        loop {
+            let now = open_sockets(pid)?;
+            if now == last && now + load.held as usize / 100 >= before + load.held as usize {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "agent {pid} holds {} more sockets for {} connections after 60 s",
+                    now.saturating_sub(before),
+                    load.held
+                );
+            }
+            last = now;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
     std::thread::sleep(Duration::from_secs(1));
-    let with_connections = memory(agent.process.pid())?;
+    let with_connections = memory(near)?;
+    let far_with_connections = memory(far)?;
+    let (_, no_pods) = steps[0];
+    let (few, with_few) = steps[1];
+    let (_, at_rest) = steps[2];
+    let kib_per = |mib: f64, n: usize| {
+        if n == 0 {
+            Value::Null
+        } else {
+            json!(mib * 1024.0 / n as f64)
+        }
+    };
+    let per_connection = with_connections.1 - at_rest.1 + far_with_connections.1 - far_at_rest.1;
     Ok(json!({
         "direct": Value::Null,
         "mesh": {
+            "cluster_build_s": build_seconds,
+            "enrol_s": enrol_seconds,
+            "anon_mib_no_pods": no_pods.1,
+            "few_pods": few,
+            "anon_mib_few_pods": with_few.1,
+            "anon_kib_per_pod_few": kib_per(with_few.1 - no_pods.1, few),
             "pods": load.pods,
             "rss_mib_at_rest": at_rest.0,
             "anon_mib_at_rest": at_rest.1,
+            "anon_kib_per_pod": kib_per(at_rest.1 - no_pods.1, load.pods as usize),
             "open_connections": load.held,
             "rss_mib_with_connections": with_connections.0,
             "anon_mib_with_connections": with_connections.1,
+            "far_anon_mib_with_connections": far_with_connections.1,
+            "anon_kib_per_connection": kib_per(per_connection, load.held as usize),
         },
         "ratio": Value::Null,
     }))
+}
+
+/// How many sockets process `pid` has open.
+fn open_sockets(pid: u32) -> anyhow::Result<usize> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut sockets = 0;
+    for fd in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        // An fd closed while listing is no socket of ours any more.
+        let Ok(target) = std::fs::read_link(fd?.path()) else {
+            continue;
+        };
+        sockets += usize::from(target.to_string_lossy().starts_with("socket:"));
+    }
+    Ok(sockets)
 }
 
 /// Writes `config`, starts the mesh CA and an agent with identities on each
