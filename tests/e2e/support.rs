@@ -177,6 +177,17 @@ impl Meshed {
         config: MeshConfig,
         lifetime_secs: u64,
     ) -> anyhow::Result<Self> {
+        Self::start_with(source, cluster, config, lifetime_secs, &[])
+    }
+
+    /// [`Meshed::start_on`], the agents run with `agent_args` besides.
+    pub fn start_with(
+        source: Source,
+        cluster: Cluster,
+        config: MeshConfig,
+        lifetime_secs: u64,
+        agent_args: &[String],
+    ) -> anyhow::Result<Self> {
         let config_dir = cluster.scratch_dir("config")?;
         config.write(&cluster, &config_dir)?;
         let api_server = match source {
@@ -189,7 +200,13 @@ impl Meshed {
         pki.serve(&cluster, &config_dir, lifetime_secs)?;
         let mut agents = Vec::new();
         for node in &nodes {
-            agents.push(Agent::start_meshed(&cluster, node, &config_dir, &pki)?);
+            agents.push(Agent::start_meshed_with(
+                &cluster,
+                node,
+                &config_dir,
+                &pki,
+                agent_args,
+            )?);
         }
         Ok(Self {
             agents,

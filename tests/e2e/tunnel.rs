@@ -11,8 +11,8 @@ use libtest_mimic::Trial;
 use nodemesh_tests::{ClusterSpec, mesh::MeshConfig, traffic::marker};
 
 use crate::support::{
-    MIB, Meshed, assert_all_intact, assert_intact, connect, connect_parallel, connect_paused,
-    finished, next_done, serve, trial, tunnel_counter,
+    MIB, Meshed, Source, assert_all_intact, assert_intact, connect, connect_parallel,
+    connect_paused, finished, next_done, serve, trial, tunnel_counter,
 };
 
 pub fn trials() -> Vec<Trial> {
@@ -235,10 +235,11 @@ fn hundred_connections_one_tunnel() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The agents' defaults (`--tunnel-streams-per-connection 4`,
-/// `--tunnel-connections-per-destination 4`).
-const STREAMS_PER_CONNECTION: u64 = 4;
+/// The agents' default `--tunnel-connections-per-destination`.
 const POOL_PER_DESTINATION: u64 = 4;
+/// A `--tunnel-streams-per-connection` that eight streams exceed however
+/// many data-plane threads share them out (the default is 100).
+const STREAMS_PER_CONNECTION: u64 = 2;
 
 /// The agent's data-plane threads, each with its own pool.
 fn workers(agent: &nodemesh_tests::mesh::Agent) -> anyhow::Result<u64> {
@@ -264,7 +265,11 @@ fn busy_streams_spread() -> anyhow::Result<()> {
         .pod(cluster.pod("a"), "shop")
         .pod(cluster.pod("b"), "shop")
         .service_account("b", "payments");
-    let meshed = Meshed::start(cluster, config, 3600)?;
+    let cap = [
+        "--tunnel-streams-per-connection".to_owned(),
+        STREAMS_PER_CONNECTION.to_string(),
+    ];
+    let meshed = Meshed::start_with(Source::Dir, cluster, config, 3600, &cap)?;
     let cluster = &meshed.cluster;
     let [a, b] = ["a", "b"].map(|p| cluster.pod(p).clone());
     let (n1, n2) = (meshed.agent("n1"), meshed.agent("n2"));

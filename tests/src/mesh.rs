@@ -628,7 +628,20 @@ impl Agent {
         config_dir: &Path,
         pki: &Pki,
     ) -> anyhow::Result<Self> {
-        let agent = Self::start_with(cluster, node, config_dir, &pki.agent_args(node))?;
+        Self::start_meshed_with(cluster, node, config_dir, pki, &[])
+    }
+
+    /// [`Agent::start_meshed`] with extra `mesh-agent run` arguments.
+    pub fn start_meshed_with(
+        cluster: &Cluster,
+        node: &str,
+        config_dir: &Path,
+        pki: &Pki,
+        extra: &[String],
+    ) -> anyhow::Result<Self> {
+        let mut args = pki.agent_args(node);
+        args.extend_from_slice(extra);
+        let agent = Self::start_with(cluster, node, config_dir, &args)?;
         agent.wait_status("a certificate for every enrolled pod", |s| {
             let count = |k: &str| s[k].as_array().map_or(0, Vec::len);
             count("certs") == count("pods")

@@ -341,9 +341,10 @@ struct RunArgs {
 struct TunnelArgs {
     /// Application connections one pooled HBONE connection carries before
     /// another is dialled to the same destination for the same pod
-    /// identity. One core encrypts everything a connection carries, so busy
-    /// streams spread over connections (and cores); idle ones are shared.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    /// identity (as ztunnel's default, 100). Each data-plane thread keeps
+    /// its own pool, so busy streams are already spread over cores; more
+    /// connections per thread mean less batching per syscall.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     tunnel_streams_per_connection: u32,
     /// At most this many pooled HBONE connections per (pod identity,
     /// destination); past that, the least busy takes new streams.
