@@ -650,7 +650,15 @@ impl WaypointLab {
             config = config.pod(cluster.pod(pod), "legacy");
         }
         let (config_dir, pki, agents) = start_mesh(&cluster, &config, &["n1", "n2"])?;
-        let waypoint = Agent::start_waypoint(&cluster, "n1", &config_dir, &pki, ("shop", "wp"))?;
+        // One worker, as nginx runs here, so CPU per request compares like with
+        // like: with one per core, the load's HBONE connections (one per
+        // data-plane thread of n1's agent) are shared out over the workers,
+        // each batching fewer streams per syscall.
+        let mut args = pki.agent_args("n1");
+        args.extend(["--workers".to_owned(), "1".to_owned()]);
+        let host = (cluster.node("n1"), "n1");
+        let waypoint = Agent::spawn_waypoint(&cluster, host, &config_dir, &args, ("shop", "wp"))?;
+        waypoint.wait_waypoint_ready()?;
         let http = workspace_binary("mesh-http")?;
         let mut backends = Vec::new();
         for pod in ["b", "d"] {
