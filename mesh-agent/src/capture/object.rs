@@ -488,9 +488,10 @@ impl Capture {
         key: &TupleKey,
     ) -> Result<Option<OrigDst>, CaptureError> {
         let name = maps::ORIG_DST_BY_TUPLE;
+        let map = self.ebpf.map(name).ok_or(CaptureError::MissingMap(name))?;
         // Typed first: aya checks the key and value sizes against the map's.
-        let _: HashMap<&MapData, TupleKey, OrigDst> = self.map(name)?;
-        let Some(aya::maps::Map::LruHashMap(map)) = self.ebpf.map(name) else {
+        HashMap::<&MapData, TupleKey, OrigDst>::try_from(map).map_err(map_err(name))?;
+        let aya::maps::Map::LruHashMap(map) = map else {
             return Err(CaptureError::MissingMap(name));
         };
         lookup_and_delete(map, key).map_err(|io_error| {

@@ -100,40 +100,15 @@ pub trait Site: Handler {
 }
 
 /// Accepts HBONE connections for `site` until the task is aborted, each
-/// served by a task of the current runtime.
+/// served on the mesh's workers, in turn.
 pub fn accept_loop<S: Site>(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     site: Arc<S>,
 ) -> tokio::task::JoinHandle<()> {
-    let name = site.name().to_owned();
-    accept_each(listener, name, move |tcp, peer| {
-        let (tls, site) = (Arc::clone(&tls), Arc::clone(&site));
-        let workers = Arc::clone(&site.mesh().workers);
-        workers.dispatch(tcp, peer, move |tcp, peer| connection(tcp, peer, tls, site));
-    })
-}
-
-/// Accepts connections until the task is aborted and hands each to `serve`
-/// (the waypoint's hands them to its workers).
-pub fn accept_each(
-    listener: TcpListener,
-    site: String,
-    serve: impl Fn(TcpStream, SocketAddr) + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    serve(tcp, peer);
-                }
-                Err(e) => {
-                    tracing::warn!(%site, error = %e, "HBONE accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+    let (workers, name) = (Arc::clone(&site.mesh().workers), site.name().to_owned());
+    workers.accept(listener, name, move |tcp, peer| {
+        connection(tcp, peer, Arc::clone(&tls), Arc::clone(&site))
     })
 }
 

@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use crate::{
     capture::{Capture, inpod::upstream_socket, netns::NetnsWorker},
     identity::{SpiffeId, store::PodCert},
+    proxy::workers::PerWorker,
     tunnel::{TunnelError, client::Connection, pool::Pool, tls::client_config},
 };
 
@@ -45,10 +46,8 @@ pub struct PodContext {
     pub mesh: Arc<mesh::Mesh>,
     /// This pod's tunnels, by (its identity, destination): they leave from
     /// its namespace with its address, so they are never shared with
-    /// another pod. One pool per worker: a connection is driven by the
-    /// worker that dialled it, and streams from another would wake it on
-    /// every frame.
-    tunnels: Vec<Pool<Connection>>,
+    /// another pod. One pool per worker.
+    tunnels: PerWorker<Pool<Connection>>,
 }
 
 impl PodContext {
@@ -63,7 +62,7 @@ impl PodContext {
 
     /// This worker's pool of the pod's tunnels.
     pub fn tunnels(&self) -> &Pool<Connection> {
-        &self.tunnels[workers::lane() % self.tunnels.len()]
+        self.tunnels.mine()
     }
 
     /// Pooled tunnels over all workers.
@@ -85,17 +84,14 @@ impl PodContext {
             netns_cookie,
             worker,
             capture,
-            tunnels: (0..mesh.workers.count())
-                .map(|_| Pool::new(POOL_PER_POD, mesh.spread))
-                .collect(),
+            tunnels: PerWorker::new(&mesh.workers, || Pool::new(POOL_PER_POD, mesh.spread)),
             mesh,
         }
     }
 }
 
-/// Accepts on `listener` forever, handling each connection on its own task
-/// on the mesh's workers, in turn. Aborting the returned task closes the
-/// listener; connections already accepted carry on.
+/// Accepts on `listener` until the returned task is aborted, each
+/// connection handled by `handle` on the mesh's workers, in turn.
 pub fn serve<F, Fut>(
     listener: TcpListener,
     pod: Arc<PodContext>,
@@ -105,21 +101,9 @@ where
     F: Fn(Arc<PodContext>, TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (pod, handle) = (Arc::clone(&pod), handle.clone());
-                    let workers = Arc::clone(&pod.mesh.workers);
-                    workers.dispatch(stream, peer, move |stream, peer| handle(pod, stream, peer));
-                }
-                Err(e) => {
-                    tracing::warn!(pod = %pod.pod, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+    let (workers, owner) = (Arc::clone(&pod.mesh.workers), pod.pod.clone());
+    workers.accept(listener, owner, move |stream, peer| {
+        handle(Arc::clone(&pod), stream, peer)
     })
 }
 

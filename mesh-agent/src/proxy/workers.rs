@@ -5,16 +5,23 @@
 //! frame woke a task on the other core, and those wakeups (futex, context
 //! switch) cost more than the proxying (perf: the waypoint went from 0.07 to
 //! 0.04 CPU-seconds per 1000 requests). Accepting stays on the main
-//! runtime, which hands connections out in turn; whatever a worker keeps
-//! for reuse (pooled tunnels) is kept per worker ([`lane`]).
+//! runtime, which hands connections out in turn ([`Workers::accept`]);
+//! whatever a worker keeps for reuse (pooled tunnels) is kept per worker
+//! ([`PerWorker`]).
 use std::{
     future::Future,
     net::SocketAddr,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
-use tokio::{net::TcpStream, sync::mpsc};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -29,10 +36,24 @@ thread_local! {
     static LANE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// The calling thread's worker index (0 off the workers): what a worker
-/// keeps for reuse is indexed by it.
-pub fn lane() -> usize {
-    LANE.with(std::cell::Cell::get)
+/// One `T` per worker: what a worker keeps for reuse (pooled connections),
+/// since a connection is driven by the worker that opened it and another
+/// worker's requests would wake it on every frame.
+pub struct PerWorker<T>(Vec<T>);
+
+impl<T> PerWorker<T> {
+    pub fn new(workers: &Workers, make: impl FnMut() -> T) -> Self {
+        Self(std::iter::repeat_with(make).take(workers.count()).collect())
+    }
+
+    /// The calling worker's (the first one's, off the workers).
+    pub fn mine(&self) -> &T {
+        &self.0[LANE.with(std::cell::Cell::get) % self.0.len()]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
 }
 
 /// How many workers a data plane runs by default: one per CPU it may use.
@@ -67,8 +88,39 @@ impl Workers {
         self.queues.len()
     }
 
+    /// Accepts on `listener` until the returned task is aborted (which
+    /// closes the listener; accepted connections carry on), each connection
+    /// served by `handle` on the next worker in turn. `owner` names the
+    /// listener in log lines.
+    pub fn accept<F, Fut>(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        owner: String,
+        handle: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let workers = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((tcp, peer)) => {
+                        let _ = tcp.set_nodelay(true);
+                        workers.dispatch(tcp, peer, handle.clone());
+                    }
+                    Err(e) => {
+                        tracing::warn!(%owner, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        })
+    }
+
     /// Runs `serve` on `tcp` on the next worker in turn.
-    pub fn dispatch<F, Fut>(&self, tcp: TcpStream, peer: SocketAddr, serve: F)
+    fn dispatch<F, Fut>(&self, tcp: TcpStream, peer: SocketAddr, serve: F)
     where
         F: FnOnce(TcpStream, SocketAddr) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,

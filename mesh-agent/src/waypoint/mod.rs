@@ -42,7 +42,7 @@ use crate::{
     flows::record::{Direction, Path},
     proxy::{
         flow::{Flow, Owner},
-        hbone::{accept_each, connection},
+        hbone::accept_loop,
         mesh::Mesh,
     },
     state::{Loaded, PodInfo, Snapshot, WaypointRef, keys::WAYPOINT_POD_LABEL},
@@ -200,15 +200,10 @@ pub async fn start(
     for listener in listeners {
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(|e| listen_err(&me, e))?;
-        let (mesh, tls, site) = (Arc::clone(&mesh), Arc::clone(&tls), Arc::clone(&site));
-        accept.push(AbortOnDrop(accept_each(
+        accept.push(AbortOnDrop(accept_loop(
             listener,
-            me.to_string(),
-            move |tcp, peer| {
-                let (tls, site) = (Arc::clone(&tls), Arc::clone(&site));
-                mesh.workers
-                    .dispatch(tcp, peer, move |tcp, peer| connection(tcp, peer, tls, site));
-            },
+            Arc::clone(&tls),
+            Arc::clone(&site),
         )));
     }
     Ok(Serving {
@@ -278,7 +273,7 @@ impl Waypoint {
             pod,
             ips,
             worker,
-            upstream: upstream::Upstreams::new(mesh.workers.count()),
+            upstream: upstream::Upstreams::new(&mesh),
             mesh,
             cache: Mutex::default(),
             limits: std::sync::RwLock::default(),

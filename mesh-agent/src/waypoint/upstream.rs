@@ -22,12 +22,12 @@ use super::{FastMap, Waypoint, body::Body};
 use crate::{
     flows::record::Text,
     identity::SpiffeId,
-    proxy::{dial_hbone, workers::lane},
+    proxy::{dial_hbone, mesh::Mesh, workers::PerWorker},
     state::{ServiceInfo, Snapshot},
     tunnel::{
         TunnelError,
         client::Connection,
-        pool::{Key, Pool, Spread},
+        pool::{Key, Pool},
         server::Tunnel,
     },
 };
@@ -141,13 +141,11 @@ impl Drop for InFlight {
 pub struct Upstreams {
     pub budgets: super::forward::Budgets,
     health: Mutex<FastMap<SocketAddr, Health>>,
-    lanes: Vec<Lane>,
+    lanes: PerWorker<Lane>,
 }
 
-/// One worker's connections to the endpoints. A connection is driven by a
-/// task of the runtime that opened it, so a request served by another
-/// worker's runtime would wake that one on every frame: each worker keeps
-/// its own, as Envoy's workers keep their own pools.
+/// One worker's connections to the endpoints, as Envoy's workers keep
+/// their own pools.
 struct Lane {
     tunnels: Pool<Connection>,
     http1: Mutex<FastMap<SocketAddr, Vec<conn::http1::SendRequest<Body>>>>,
@@ -155,23 +153,21 @@ struct Lane {
 }
 
 impl Upstreams {
-    /// For `workers` workers (at least one).
-    pub fn new(workers: usize) -> Self {
+    /// A lane per worker of `mesh`, pooling tunnels as `mesh` says.
+    pub fn new(mesh: &Mesh) -> Self {
         Self {
             budgets: super::forward::Budgets::default(),
             health: Mutex::default(),
-            lanes: (0..workers.max(1))
-                .map(|_| Lane {
-                    tunnels: Pool::new(TUNNELS, Spread::ONE),
-                    http1: Mutex::default(),
-                    http2: Mutex::default(),
-                })
-                .collect(),
+            lanes: PerWorker::new(&mesh.workers, || Lane {
+                tunnels: Pool::new(TUNNELS, mesh.spread),
+                http1: Mutex::default(),
+                http2: Mutex::default(),
+            }),
         }
     }
 
     fn lane(&self) -> &Lane {
-        &self.lanes[lane() % self.lanes.len()]
+        self.lanes.mine()
     }
 
     /// Power of two choices among the endpoints not ejected (all of them
