@@ -592,12 +592,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             Some(event) = cni_requests.recv() => {
                 let loaded = Arc::clone(&config.borrow());
-                for error in pods.handle(event, &loaded.snapshot).await {
+                let (errors, answer) = pods.handle(event, &loaded.snapshot).await;
+                for error in errors {
                     tracing::error!("{error}");
                 }
                 after_enrolment(&admin.mesh, &pods, &loaded);
-                // The plugin's caller may look at once.
+                // The plugin's caller may look at once: the status shows the
+                // outcome before the plugin hears it.
                 write_status(&args, &pods, &admin, &capture, &config_errors)?;
+                answer.send();
             }
             _ = status_tick.tick() => {
                 if pods.superseded() {

@@ -128,7 +128,7 @@ impl NodePods {
     }
 
     /// Acts on a CNI report, answering it once enrolment is done.
-    pub async fn handle(&mut self, event: Event, snapshot: &Snapshot) -> Vec<EnrolError> {
+    pub async fn handle(&mut self, event: Event, snapshot: &Snapshot) -> (Vec<EnrolError>, Answer) {
         match event {
             Event::Located {
                 pod,
@@ -147,8 +147,7 @@ impl NodePods {
                         .find(|e| e.pod() == pod)
                         .map_or_else(|| "see the agent's log".to_owned(), ToString::to_string))
                 };
-                let _ = reply.send(answer);
-                errors
+                (errors, Answer::new(reply, answer))
             }
             Event::Gone {
                 pod,
@@ -160,12 +159,11 @@ impl NodePods {
                 } else {
                     Vec::new()
                 };
-                let _ = reply.send(());
-                errors
+                (errors, Answer::new(reply, ()))
             }
             Event::Enrolled { pod, reply } => {
-                let _ = reply.send(self.enrolment.is_enrolled(&pod));
-                Vec::new()
+                let enrolled = self.enrolment.is_enrolled(&pod);
+                (Vec::new(), Answer::new(reply, enrolled))
             }
         }
     }
@@ -196,5 +194,23 @@ impl NodePods {
             Ok(Err(e)) => tracing::warn!("pod scan: {e}"),
             Err(e) => tracing::warn!("pod scan stopped: {e}"),
         }
+    }
+}
+
+/// The reply to a CNI request, held back until the caller has published
+/// what the request changed (the plugin's caller may look at the status at
+/// once).
+pub struct Answer(Box<dyn FnOnce() + Send>);
+
+impl Answer {
+    fn new<T: Send + 'static>(reply: tokio::sync::oneshot::Sender<T>, value: T) -> Self {
+        Self(Box::new(move || {
+            // The plugin may have given up waiting; nothing to do then.
+            let _ = reply.send(value);
+        }))
+    }
+
+    pub fn send(self) {
+        (self.0)()
     }
 }
